@@ -1,0 +1,1 @@
+"""Adapters to national databases: built-in kinds and the registry (see ``adapters.base``)."""

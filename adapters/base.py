@@ -1,0 +1,126 @@
+"""The Adapter seam: one upstream call per operation, plus a registry of adapter kinds.
+
+An *adapter kind* (``civil_status``, ``population_db``, ``rest``, ``soap`` …) knows how to
+check a service's config, which request model validates each operation at the gateway (pure,
+no I/O), and how to build the :class:`Adapter` a worker calls. Built-in kinds register
+explicitly below; third-party packages add kinds through the ``lgsp_bus.adapters``
+entry-point group (each entry point names an :class:`AdapterKind` object).
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any, Protocol, runtime_checkable
+
+from pydantic import BaseModel
+
+from bus.config import ServiceConfig, UpstreamConfig
+
+__all__ = ["Adapter", "AdapterKind", "CallContext", "Registry", "registry"]
+
+
+@dataclass(frozen=True, slots=True)
+class CallContext:
+    """What an adapter knows about the call it serves (no personal data)."""
+
+    request_id: str
+    correlation_id: str
+    consumer: str
+    service: str
+    operation: str
+    deadline: float
+    """Wall-clock epoch seconds after which nobody waits for the answer."""
+    attempt: int = 1
+
+    def remaining(self) -> float:
+        """Seconds left before the deadline (may be negative)."""
+        return self.deadline - time.time()
+
+
+@runtime_checkable
+class Adapter(Protocol):
+    """Calls one upstream; returns the canonical reply body or raises a :mod:`bus.errors` error."""
+
+    async def call(
+        self, operation: str, request: Mapping[str, Any], ctx: CallContext
+    ) -> dict[str, Any]:
+        """Perform ``operation`` for the validated canonical ``request``."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections and sessions."""
+        ...
+
+
+class AdapterKind(Protocol):
+    """A family of adapters, configured per service in ``routing.yaml``."""
+
+    name: str
+
+    def check(self, service_name: str, service: ServiceConfig) -> list[str]:
+        """Problems with this service's config, in words for an operator (empty if fine)."""
+        ...
+
+    def request_model(self, service: ServiceConfig, operation: str) -> type[BaseModel]:
+        """The pydantic model the gateway validates ``operation``'s request body with."""
+        ...
+
+    async def create(
+        self, service_name: str, service: ServiceConfig, upstream: UpstreamConfig
+    ) -> Adapter:
+        """Build a started adapter (sessions open, WSDL parsed off the loop)."""
+        ...
+
+
+class Registry:
+    """Adapter kinds by name."""
+
+    _BUILTIN = {
+        "civil_status": "adapters.civil_status:KIND",
+        "population_db": "adapters.population_db:KIND",
+        "rest": "adapters.rest:KIND",
+        "soap": "adapters.soap:KIND",
+    }
+
+    def __init__(self) -> None:
+        self._kinds: dict[str, AdapterKind] = {}
+        self._loaded = False
+
+    def register(self, kind: AdapterKind) -> None:
+        """Add (or replace) a kind."""
+        self._kinds[kind.name] = kind
+
+    def _load(self) -> None:
+        if self._loaded:
+            return
+        self._loaded = True
+        for name, target in self._BUILTIN.items():
+            module_name, _, attr = target.partition(":")
+            try:
+                module = importlib.import_module(module_name)
+            except ModuleNotFoundError as exc:
+                if exc.name == module_name:
+                    continue  # a built-in kind not written yet
+                raise
+            kind = getattr(module, attr, None)
+            if kind is not None:
+                self._kinds.setdefault(name, kind)
+        for ep in entry_points(group="lgsp_bus.adapters"):
+            self._kinds.setdefault(ep.name, ep.load())
+
+    def get(self, name: str) -> AdapterKind | None:
+        """The kind called ``name``, if any."""
+        self._load()
+        return self._kinds.get(name)
+
+    def kinds(self) -> list[str]:
+        """Names of every known kind."""
+        self._load()
+        return sorted(self._kinds)
+
+
+registry = Registry()

@@ -1,0 +1,341 @@
+"""RabbitMQ broker over aio-pika: quorum queues, publisher confirms, direct reply-to.
+
+Topology (declared from ``routing.yaml``): topic exchange ``lgsp.requests``; per service a
+durable quorum queue ``lgsp.svc.<service>`` bound to ``<service>.*`` with ``x-delivery-limit``,
+``x-max-length`` + ``reject-publish`` and dead-lettering to ``lgsp.dlx`` (direct), which
+routes to ``lgsp.dlq.<service>``.
+
+Requests are persistent, ``mandatory`` and confirmed, and carry the deadline as message
+expiration. Replies come back over direct reply-to on the publishing channel. The
+connection is robust: aio-pika re-declares the topology and re-registers the consumers —
+the service consumers and the reply consumer — after the broker comes back; requests
+in flight when the channel dropped fail at once with ``BROKER_UNAVAILABLE`` (their replies
+can no longer arrive) instead of hanging until the deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import aio_pika
+import aiormq
+import structlog
+from aio_pika.abc import (
+    AbstractIncomingMessage,
+    AbstractRobustChannel,
+    AbstractRobustConnection,
+    AbstractRobustExchange,
+    AbstractRobustQueue,
+)
+from pamqp.commands import Basic
+
+from bus.broker.base import DLX, REQUESTS_EXCHANGE, Handler, QueueSpec, dlq_name, queue_name
+from bus.envelope import (
+    DecodeError,
+    Reply,
+    Request,
+    decode_reply,
+    decode_request,
+    encode_reply,
+    encode_request,
+)
+from bus.errors import BrokerUnavailable, DeadlineExceeded, Overloaded
+
+__all__ = ["AmqpBroker"]
+
+log = structlog.get_logger("bus.broker.amqp")
+
+REPLY_TO = "amq.rabbitmq.reply-to"
+
+
+class AmqpBroker:
+    """A :class:`~bus.broker.base.Broker` on RabbitMQ."""
+
+    def __init__(self, url: str, *, name: str = "lgsp-bus") -> None:
+        self._url = url
+        self._name = name
+        self._connection: AbstractRobustConnection | None = None
+        self._channel: AbstractRobustChannel | None = None
+        self._exchange: AbstractRobustExchange | None = None
+        self._pending: dict[str, asyncio.Future[Reply]] = {}
+        self._specs: dict[str, QueueSpec] = {}
+        self._reply_consumer_ready = False
+        self._connect_lock = asyncio.Lock()
+
+    # -- connection ---------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Connect, open the publishing channel and start the reply consumer."""
+        async with self._connect_lock:
+            if self._connection is not None:
+                return
+            try:
+                connection = await aio_pika.connect_robust(
+                    self._url,
+                    client_properties={"connection_name": self._name},
+                    timeout=10,
+                    reconnect_interval=1,
+                )
+            except (aiormq.exceptions.AMQPError, OSError, TimeoutError) as exc:
+                raise BrokerUnavailable(f"cannot connect to RabbitMQ: {exc!r}") from exc
+            self._connection = connection
+            channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+            assert isinstance(channel, aio_pika.RobustChannel)
+            self._channel = channel
+            channel.close_callbacks.add(self._on_channel_lost)
+            channel.reopen_callbacks.add(self._on_channel_back)
+            exchange = await channel.declare_exchange(
+                REQUESTS_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True
+            )
+            assert isinstance(exchange, aio_pika.RobustExchange)
+            self._exchange = exchange
+            await channel.declare_exchange(DLX, aio_pika.ExchangeType.DIRECT, durable=True)
+            # Direct reply-to: consume the pseudo-queue (no-ack) on the channel we publish on.
+            # Declared through the robust channel so the consumer is restored on reconnect.
+            replies = await channel.declare_queue(REPLY_TO, passive=True)
+            await replies.consume(self._on_reply, no_ack=True)
+            self._reply_consumer_ready = True
+            log.info("broker.connected", url=_redact(self._url))
+
+    def _on_channel_lost(self, *_: Any) -> None:
+        self._reply_consumer_ready = False
+        if self._pending:
+            log.warning("broker.channel_lost", pending=len(self._pending))
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(
+                    BrokerUnavailable(
+                        "connection to the broker was lost while waiting for the reply; "
+                        "the request may or may not have been processed"
+                    )
+                )
+
+    def _on_channel_back(self, *_: Any) -> None:
+        self._reply_consumer_ready = True
+        log.info("broker.reconnected")
+
+    @property
+    def ready(self) -> bool:
+        """Connected, publishing channel open, reply consumer registered."""
+        return (
+            self._connection is not None
+            and not self._connection.is_closed
+            and self._channel is not None
+            and not self._channel.is_closed
+            and self._reply_consumer_ready
+        )
+
+    def _require(self) -> tuple[AbstractRobustChannel, AbstractRobustExchange]:
+        if self._channel is None or self._exchange is None:
+            raise BrokerUnavailable("broker is not connected")
+        return self._channel, self._exchange
+
+    # -- topology -----------------------------------------------------------------------
+
+    async def declare(self, specs: Sequence[QueueSpec]) -> None:
+        """Declare each service's quorum queue, binding and DLQ."""
+        channel, exchange = self._require()
+        for spec in specs:
+            await self._declare_one(channel, spec)
+            self._specs[spec.service] = spec
+
+    @staticmethod
+    async def _declare_one(channel: AbstractRobustChannel, spec: QueueSpec) -> AbstractRobustQueue:
+        dlq = await channel.declare_queue(
+            dlq_name(spec.service),
+            durable=True,
+            arguments={"x-queue-type": "quorum", "x-message-ttl": spec.dlq_ttl_s * 1000},
+        )
+        await dlq.bind(DLX, routing_key=spec.service)
+        queue = await channel.declare_queue(
+            queue_name(spec.service),
+            durable=True,
+            arguments={
+                "x-queue-type": "quorum",
+                "x-delivery-limit": spec.delivery_limit,
+                "x-max-length": spec.max_length,
+                "x-overflow": "reject-publish",
+                "x-dead-letter-exchange": DLX,
+                "x-dead-letter-routing-key": spec.service,
+            },
+        )
+        await queue.bind(REQUESTS_EXCHANGE, routing_key=f"{spec.service}.*")
+        return queue
+
+    # -- client side --------------------------------------------------------------------
+
+    def _on_reply(self, message: AbstractIncomingMessage) -> None:
+        correlation_id = message.correlation_id
+        future = self._pending.get(correlation_id or "")
+        if future is None or future.done():
+            return  # the caller gave up; nothing waits for this reply
+        try:
+            future.set_result(decode_reply(message.body, correlation_id or ""))
+        except DecodeError as exc:
+            future.set_exception(BrokerUnavailable(f"worker sent an unreadable reply: {exc}"))
+
+    async def request(self, req: Request) -> Reply:
+        """Publish persistently (mandatory, confirmed) and await the reply until the deadline."""
+        channel, exchange = self._require()
+        remaining = req.remaining()
+        if remaining <= 0:
+            raise DeadlineExceeded("deadline passed before the request was sent")
+        if not self.ready:
+            raise BrokerUnavailable("broker connection is down; try again shortly")
+        body, headers = encode_request(req)
+        correlation_id = req.correlation_id or uuid.uuid4().hex
+        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self._pending[correlation_id] = future
+        message = aio_pika.Message(
+            body,
+            headers=dict(headers),
+            content_type="application/json",
+            correlation_id=correlation_id,
+            message_id=req.request_id,
+            reply_to=REPLY_TO,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            # Whole milliseconds, at least 1: RabbitMQ drops the message when it expires.
+            expiration=max(0.001, round(remaining, 3)),
+            timestamp=int(time.time()),
+        )
+        try:
+            async with asyncio.timeout(remaining):
+                try:
+                    await exchange.publish(message, req.routing_key, mandatory=True)
+                except aiormq.exceptions.PublishError as exc:
+                    raise BrokerUnavailable(
+                        f"no queue is bound for {req.routing_key}", code="NO_ROUTE"
+                    ) from exc
+                except aiormq.exceptions.DeliveryError as exc:
+                    if isinstance(exc.frame, Basic.Nack):
+                        raise Overloaded(
+                            f"queue for {req.service} is full", retry_after=1.0
+                        ) from exc
+                    raise BrokerUnavailable("broker refused the message") from exc
+                except (
+                    aiormq.exceptions.AMQPError,
+                    aio_pika.exceptions.ChannelInvalidStateError,
+                    ConnectionError,
+                    RuntimeError,
+                ) as exc:
+                    raise BrokerUnavailable(f"cannot publish to the broker: {exc!r}") from exc
+                return await future
+        except TimeoutError:
+            raise DeadlineExceeded("no reply before the deadline") from None
+        finally:
+            self._pending.pop(correlation_id, None)
+
+    # -- worker side --------------------------------------------------------------------
+
+    async def serve(
+        self, service: str, handler: Handler, *, prefetch: int, stop: asyncio.Event
+    ) -> None:
+        """Consume ``service``'s queue on its own channel until ``stop``; then drain."""
+        if self._connection is None:
+            raise BrokerUnavailable("broker is not connected")
+        spec = self._specs.get(service, QueueSpec(service))
+        channel = await self._connection.channel(publisher_confirms=True)
+        assert isinstance(channel, aio_pika.RobustChannel)
+        await channel.set_qos(prefetch_count=prefetch)
+        queue = await self._declare_one(channel, spec)
+        in_flight: set[asyncio.Task[None]] = set()
+        drained = asyncio.Event()
+        drained.set()
+
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            in_flight.add(task)
+            drained.clear()
+            try:
+                await self._handle(channel, service, message, handler)
+            finally:
+                in_flight.discard(task)
+                if not in_flight:
+                    drained.set()
+
+        tag = await queue.consume(on_message)
+        log.info("broker.consuming", service=service, prefetch=prefetch)
+        try:
+            await stop.wait()
+        finally:
+            try:
+                await asyncio.wait_for(queue.cancel(tag), timeout=5)
+            except (TimeoutError, aiormq.exceptions.AMQPError, RuntimeError) as exc:
+                log.warning("broker.cancel_failed", service=service, error=repr(exc))
+            try:
+                await drained.wait()
+            finally:
+                # Unacknowledged deliveries go back to the queue when the channel closes.
+                await channel.close()
+            log.info("broker.stopped_consuming", service=service)
+
+    async def _handle(
+        self,
+        channel: AbstractRobustChannel,
+        service: str,
+        message: AbstractIncomingMessage,
+        handler: Handler,
+    ) -> None:
+        try:
+            req = decode_request(message.body, dict(message.headers), message.correlation_id)
+        except DecodeError as exc:
+            log.warning("broker.poison_message", service=service, error=str(exc))
+            await message.reject(requeue=False)  # → lgsp.dlx → lgsp.dlq.<service>
+            return
+        if req.remaining() <= 0:
+            log.info("broker.message_expired", service=service)
+            await message.ack()
+            return
+        try:
+            reply = await handler(req)
+        except asyncio.CancelledError:
+            await _quietly(message.nack(requeue=True))
+            raise
+        except Exception as exc:  # a handler bug: requeue; the delivery limit dead-letters it
+            log.error("broker.handler_failed", service=service, error=repr(exc))
+            await _quietly(message.nack(requeue=True))
+            return
+        if message.reply_to:
+            try:
+                await channel.default_exchange.publish(
+                    aio_pika.Message(
+                        encode_reply(reply),
+                        correlation_id=req.correlation_id,
+                        content_type="application/json",
+                    ),
+                    routing_key=message.reply_to,
+                )
+            except (aiormq.exceptions.AMQPError, RuntimeError, ConnectionError) as exc:
+                # The requester's channel is gone (it gave up or lost its connection).
+                log.warning("broker.reply_failed", service=service, error=repr(exc))
+        await _quietly(message.ack())
+
+    async def aclose(self) -> None:
+        """Close the connection; pending requests fail with ``BrokerUnavailable``."""
+        self._on_channel_lost()
+        if self._connection is not None:
+            await self._connection.close()
+            self._connection = None
+            self._channel = None
+            self._exchange = None
+
+
+async def _quietly(action: Any) -> None:
+    """Ack/nack on a channel that may have closed meanwhile (the broker requeues then)."""
+    try:
+        await action
+    except (aiormq.exceptions.AMQPError, RuntimeError, ConnectionError) as exc:
+        log.warning("broker.ack_failed", error=repr(exc))
+
+
+def _redact(url: str) -> str:
+    head, sep, tail = url.rpartition("@")
+    if not sep:
+        return url
+    scheme, _, _ = head.partition("://")
+    return f"{scheme}://***@{tail}"

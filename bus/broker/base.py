@@ -1,0 +1,91 @@
+"""The Broker protocol: request/reply to service queues, and serving a queue with a handler.
+
+Contract (checked by ``tests/test_broker_contract.py`` against every implementation):
+
+- ``request`` publishes durably to ``<service>.<operation>`` and waits for the reply until the
+  request's deadline: :class:`~bus.errors.DeadlineExceeded` after it; no queue for the service
+  → :class:`~bus.errors.BrokerUnavailable` (code ``NO_ROUTE``) at once; queue full →
+  :class:`~bus.errors.Overloaded` at once; broker unreachable → ``BrokerUnavailable``.
+- ``serve`` hands each request to the handler with at most ``prefetch`` in flight, publishes
+  the reply, then acknowledges. A message whose deadline has passed is dropped unhandled. A
+  message that cannot be decoded, or whose handler raised ``delivery_limit`` times, is
+  dead-lettered to ``lgsp.dlq.<service>``. When ``stop`` is set it stops taking messages,
+  finishes those in flight (unfinished ones return to the queue) and returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from bus.config import RoutingConfig
+from bus.envelope import Reply, Request
+
+__all__ = ["Broker", "Handler", "QueueSpec", "queue_specs"]
+
+Handler = Callable[[Request], Awaitable[Reply]]
+
+REQUESTS_EXCHANGE = "lgsp.requests"
+DLX = "lgsp.dlx"
+
+
+def queue_name(service: str) -> str:
+    """The service's work queue."""
+    return f"lgsp.svc.{service}"
+
+
+def dlq_name(service: str) -> str:
+    """The service's dead-letter queue."""
+    return f"lgsp.dlq.{service}"
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSpec:
+    """Topology of one service's queue."""
+
+    service: str
+    delivery_limit: int = 5
+    max_length: int = 10_000
+    dlq_ttl_s: int = 14 * 24 * 3600
+
+
+def queue_specs(config: RoutingConfig) -> list[QueueSpec]:
+    """One spec per configured service."""
+    b = config.broker
+    return [
+        QueueSpec(name, b.delivery_limit, b.max_queue_length, b.dlq_ttl_s)
+        for name in config.services
+    ]
+
+
+class Broker(Protocol):
+    """Carries requests to workers and replies back."""
+
+    async def connect(self) -> None:
+        """Open connections (idempotent)."""
+        ...
+
+    async def declare(self, specs: Sequence[QueueSpec]) -> None:
+        """Declare exchanges, service queues and DLQs (idempotent)."""
+        ...
+
+    async def request(self, req: Request) -> Reply:
+        """Publish ``req`` and wait for its reply until ``req.deadline``."""
+        ...
+
+    async def serve(
+        self, service: str, handler: Handler, *, prefetch: int, stop: asyncio.Event
+    ) -> None:
+        """Consume the service's queue until ``stop`` is set, then drain and return."""
+        ...
+
+    @property
+    def ready(self) -> bool:
+        """True while connected and able to publish."""
+        ...
+
+    async def aclose(self) -> None:
+        """Close everything; pending requests fail with ``BrokerUnavailable``."""
+        ...

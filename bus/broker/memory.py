@@ -1,0 +1,224 @@
+"""In-process broker: the embedded default and the fast test backend.
+
+It keeps the AMQP semantics that matter to callers: messages travel encoded (so poison
+messages exist here too), queues have a length limit (reject-publish), deliveries are
+redelivered when a handler fails and dead-lettered after the delivery limit, expired
+messages are never handed out, and unacknowledged messages return to the queue when a
+consumer stops. Nothing survives the process — that is what RabbitMQ is for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from bus.broker.base import Handler, QueueSpec
+from bus.envelope import (
+    DecodeError,
+    Reply,
+    Request,
+    decode_reply,
+    decode_request,
+    encode_reply,
+    encode_request,
+)
+from bus.errors import BrokerUnavailable, DeadlineExceeded, Overloaded
+
+__all__ = ["DeadLetter", "MemoryBroker"]
+
+log = structlog.get_logger("bus.broker.memory")
+
+
+@dataclass(slots=True)
+class _Message:
+    body: bytes
+    headers: dict[str, Any]
+    correlation_id: str | None
+    expires_at: float
+    delivery_count: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A message moved to the DLQ, with why."""
+
+    body: bytes
+    headers: dict[str, Any]
+    correlation_id: str | None
+    reason: str
+    attempts: int
+
+
+@dataclass
+class _Queue:
+    spec: QueueSpec
+    ready: deque[_Message] = field(default_factory=deque)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    dead: list[DeadLetter] = field(default_factory=list)
+
+
+class MemoryBroker:
+    """A :class:`~bus.broker.base.Broker` inside this process."""
+
+    def __init__(self) -> None:
+        self._queues: dict[str, _Queue] = {}
+        self._pending: dict[str, asyncio.Future[Reply]] = {}
+        self._closed = False
+
+    async def connect(self) -> None:
+        """Nothing to connect to."""
+        self._closed = False
+
+    async def declare(self, specs: Sequence[QueueSpec]) -> None:
+        """Create the queues that do not exist yet."""
+        for spec in specs:
+            self._queues.setdefault(spec.service, _Queue(spec))
+
+    @property
+    def ready(self) -> bool:
+        """Always ready until closed."""
+        return not self._closed
+
+    def dead_letters(self, service: str) -> list[DeadLetter]:
+        """Messages dead-lettered for ``service`` (the DLQ)."""
+        queue = self._queues.get(service)
+        return list(queue.dead) if queue else []
+
+    def depth(self, service: str) -> int:
+        """Messages waiting in the service's queue."""
+        queue = self._queues.get(service)
+        return len(queue.ready) if queue else 0
+
+    async def request(self, req: Request) -> Reply:
+        """Enqueue ``req`` and wait for the reply until its deadline."""
+        if self._closed:
+            raise BrokerUnavailable("broker is closed")
+        queue = self._queues.get(req.service)
+        if queue is None:
+            raise BrokerUnavailable(
+                f"no queue is bound for {req.routing_key}", code="NO_ROUTE"
+            )
+        if len(queue.ready) >= queue.spec.max_length:
+            raise Overloaded(f"queue for {req.service} is full", retry_after=1.0)
+        remaining = req.remaining()
+        if remaining <= 0:
+            raise DeadlineExceeded("deadline passed before the request was sent")
+        body, headers = encode_request(req)
+        correlation_id = req.correlation_id or uuid.uuid4().hex
+        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self._pending[correlation_id] = future
+        try:
+            self._enqueue(queue, _Message(body, headers, correlation_id, req.deadline))
+            async with asyncio.timeout(remaining):
+                return await future
+        except TimeoutError:
+            raise DeadlineExceeded("no reply before the deadline") from None
+        finally:
+            self._pending.pop(correlation_id, None)
+
+    def publish_raw(
+        self, service: str, body: bytes, headers: dict[str, Any], correlation_id: str | None
+    ) -> None:
+        """Put an arbitrary message on a service queue (tests: poison messages)."""
+        self._enqueue(
+            self._queues[service], _Message(body, headers, correlation_id, time.time() + 3600)
+        )
+
+    @staticmethod
+    def _enqueue(queue: _Queue, message: _Message) -> None:
+        queue.ready.append(message)
+        queue.arrived.set()
+
+    async def _next(self, queue: _Queue, stop: asyncio.Event) -> _Message | None:
+        while not queue.ready:
+            queue.arrived.clear()
+            waiter = asyncio.ensure_future(queue.arrived.wait())
+            stopper = asyncio.ensure_future(stop.wait())
+            try:
+                await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
+                stopper.cancel()
+            if stop.is_set():
+                return None
+        return queue.ready.popleft()
+
+    async def serve(
+        self, service: str, handler: Handler, *, prefetch: int, stop: asyncio.Event
+    ) -> None:
+        """Consume ``service``'s queue until ``stop`` is set; drain in-flight work."""
+        queue = self._queues[service]
+        slots = asyncio.Semaphore(prefetch)
+        async with asyncio.TaskGroup() as tasks:
+            while not stop.is_set():
+                await slots.acquire()
+                message = await self._next(queue, stop)
+                if message is None:
+                    slots.release()
+                    break
+                tasks.create_task(self._deliver(queue, message, handler, slots))
+
+    async def _deliver(
+        self, queue: _Queue, message: _Message, handler: Handler, slots: asyncio.Semaphore
+    ) -> None:
+        try:
+            if message.expires_at <= time.time():
+                log.info("broker.message_expired", service=queue.spec.service)
+                return
+            message.delivery_count += 1
+            try:
+                req = decode_request(message.body, message.headers, message.correlation_id)
+            except DecodeError as exc:
+                self._dead_letter(queue, message, "rejected", str(exc))
+                return
+            try:
+                reply = await handler(req)
+            except asyncio.CancelledError:
+                self._requeue(queue, message)
+                raise
+            except Exception as exc:  # a handler bug: redeliver, then dead-letter
+                log.error("broker.handler_failed", service=queue.spec.service, error=repr(exc))
+                if message.delivery_count >= queue.spec.delivery_limit:
+                    self._dead_letter(queue, message, "delivery_limit", repr(exc))
+                else:
+                    self._requeue(queue, message)
+                return
+            self._reply(reply)
+        finally:
+            slots.release()
+
+    def _requeue(self, queue: _Queue, message: _Message) -> None:
+        queue.ready.appendleft(message)
+        queue.arrived.set()
+
+    def _dead_letter(self, queue: _Queue, message: _Message, reason: str, error: str) -> None:
+        log.warning("broker.dead_lettered", service=queue.spec.service, reason=reason)
+        headers = dict(message.headers)
+        headers.update({"x-lgsp-dead-reason": reason, "x-lgsp-last-error": error[:500]})
+        queue.dead.append(
+            DeadLetter(
+                message.body, headers, message.correlation_id, reason, message.delivery_count
+            )
+        )
+
+    def _reply(self, reply: Reply) -> None:
+        # Round-trip through the codec so both brokers hand the gateway the same shape.
+        decoded = decode_reply(encode_reply(reply), reply.correlation_id)
+        future = self._pending.get(reply.correlation_id)
+        if future is not None and not future.done():
+            future.set_result(decoded)
+
+    async def aclose(self) -> None:
+        """Fail every pending request."""
+        self._closed = True
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(BrokerUnavailable("broker closed"))
+        self._pending.clear()

@@ -1,0 +1,108 @@
+"""Canonical message parts shared by every service (DOMAIN.md §5): caller, purpose, request id.
+
+Validation failures raise ``PydanticCustomError`` whose *type* is the stable error code
+(``INVALID_ID_NUMBER``, ``INVALID_NAME`` …); the gateway reports that code to the caller.
+Field constraints that pydantic checks itself map to ``INVALID_REQUEST``/``UNKNOWN_FIELD``/
+``MISSING_FIELD``.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
+
+__all__ = [
+    "Caller",
+    "CanonicalRequest",
+    "LegalBasis",
+    "Purpose",
+    "RequestId",
+    "StrictModel",
+]
+
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{7,63}$")
+_CODE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,63}$")
+_OFFICER_RE = re.compile(r"^[0-9]{12}$")
+
+
+class StrictModel(BaseModel):
+    """Base of canonical models: unknown fields rejected, values frozen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False)
+
+
+def _request_id(value: str) -> str:
+    if not _REQUEST_ID_RE.match(value):
+        raise PydanticCustomError(
+            "INVALID_REQUEST_ID",
+            "request_id must be 8-64 characters of letters, digits and . _ : - (a ULID or UUID)",
+        )
+    return value
+
+
+def _code(value: str) -> str:
+    if not _CODE_RE.match(value):
+        raise PydanticCustomError(
+            "INVALID_CODE", "codes are 1-64 letters, digits and . _ / - characters"
+        )
+    return value
+
+
+def _officer(value: str) -> str:
+    if not _OFFICER_RE.match(value):
+        raise PydanticCustomError(
+            "INVALID_OFFICER_ID", "officer_id must be the officer's 12-digit personal ID"
+        )
+    return value
+
+
+RequestId = Annotated[str, AfterValidator(_request_id)]
+Code = Annotated[str, AfterValidator(_code)]
+OfficerId = Annotated[str, AfterValidator(_officer)]
+
+
+class LegalBasis(StrEnum):
+    """Why personal data may be processed."""
+
+    LEGAL_DUTY = "LEGAL_DUTY"
+    CONSENT = "CONSENT"
+
+
+class Caller(StrictModel):
+    """The calling system and the officer on whose behalf it asks (X-Road's userId)."""
+
+    system_id: Code | None = None
+    unit_code: Code | None = None
+    officer_id: OfficerId | None = None
+    officer_account: Annotated[str, Field(max_length=64)] | None = None
+
+
+class Purpose(StrictModel):
+    """The procedure and dossier a request serves, and its legal basis."""
+
+    procedure_code: Code | None = None
+    dossier_id: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    legal_basis: LegalBasis | None = None
+    consent_ref: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+
+    @model_validator(mode="after")
+    def _consent(self) -> Purpose:
+        # Consent must be verifiable (PDP law): a CONSENT basis without its reference is void.
+        if self.legal_basis is LegalBasis.CONSENT and self.consent_ref is None:
+            raise PydanticCustomError(
+                "CONSENT_REF_REQUIRED", "legal_basis CONSENT needs purpose.consent_ref"
+            )
+        return self
+
+
+class CanonicalRequest(StrictModel):
+    """Fields every request carries; services extend it with their own."""
+
+    request_id: RequestId
+    requested_at: Annotated[str, Field(max_length=40)] | None = None
+    caller: Caller = Caller()
+    purpose: Purpose = Purpose()

@@ -1,0 +1,233 @@
+"""The ``lgsp-bus`` command: run the bus, its roles, its simulators and operator tools."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Coroutine, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from bus import logs
+from bus.config import ConfigError, RoutingConfig, load_config
+
+__all__ = ["main"]
+
+DEFAULT_CONFIG_ENV = "LGSP_CONFIG"
+
+
+def default_config_path() -> Path:
+    """``$LGSP_CONFIG``, else ``./routing.yaml``, else the copy shipped in the package."""
+    env = os.environ.get(DEFAULT_CONFIG_ENV)
+    if env:
+        return Path(env)
+    local = Path("routing.yaml")
+    if local.exists():
+        return local
+    shipped = resources.files("bus") / "default_routing.yaml"
+    if shipped.is_file():
+        return Path(str(shipped))
+    # Running from a source checkout without installing: the repository's own file.
+    return Path(__file__).resolve().parent.parent / "routing.yaml"
+
+
+def _load(path: str | None) -> RoutingConfig:
+    target = Path(path) if path else default_config_path()
+    try:
+        return load_config(target)
+    except ConfigError as exc:
+        print(f"{target}: invalid configuration", file=sys.stderr)
+        for issue in exc.issues:
+            print(f"  {issue}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _serve(main: Coroutine[Any, Any, None]) -> int:
+    try:
+        import uvloop
+
+        runner: Any = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    runner(main)
+    return 0
+
+
+async def _with_signals(role: str, args: argparse.Namespace) -> None:
+    from bus import runner
+
+    stop = asyncio.Event()
+    runner.install_signal_handlers(stop)
+    amqp_url = os.environ.get("LGSP_AMQP_URL") or None
+    if role == "run":
+        config = _load(args.config)
+        print(f"lgsp-bus: broker {'RabbitMQ' if amqp_url else 'in-memory (embedded)'}")
+        await runner.run_all(
+            config,
+            amqp_url=amqp_url,
+            host=args.host,
+            port=args.port,
+            stop=stop,
+            with_sims=not args.no_sim,
+        )
+        return
+    if amqp_url is None:
+        print(f"lgsp-bus {role}: set LGSP_AMQP_URL (amqp://user:pass@host/vhost); only "
+              "'lgsp-bus run' can use the in-memory broker", file=sys.stderr)
+        raise SystemExit(2)
+    config = _load(args.config)
+    if role == "gateway":
+        async with runner.connected_broker(config, amqp_url) as broker:
+            await runner.run_gateway(config, broker, args.host, args.port, stop)
+    elif role == "worker":
+        services = args.service or None
+        async with runner.connected_broker(config, amqp_url) as broker:
+            await runner.run_worker(config, broker, stop, services)
+
+
+def _announce_demo(host: str, port: int) -> None:
+    key = os.environ.get("LGSP_DEMO_API_KEY", "")
+    print(
+        "\nTry it (demo consumer key from LGSP_DEMO_API_KEY):\n"
+        f"  curl -s http://{host}:{port}/v1/civil-status/lookup \\\n"
+        f"    -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\\n"
+        "    -d '{\"request_id\": \"demo-0001-birth\", \"record_type\": \"BIRTH\",\n"
+        "         \"by_registration\": {\"authority_code\": \"UBND-XA-26734\", \"number\": \"1\"}}'\n"
+    )
+
+
+async def _sim(args: argparse.Namespace) -> None:
+    from bus import runner
+
+    stop = asyncio.Event()
+    runner.install_signal_handlers(stop)
+    if args.kind == "civil-status":
+        from adapters.civil_status.simulator import build_app as build_civil
+
+        token = os.environ.get("LGSP_SIM_CIVIL_STATUS_TOKEN") or "sim-token"
+        app = build_civil(
+            token=token, seed=args.seed, latency_ms=args.latency_ms, error_rate=args.error_rate
+        )
+    else:
+        from adapters.population_db.simulator import build_app as build_population
+
+        secret = os.environ.get("LGSP_SIM_POPULATION_SECRET") or "sim-secret"
+        app = build_population(
+            username=args.username,
+            secret=secret,
+            seed=args.seed,
+            latency_ms=args.latency_ms,
+            error_rate=args.error_rate,
+        )
+    async with runner.http_site(app, args.host, args.port):
+        print(f"simulator {args.kind} listening on http://{args.host}:{args.port}/")
+        await stop.wait()
+
+
+def _config_validate(args: argparse.Namespace) -> int:
+    target = Path(args.file) if args.file else default_config_path()
+    try:
+        config = load_config(target)
+    except ConfigError as exc:
+        print(f"{target}: {len(exc.issues)} error(s)")
+        for issue in exc.issues:
+            print(f"  {issue}")
+        return 1
+    print(
+        f"{target}: OK ({len(config.services)} services, {len(config.upstreams)} upstreams, "
+        f"{len(config.consumers)} consumers)"
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (also used by the tests of ``--help``)."""
+    parser = argparse.ArgumentParser(
+        prog="lgsp-bus",
+        description="Provincial data-exchange bus: HTTP gateway → RabbitMQ → adapter workers "
+        "→ national databases (C06 population SOAP, MOJ civil-status REST).",
+    )
+    parser.add_argument(
+        "--log-format", choices=["json", "console"], default=None,
+        help="log line format (default: console on a terminal, JSON otherwise)",
+    )
+    parser.add_argument("--log-level", default="info", help="debug, info, warning, error")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    cfg_help = "routing config (default: $LGSP_CONFIG, ./routing.yaml, or the shipped one)"
+    run = sub.add_parser(
+        "run",
+        help="gateway + worker + simulators in one process (embedded default)",
+        description="Run gateway, worker and the simulators in one process. Uses RabbitMQ "
+        "when LGSP_AMQP_URL is set, else the in-memory broker. Unset demo secrets "
+        "(LGSP_DEMO_API_KEY, LGSP_SIM_*) get random values, printed with a curl example.",
+    )
+    run.add_argument("--config", help=cfg_help)
+    run.add_argument("--host", default="127.0.0.1", help="gateway address (default 127.0.0.1)")
+    run.add_argument("--port", type=int, default=8080, help="gateway port (default 8080)")
+    run.add_argument("--no-sim", action="store_true", help="do not start the simulators")
+
+    gw = sub.add_parser(
+        "gateway", help="HTTP ingress only (needs LGSP_AMQP_URL)",
+        description="Serve the HTTP API; publish requests to RabbitMQ (LGSP_AMQP_URL).",
+    )
+    gw.add_argument("--config", help=cfg_help)
+    gw.add_argument("--host", default="127.0.0.1")
+    gw.add_argument("--port", type=int, default=8080)
+
+    wk = sub.add_parser(
+        "worker", help="consume service queues and call upstreams (needs LGSP_AMQP_URL)",
+        description="Consume the service queues from RabbitMQ (LGSP_AMQP_URL) and call "
+        "the adapters.",
+    )
+    wk.add_argument("--config", help=cfg_help)
+    wk.add_argument(
+        "--service", action="append", help="serve only this service (repeatable; default all)"
+    )
+
+    sim = sub.add_parser(
+        "sim", help="run a simulated national database",
+        description="Serve a sandbox national DB with generated data and fault knobs.",
+    )
+    sim.add_argument("kind", choices=["civil-status", "population"])
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=None, help="default 8482 (civil), 8481 (pop.)")
+    sim.add_argument("--seed", type=int, default=0, help="data seed (default 0)")
+    sim.add_argument("--latency-ms", type=float, default=0.0, help="added latency per call")
+    sim.add_argument("--error-rate", type=float, default=0.0, help="fraction answered 503")
+    sim.add_argument("--username", default="lgsp-demo", help="C06 username (population)")
+
+    config = sub.add_parser("config", help="operator tools for routing.yaml")
+    csub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    validate = csub.add_parser(
+        "validate", help="check a routing file; every error with its YAML path and line",
+        description="Validate a routing file. Prints every error with its YAML path and "
+        "line:column; exits 1 if there is any.",
+    )
+    validate.add_argument("file", nargs="?", help=cfg_help)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``lgsp-bus`` console script."""
+    args = build_parser().parse_args(argv)
+    logs.configure(args.log_format, args.log_level)
+    if args.command == "config":
+        return _config_validate(args)
+    if args.command == "sim":
+        if args.port is None:
+            args.port = 8482 if args.kind == "civil-status" else 8481
+        return _serve(_sim(args))
+    if args.command == "run":
+        from bus import runner
+
+        runner.ensure_demo_secrets()
+        _announce_demo(args.host, args.port)
+    return _serve(_with_signals(args.command, args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,334 @@
+"""Pydantic models of ``routing.yaml``: frozen, ``extra="forbid"``, validated once at start.
+
+Secrets are never inline: every secret field is a :class:`SecretRef` (``env:NAME`` or
+``file:PATH``), resolved only when the secret is used. Loading reports every error at once
+with its YAML path and line:column (see :mod:`bus.yamlsource`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from bus.yamlsource import ConfigError, ConfigIssue, YamlDocument, issues_from_validation
+
+__all__ = [
+    "ApiKey",
+    "AuthBasic",
+    "AuthBearer",
+    "AuthC06",
+    "AuthNone",
+    "AuthOAuth2",
+    "AuthWsse",
+    "BrokerSettings",
+    "ConfigError",
+    "ConsumerConfig",
+    "GatewaySettings",
+    "OperationConfig",
+    "RetryPolicy",
+    "RoutingConfig",
+    "SecretRef",
+    "ServiceConfig",
+    "UpstreamConfig",
+    "load_config",
+    "parse_config",
+    "resolve_secret",
+]
+
+_SECRET_RE = re.compile(r"^(env:[A-Za-z_][A-Za-z0-9_]*|file:.+)$")
+_NAME_RE = r"^[a-z][a-z0-9_-]{0,62}$"
+
+
+def _check_secret_ref(value: str) -> str:
+    if not _SECRET_RE.match(value):
+        raise ValueError(
+            "inline secrets are not allowed: write a reference, env:NAME or file:PATH"
+        )
+    return value
+
+
+SecretRef = Annotated[str, AfterValidator(_check_secret_ref)]
+Name = Annotated[str, Field(pattern=_NAME_RE)]
+
+
+def resolve_secret(ref: str) -> str:
+    """Read the secret a reference points at; raises ``KeyError``/``OSError`` if it is missing."""
+    kind, _, target = ref.partition(":")
+    if kind == "env":
+        value = os.environ.get(target)
+        if value is None:
+            raise KeyError(f"environment variable {target} is not set")
+        return value
+    if kind == "file":
+        return Path(target).read_text(encoding="utf-8").strip()
+    raise ValueError(f"not a secret reference: {kind}:…")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class RetryPolicy(_Model):
+    """How an operation retries transient upstream failures."""
+
+    attempts: int = Field(3, ge=1, le=10, description="total attempts, the first included")
+    backoff_initial_s: float = Field(0.1, gt=0, le=10)
+    backoff_max_s: float = Field(2.0, gt=0, le=60, description="cap on one delay")
+    jitter_s: float = Field(0.1, ge=0, le=10)
+
+
+class OperationConfig(_Model):
+    """One operation of a service."""
+
+    timeout_s: float = Field(10.0, gt=0, le=120, description="deadline of the whole call")
+    retry: RetryPolicy = RetryPolicy()
+    idempotent: bool = Field(True, description="safe to retry after the upstream may have acted")
+    description: str = ""
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="adapter-specific settings of this operation"
+    )
+
+
+class AuthNone(_Model):
+    """No upstream authentication."""
+
+    kind: Literal["none"] = "none"
+
+
+class AuthBearer(_Model):
+    """A static bearer token."""
+
+    kind: Literal["bearer"]
+    token: SecretRef
+
+
+class AuthBasic(_Model):
+    """HTTP Basic."""
+
+    kind: Literal["basic"]
+    username: str
+    password: SecretRef
+
+
+class AuthC06(_Model):
+    """C06 scheme: ``Timestamp`` + Basic of sha256(url+user+timestamp+secret)."""
+
+    kind: Literal["c06"]
+    username: str
+    secret: SecretRef
+
+
+class AuthOAuth2(_Model):
+    """OAuth2 client credentials, token cached and refreshed before expiry."""
+
+    kind: Literal["oauth2"]
+    token_url: str
+    client_id: str
+    client_secret: SecretRef
+    scope: str | None = None
+    refresh_margin_s: float = Field(30.0, ge=0)
+    lgsp_access_token: SecretRef | None = Field(
+        None, description="value of the LGSP 'lgspaccesstoken' header, if the gateway wants one"
+    )
+
+
+class AuthWsse(_Model):
+    """WS-Security UsernameToken in the SOAP header."""
+
+    kind: Literal["wsse"]
+    username: str
+    password: SecretRef
+    digest: bool = False
+
+
+UpstreamAuth = Annotated[
+    AuthNone | AuthBearer | AuthBasic | AuthC06 | AuthOAuth2 | AuthWsse,
+    Field(discriminator="kind"),
+]
+
+
+def _is_loopback(host: str | None) -> bool:
+    if host is None:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class UpstreamConfig(_Model):
+    """A national database endpoint."""
+
+    url: str = Field(description="base URL (REST) or endpoint URL (SOAP)")
+    auth: UpstreamAuth = AuthNone()
+    allow_plain_http: bool = Field(
+        False, description="permit http:// — only for loopback/test upstreams such as simulators"
+    )
+    verify_tls: bool = True
+    ca_file: str | None = None
+    client_cert: str | None = None
+    client_key: SecretRef | None = None
+    connect_timeout_s: float = Field(3.0, gt=0, le=60)
+    max_connections: int = Field(64, ge=1, le=1024)
+    max_response_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an absolute http:// or https:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _plain_http(self) -> UpstreamConfig:
+        parts = urlsplit(self.url)
+        if parts.scheme == "http" and not (
+            self.allow_plain_http and _is_loopback(parts.hostname)
+        ):
+            raise ValueError(
+                "plain http:// upstream: use https://, or set allow_plain_http: true "
+                "for a loopback test upstream"
+            )
+        return self
+
+
+class ServiceConfig(_Model):
+    """A service the bus exposes at ``/v1/<service>/<operation>``."""
+
+    adapter: str = Field(description="adapter kind, e.g. civil_status, population_db, rest, soap")
+    upstream: str = Field(description="name of an entry in upstreams")
+    description: str = ""
+    personal_data: bool = True
+    operations: dict[Name, OperationConfig] = Field(min_length=1)
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="adapter-specific settings of this service"
+    )
+
+
+class ApiKey(_Model):
+    """One API key of a consumer: a reference to the key, or its SHA-256."""
+
+    key: SecretRef | None = None
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
+    expires: str | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> ApiKey:
+        if (self.key is None) == (self.sha256 is None):
+            raise ValueError("give exactly one of key (a secret reference) or sha256")
+        return self
+
+
+class ConsumerConfig(_Model):
+    """A calling system (the procedure system of a province, …)."""
+
+    description: str = ""
+    api_keys: list[ApiKey] = Field(default_factory=list)
+    allow: dict[str, list[str]] = Field(
+        default_factory=dict, description="service → operations this consumer may call"
+    )
+
+
+class GatewaySettings(_Model):
+    """HTTP edge settings."""
+
+    max_body_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    max_in_flight: int = Field(1024, ge=1)
+    shutdown_grace_s: float = Field(15.0, ge=0, le=300)
+
+
+class BrokerSettings(_Model):
+    """Broker topology and consumption settings."""
+
+    prefetch: int = Field(32, ge=1, le=10_000)
+    delivery_limit: int = Field(5, ge=1, le=100)
+    max_queue_length: int = Field(10_000, ge=1)
+    dlq_ttl_s: int = Field(14 * 24 * 3600, ge=60, description="how long the DLQ keeps messages")
+
+
+class RoutingConfig(_Model):
+    """The whole of ``routing.yaml``."""
+
+    version: Literal[1] = 1
+    node: str = Field("lgsp-1", pattern=_NAME_RE)
+    gateway: GatewaySettings = GatewaySettings()
+    broker: BrokerSettings = BrokerSettings()
+    consumers: dict[Name, ConsumerConfig] = Field(default_factory=dict)
+    upstreams: dict[Name, UpstreamConfig] = Field(default_factory=dict)
+    services: dict[Name, ServiceConfig] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _references(self) -> RoutingConfig:
+        problems: list[str] = []
+        for name, svc in self.services.items():
+            if svc.upstream not in self.upstreams:
+                problems.append(f"services.{name}.upstream names unknown upstream {svc.upstream!r}")
+        for cname, consumer in self.consumers.items():
+            for sname, ops in consumer.allow.items():
+                known = self.services.get(sname)
+                if known is None:
+                    problems.append(f"consumers.{cname}.allow names unknown service {sname!r}")
+                    continue
+                for op in ops:
+                    if op != "*" and op not in known.operations:
+                        problems.append(
+                            f"consumers.{cname}.allow.{sname} names unknown operation {op!r}"
+                        )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+def parse_config(data: Mapping[str, Any], doc: YamlDocument | None = None) -> RoutingConfig:
+    """Validate a routing mapping; raise :class:`ConfigError` listing every issue."""
+    try:
+        config = RoutingConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(issues_from_validation(exc, doc)) from None
+    extra = _adapter_issues(config, doc)
+    if extra:
+        raise ConfigError(extra)
+    return config
+
+
+def _adapter_issues(config: RoutingConfig, doc: YamlDocument | None) -> list[ConfigIssue]:
+    # Imported here: adapters depend on bus, and the registry must see every built-in kind.
+    from adapters.base import registry
+
+    issues: list[ConfigIssue] = []
+    for name, svc in config.services.items():
+        path: tuple[str | int, ...] = ("services", name, "adapter")
+        kind = registry.get(svc.adapter)
+        if kind is None:
+            known = ", ".join(sorted(registry.kinds()))
+            issues.append(
+                ConfigIssue.at(doc, path, f"unknown adapter kind {svc.adapter!r} (known: {known})")
+            )
+            continue
+        for message in kind.check(name, svc):
+            issues.append(ConfigIssue.at(doc, ("services", name), message))
+    return issues
+
+
+def load_config(path: str | os.PathLike[str]) -> RoutingConfig:
+    """Read and validate a ``routing.yaml`` file."""
+    doc = YamlDocument.from_file(Path(path))
+    return parse_config(doc.data, doc)

@@ -1,0 +1,297 @@
+"""The HTTP edge (aiohttp): authenticate, authorise, validate, publish, answer.
+
+Request pipeline of ``POST /v1/{service}/{operation}`` (each step may end it with an error
+from :mod:`bus.errors`, rendered by :func:`error_middleware` as
+``{"error": {"code", "message", "request_id", "retryable"}}``):
+
+1. in-flight bound (``OVERLOADED`` at once when full);
+2. authenticate the calling system (``security.Authenticator``);
+3. find service and operation (``UNKNOWN_SERVICE``/``UNKNOWN_OPERATION``), authorise (ACL);
+4. content type, size, strict JSON, the operation's request model;
+5. deadline = the operation's timeout, shortened by the caller's ``X-Lgsp-Timeout-Ms``;
+6. publish over the broker and await the reply; render it.
+
+The routing config lives in one :class:`Runtime` object that is replaced as a whole, so a
+request always finishes under the config it started with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import structlog
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from adapters.base import registry
+from bus.broker.base import Broker
+from bus.config import RoutingConfig
+from bus.envelope import Request
+from bus.errors import (
+    BusError,
+    InternalError,
+    InvalidRequest,
+    NotFoundError,
+    Overloaded,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    error_from_code,
+)
+from bus.openapi import openapi_document
+from bus.security import Authenticator, allowed_operations, authorize
+
+__all__ = ["RUNTIME", "Runtime", "build_app", "error_body"]
+
+log = structlog.get_logger("bus.gateway")
+
+_CODE_RE = re.compile(r"^[A-Z][A-Z0-9_]+$")
+_CORRELATION_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+TIMEOUT_HEADER = "X-Lgsp-Timeout-Ms"
+
+
+@dataclass
+class Runtime:
+    """Everything a request needs, swapped as one object on config reload."""
+
+    config: RoutingConfig
+    broker: Broker
+    auth: Authenticator
+    models: dict[tuple[str, str], type[BaseModel]] = field(default_factory=dict)
+    in_flight: int = 0
+
+    @classmethod
+    def build(cls, config: RoutingConfig, broker: Broker) -> Runtime:
+        """Resolve keys and request models once, at start (not per request)."""
+        models: dict[tuple[str, str], type[BaseModel]] = {}
+        for name, svc in config.services.items():
+            kind = registry.get(svc.adapter)
+            if kind is None:
+                raise ValueError(f"unknown adapter kind {svc.adapter!r}")
+            for op in svc.operations:
+                models[(name, op)] = kind.request_model(svc, op)
+        return cls(config, broker, Authenticator(config), models)
+
+
+RUNTIME = web.AppKey("runtime", Runtime)
+
+
+def error_body(exc: BusError, request_id: str | None) -> dict[str, Any]:
+    """The one JSON error shape."""
+    payload = exc.to_dict()
+    payload["request_id"] = request_id
+    return {"error": payload}
+
+
+def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(data), status=status, content_type="application/json", headers=headers
+    )
+
+
+def _http_error(exc: web.HTTPException) -> BusError:
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return PayloadTooLarge("request body is too large")
+    if exc.status == 404:
+        return NotFoundError("no such endpoint", code="NOT_FOUND")
+    if exc.status == 405:
+        return InvalidRequest("method not allowed here", code="METHOD_NOT_ALLOWED")
+    return InvalidRequest(exc.reason or "bad request", code="BAD_REQUEST")
+
+
+@web.middleware
+async def error_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Bind the correlation id; render every failure in the one error shape."""
+    header_id = request.headers.get("X-Request-Id", "")
+    correlation_id = header_id if _CORRELATION_RE.match(header_id) else uuid.uuid4().hex
+    request["correlation_id"] = correlation_id
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(correlation_id=correlation_id)
+    try:
+        return await handler(request)
+    except BusError as exc:
+        error = exc
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        error = _http_error(exc)
+    except Exception:
+        log.exception("gateway.unhandled_error")
+        error = InternalError("the gateway failed unexpectedly")
+    request_id = request.get("request_id")
+    headers = {"X-Request-Id": correlation_id}
+    if error.retry_after is not None:
+        headers["Retry-After"] = str(max(1, round(error.retry_after)))
+    return _json(error_body(error, request_id), error.status, headers)
+
+
+def _validation_error(exc: ValidationError) -> InvalidRequest:
+    """Map pydantic errors to one coded error; the values themselves are never echoed."""
+    errors = []
+    for err in exc.errors(include_url=False, include_input=False):
+        loc = ".".join(str(p) for p in err["loc"])
+        kind = err["type"]
+        if _CODE_RE.match(kind):
+            code = kind
+        elif kind == "extra_forbidden":
+            code = "UNKNOWN_FIELD"
+        elif kind == "missing":
+            code = "MISSING_FIELD"
+        else:
+            code = "INVALID_FIELD"
+        errors.append({"path": loc, "code": code, "message": err["msg"]})
+    first = errors[0]
+    message = f"{first['path'] or 'body'}: {first['message']}"
+    return InvalidRequest(message, code=first["code"], detail={"errors": errors})
+
+
+def _parse_body(raw: bytes) -> dict[str, Any]:
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise InvalidRequest("request body is not valid JSON", code="MALFORMED_JSON") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("request body must be a JSON object", code="MALFORMED_JSON")
+    return body
+
+
+def _deadline(request: web.Request, timeout_s: float) -> float:
+    raw = request.headers.get(TIMEOUT_HEADER)
+    if raw is not None:
+        if not raw.isdigit() or not 1 <= int(raw) <= 600_000:
+            raise InvalidRequest(
+                f"{TIMEOUT_HEADER} must be whole milliseconds, 1..600000", code="INVALID_TIMEOUT"
+            )
+        timeout_s = min(timeout_s, int(raw) / 1000)
+    return time.time() + timeout_s
+
+
+async def call_operation(request: web.Request) -> web.Response:
+    """``POST /v1/{service}/{operation}``."""
+    rt = request.app[RUNTIME]
+    limit = rt.config.gateway.max_in_flight
+    if rt.in_flight >= limit:
+        raise Overloaded("the gateway has too many requests in flight", retry_after=1.0)
+    rt.in_flight += 1
+    try:
+        return await _call(request, rt)
+    finally:
+        rt.in_flight -= 1
+
+
+async def _call(request: web.Request, rt: Runtime) -> web.Response:
+    consumer = rt.auth.authenticate(request.headers.get("Authorization"))
+    service, operation = request.match_info["service"], request.match_info["operation"]
+    svc = rt.config.services.get(service)
+    if svc is None:
+        raise NotFoundError("no such service", code="UNKNOWN_SERVICE")
+    op = svc.operations.get(operation)
+    if op is None:
+        raise NotFoundError(f"service {service} has no such operation", code="UNKNOWN_OPERATION")
+    authorize(rt.config, consumer, service, operation)
+    structlog.contextvars.bind_contextvars(service=service, operation=operation, consumer=consumer)
+    if request.content_type != "application/json":
+        raise UnsupportedMediaType("send the request as application/json")
+    body = _parse_body(await request.read())
+    try:
+        validated = rt.models[(service, operation)].model_validate(body)
+    except ValidationError as exc:
+        if isinstance(body.get("request_id"), str):
+            request["request_id"] = body["request_id"][:64]
+        raise _validation_error(exc) from None
+    request_id: str = getattr(validated, "request_id", None) or request["correlation_id"]
+    request["request_id"] = request_id
+    req = Request(
+        request_id=request_id,
+        service=service,
+        operation=operation,
+        consumer=consumer,
+        correlation_id=uuid.uuid4().hex,
+        deadline=_deadline(request, op.timeout_s),
+        body=validated.model_dump(mode="json", exclude_none=True),
+    )
+    reply = await rt.broker.request(req)
+    if reply.error is not None:
+        raise error_from_code(
+            str(reply.error.get("code", "INTERNAL_ERROR")),
+            str(reply.error.get("message", "")),
+            reply.error.get("detail"),
+        )
+    assert reply.body is not None
+    out = {"request_id": request_id, "correlation_id": request["correlation_id"], **reply.body}
+    return _json(out, headers={"X-Request-Id": request["correlation_id"]})
+
+
+async def list_services(request: web.Request) -> web.Response:
+    """``GET /v1/services``: what this caller may call."""
+    rt = request.app[RUNTIME]
+    consumer = rt.auth.authenticate(request.headers.get("Authorization"))
+    allowed = allowed_operations(rt.config, consumer)
+    services = [
+        {
+            "service": name,
+            "description": rt.config.services[name].description,
+            "operations": [
+                {"operation": op, "timeout_s": rt.config.services[name].operations[op].timeout_s}
+                for op in ops
+            ],
+        }
+        for name, ops in allowed.items()
+    ]
+    return _json({"consumer": consumer, "services": services})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Process alive."""
+    return _json({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready to serve: broker connected and config loaded."""
+    rt = request.app[RUNTIME]
+    checks = {"broker": rt.broker.ready, "config": bool(rt.config.services)}
+    ready = all(checks.values())
+    detail = {
+        "status": "ready" if ready else "not_ready",
+        "checks": checks,
+        "in_flight": rt.in_flight,
+        "services": sorted(rt.config.services),
+    }
+    return _json(detail, 200 if ready else 503)
+
+
+async def openapi(request: web.Request) -> web.Response:
+    """The OpenAPI document, generated from the request models."""
+    rt = request.app[RUNTIME]
+    return _json(openapi_document(rt.config, rt.models))
+
+
+def build_app(runtime: Runtime) -> web.Application:
+    """The gateway application (the caller owns the broker's lifecycle)."""
+    app = web.Application(
+        middlewares=[error_middleware],
+        client_max_size=runtime.config.gateway.max_body_bytes,
+        handler_args={"max_field_size": 8190, "max_line_size": 8190},
+    )
+    app[RUNTIME] = runtime
+    app.router.add_post("/v1/{service}/{operation}", call_operation)
+    app.router.add_get("/v1/services", list_services)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/openapi.json", openapi)
+    return app
+
+
+async def wait_idle(runtime: Runtime, bound_s: float) -> None:
+    """Wait until no request is in flight, at most ``bound_s`` seconds."""
+    end = time.monotonic() + bound_s
+    while runtime.in_flight and time.monotonic() < end:
+        await asyncio.sleep(0.05)

@@ -1,0 +1,175 @@
+"""YAML with positions: every node's line:column by path, duplicate keys reported, errors located.
+
+Pydantic reports a location as a tuple path; this module turns it into
+``services.civil-status.operations.lookup.timeout_s (line 12:18)`` so an operator can find it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+__all__ = ["ConfigError", "ConfigIssue", "YamlDocument", "issues_from_validation"]
+
+PathKey = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class ConfigIssue:
+    """One problem in a config file, at a YAML path and (when known) a line:column."""
+
+    path: PathKey
+    message: str
+    line: int | None = None
+    column: int | None = None
+
+    @property
+    def dotted(self) -> str:
+        """The path as ``a.b[0].c`` (``<root>`` for the document itself)."""
+        out = ""
+        for part in self.path:
+            if isinstance(part, int):
+                out += f"[{part}]"
+            else:
+                out += f".{part}" if out else str(part)
+        return out or "<root>"
+
+    def __str__(self) -> str:
+        where = f" (line {self.line}:{self.column})" if self.line is not None else ""
+        return f"{self.dotted}{where}: {self.message}"
+
+    @classmethod
+    def at(cls, doc: YamlDocument | None, path: PathKey, message: str) -> ConfigIssue:
+        """An issue located through ``doc`` (the nearest known ancestor of ``path``)."""
+        line, column = doc.position(path) if doc else (None, None)
+        return cls(path, message, line, column)
+
+
+class ConfigError(Exception):
+    """The config is invalid; ``issues`` lists every problem found."""
+
+    def __init__(self, issues: Sequence[ConfigIssue]) -> None:
+        self.issues = list(issues)
+        super().__init__("\n".join(str(i) for i in self.issues))
+
+
+@dataclass
+class YamlDocument:
+    """Parsed YAML data plus the position of every mapping key and sequence item."""
+
+    data: Any
+    positions: dict[PathKey, tuple[int, int]] = field(default_factory=dict)
+    duplicates: list[ConfigIssue] = field(default_factory=list)
+
+    @classmethod
+    def from_text(cls, text: str, source: str = "<string>") -> YamlDocument:
+        """Parse YAML text; raises :class:`ConfigError` on syntax errors and duplicate keys."""
+        try:
+            node = yaml.compose(text, Loader=yaml.SafeLoader)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = mark.line + 1 if mark is not None else None
+            col = mark.column + 1 if mark is not None else None
+            problem = getattr(exc, "problem", None) or str(exc)
+            raise ConfigError([ConfigIssue((), f"YAML syntax: {problem}", line, col)]) from None
+        doc = cls(data=None)
+        if node is None:
+            doc.data = {}
+            return doc
+        doc._walk(node, ())
+        if doc.duplicates:
+            raise ConfigError(doc.duplicates)
+        doc.data = yaml.safe_load(text)
+        return doc
+
+    @classmethod
+    def from_file(cls, path: Path) -> YamlDocument:
+        """Read and parse a YAML file."""
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError([ConfigIssue((), f"cannot read {path}: {exc.strerror}")]) from None
+        return cls.from_text(text, str(path))
+
+    def _walk(self, node: yaml.Node, path: PathKey) -> None:
+        self.positions[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
+        if isinstance(node, yaml.MappingNode):
+            seen: set[str] = set()
+            for key_node, value_node in node.value:
+                key = str(key_node.value)
+                child = (*path, key)
+                if key in seen:
+                    self.duplicates.append(
+                        ConfigIssue(
+                            child,
+                            "duplicate key: it is defined more than once here",
+                            key_node.start_mark.line + 1,
+                            key_node.start_mark.column + 1,
+                        )
+                    )
+                seen.add(key)
+                self._walk(value_node, child)
+                # Point errors about a key at the key itself, not at its value.
+                self.positions[child] = (
+                    key_node.start_mark.line + 1,
+                    key_node.start_mark.column + 1,
+                )
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                self._walk(item, (*path, index))
+
+    def position(self, path: PathKey) -> tuple[int | None, int | None]:
+        """Line:column of ``path``, or of its nearest ancestor that exists in the file."""
+        probe = tuple(path)
+        while True:
+            if probe in self.positions:
+                return self.positions[probe]
+            if not probe:
+                return None, None
+            probe = probe[:-1]
+
+
+def _readable(err: dict[str, Any]) -> str:
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return "unknown field (not part of routing.yaml's schema; check the spelling)"
+    if kind == "missing":
+        return "required field is missing"
+    if kind == "union_tag_invalid":
+        tag = err.get("ctx", {}).get("tag")
+        expected = err.get("ctx", {}).get("expected_tags")
+        return f"unknown kind {tag!r}; expected one of {expected}"
+    message = str(err["msg"])
+    return message.removeprefix("Value error, ")
+
+
+def _clean_loc(loc: Sequence[Any]) -> PathKey:
+    # Drop pydantic's union branch names (e.g. 'AuthBearer', 'function-after[...]').
+    out: list[str | int] = []
+    for part in loc:
+        if isinstance(part, str) and (part[:1].isupper() or "[" in part):
+            continue
+        out.append(part)
+    return tuple(out)
+
+
+def issues_from_validation(exc: ValidationError, doc: YamlDocument | None) -> list[ConfigIssue]:
+    """Every pydantic error as a located :class:`ConfigIssue`."""
+    issues: list[ConfigIssue] = []
+    for err in exc.errors():
+        path = _clean_loc(err["loc"])
+        message = _readable(dict(err))
+        if not path:
+            # Cross-reference checks report "a.b.c names …; d.e names …" at the root.
+            for part in message.split("; "):
+                token = part.split(" ", 1)[0]
+                ref_path: PathKey = tuple(token.split(".")) if "." in token else ()
+                issues.append(ConfigIssue.at(doc, ref_path, part))
+            continue
+        issues.append(ConfigIssue.at(doc, path, message))
+    return issues
