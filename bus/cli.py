@@ -75,8 +75,11 @@ async def _with_signals(role: str, args: argparse.Namespace) -> None:
         )
         return
     if amqp_url is None:
-        print(f"lgsp-bus {role}: set LGSP_AMQP_URL (amqp://user:pass@host/vhost); only "
-              "'lgsp-bus run' can use the in-memory broker", file=sys.stderr)
+        print(
+            f"lgsp-bus {role}: set LGSP_AMQP_URL (amqp://user:pass@host/vhost); only "
+            "'lgsp-bus run' can use the in-memory broker",
+            file=sys.stderr,
+        )
         raise SystemExit(2)
     config = _load(args.config)
     if role == "gateway":
@@ -94,8 +97,8 @@ def _announce_demo(host: str, port: int) -> None:
         "\nTry it (demo consumer key from LGSP_DEMO_API_KEY):\n"
         f"  curl -s http://{host}:{port}/v1/civil-status/lookup \\\n"
         f"    -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\\n"
-        "    -d '{\"request_id\": \"demo-0001-birth\", \"record_type\": \"BIRTH\",\n"
-        "         \"by_registration\": {\"authority_code\": \"UBND-XA-26734\", \"number\": \"1\"}}'\n"
+        '    -d \'{"request_id": "demo-0001-birth", "record_type": "BIRTH",\n'
+        '         "by_registration": {"authority_code": "UBND-XA-26734", "number": "1"}}\'\n'
     )
 
 
@@ -151,7 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
         "→ national databases (C06 population SOAP, MOJ civil-status REST).",
     )
     parser.add_argument(
-        "--log-format", choices=["json", "console"], default=None,
+        "--log-format",
+        choices=["json", "console"],
+        default=None,
         help="log line format (default: console on a terminal, JSON otherwise)",
     )
     parser.add_argument("--log-level", default="info", help="debug, info, warning, error")
@@ -171,7 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-sim", action="store_true", help="do not start the simulators")
 
     gw = sub.add_parser(
-        "gateway", help="HTTP ingress only (needs LGSP_AMQP_URL)",
+        "gateway",
+        help="HTTP ingress only (needs LGSP_AMQP_URL)",
         description="Serve the HTTP API; publish requests to RabbitMQ (LGSP_AMQP_URL).",
     )
     gw.add_argument("--config", help=cfg_help)
@@ -179,7 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     gw.add_argument("--port", type=int, default=8080)
 
     wk = sub.add_parser(
-        "worker", help="consume service queues and call upstreams (needs LGSP_AMQP_URL)",
+        "worker",
+        help="consume service queues and call upstreams (needs LGSP_AMQP_URL)",
         description="Consume the service queues from RabbitMQ (LGSP_AMQP_URL) and call "
         "the adapters.",
     )
@@ -189,7 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     sim = sub.add_parser(
-        "sim", help="run a simulated national database",
+        "sim",
+        help="run a simulated national database",
         description="Serve a sandbox national DB with generated data and fault knobs.",
     )
     sim.add_argument("kind", choices=["civil-status", "population"])
@@ -203,7 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     config = sub.add_parser("config", help="operator tools for routing.yaml")
     csub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     validate = csub.add_parser(
-        "validate", help="check a routing file; every error with its YAML path and line",
+        "validate",
+        help="check a routing file; every error with its YAML path and line",
         description="Validate a routing file. Prints every error with its YAML path and "
         "line:column; exits 1 if there is any.",
     )

@@ -56,9 +56,7 @@ _NAME_RE = r"^[a-z][a-z0-9_-]{0,62}$"
 
 def _check_secret_ref(value: str) -> str:
     if not _SECRET_RE.match(value):
-        raise ValueError(
-            "inline secrets are not allowed: write a reference, env:NAME or file:PATH"
-        )
+        raise ValueError("inline secrets are not allowed: write a reference, env:NAME or file:PATH")
     return value
 
 
@@ -200,9 +198,7 @@ class UpstreamConfig(_Model):
     @model_validator(mode="after")
     def _plain_http(self) -> UpstreamConfig:
         parts = urlsplit(self.url)
-        if parts.scheme == "http" and not (
-            self.allow_plain_http and _is_loopback(parts.hostname)
-        ):
+        if parts.scheme == "http" and not (self.allow_plain_http and _is_loopback(parts.hostname)):
             raise ValueError(
                 "plain http:// upstream: use https://, or set allow_plain_http: true "
                 "for a loopback test upstream"

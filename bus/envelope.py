@@ -127,7 +127,12 @@ def decode_request(body: bytes, headers: dict[str, Any], correlation_id: str | N
 def encode_reply(reply: Reply) -> bytes:
     """Reply bytes (the correlation id travels as a message property)."""
     return orjson.dumps(
-        {"request_id": reply.request_id, "body": reply.body, "error": reply.error, "meta": reply.meta}
+        {
+            "request_id": reply.request_id,
+            "body": reply.body,
+            "error": reply.error,
+            "meta": reply.meta,
+        }
     )
 
 

@@ -57,7 +57,9 @@ def configure(
         fmt = "console" if out.isatty() else "json"
     renderer: Any
     if fmt == "json":
-        renderer = structlog.processors.JSONRenderer(serializer=lambda o, **_: orjson.dumps(o).decode())
+        renderer = structlog.processors.JSONRenderer(
+            serializer=lambda o, **_: orjson.dumps(o).decode()
+        )
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=False)
     structlog.configure(

@@ -14,6 +14,7 @@ import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -75,9 +76,7 @@ async def http_site(
 
 def bound_port(runner: web.AppRunner) -> int:
     """The port a runner's first site listens on (for port 0)."""
-    server = runner.sites[0]._server  # noqa: SLF001 - aiohttp exposes no public accessor
-    assert isinstance(server, asyncio.Server)
-    return int(server.sockets[0].getsockname()[1])
+    return int(runner.addresses[0][1])
 
 
 @dataclass(frozen=True)
@@ -103,21 +102,18 @@ def simulators_for(config: RoutingConfig, *, latency_ms: float = 0.0) -> list[Si
         if svc.adapter == "civil_status" and isinstance(auth, AuthBearer):
             from adapters.civil_status.simulator import build_app as build_civil
 
-            token = resolve_secret(auth.token)
-            sims[key] = Simulator(
-                "civil-status", *key, lambda t=token: build_civil(token=t, latency_ms=latency_ms)
-            )
+            build = partial(build_civil, token=resolve_secret(auth.token), latency_ms=latency_ms)
+            sims[key] = Simulator("civil-status", *key, build)
         elif svc.adapter == "population_db" and isinstance(auth, AuthC06):
             from adapters.population_db.simulator import build_app as build_population
 
-            user, secret = auth.username, resolve_secret(auth.secret)
-            sims[key] = Simulator(
-                "population",
-                *key,
-                lambda u=user, s=secret: build_population(
-                    username=u, secret=s, latency_ms=latency_ms
-                ),
+            build = partial(
+                build_population,
+                username=auth.username,
+                secret=resolve_secret(auth.secret),
+                latency_ms=latency_ms,
             )
+            sims[key] = Simulator("population", *key, build)
     return list(sims.values())
 
 

@@ -69,7 +69,9 @@ class Worker:
     async def handle(self, req: Request) -> Reply:
         """Serve one request; always returns a reply."""
         structlog.contextvars.bind_contextvars(
-            correlation_id=req.request_id, service=req.service, operation=req.operation,
+            correlation_id=req.request_id,
+            service=req.service,
+            operation=req.operation,
             consumer=req.consumer,
         )
         started = time.perf_counter()
@@ -118,7 +120,9 @@ class Worker:
         prefetch = self.config.broker.prefetch
         async with asyncio.TaskGroup() as tasks:
             consumers = [
-                tasks.create_task(self.broker.serve(name, self.handle, prefetch=prefetch, stop=stop))
+                tasks.create_task(
+                    self.broker.serve(name, self.handle, prefetch=prefetch, stop=stop)
+                )
                 for name in names
             ]
             log.info("worker.started", services=names)

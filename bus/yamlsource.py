@@ -148,12 +148,20 @@ def _readable(err: dict[str, Any]) -> str:
     return message.removeprefix("Value error, ")
 
 
-def _clean_loc(loc: Sequence[Any]) -> PathKey:
-    # Drop pydantic's union branch names (e.g. 'AuthBearer', 'function-after[...]').
+def _clean_loc(loc: Sequence[Any], data: Any) -> PathKey:
+    """Drop the steps pydantic adds that are not in the file (union tags, branch names)."""
     out: list[str | int] = []
-    for part in loc:
-        if isinstance(part, str) and (part[:1].isupper() or "[" in part):
-            continue
+    node = data
+    for index, part in enumerate(loc):
+        last = index == len(loc) - 1
+        in_dict = isinstance(node, dict) and part in node
+        in_list = isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+        if in_dict or in_list:
+            node = node[part]
+        elif (not last and data is not None) or (
+            isinstance(part, str) and (part[:1].isupper() or "[" in part)
+        ):
+            continue  # e.g. 'bearer' for a discriminated union, 'function-after[…]'
         out.append(part)
     return tuple(out)
 
@@ -162,7 +170,7 @@ def issues_from_validation(exc: ValidationError, doc: YamlDocument | None) -> li
     """Every pydantic error as a located :class:`ConfigIssue`."""
     issues: list[ConfigIssue] = []
     for err in exc.errors():
-        path = _clean_loc(err["loc"])
+        path = _clean_loc(err["loc"], doc.data if doc else None)
         message = _readable(dict(err))
         if not path:
             # Cross-reference checks report "a.b.c names …; d.e names …" at the root.

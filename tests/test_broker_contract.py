@@ -248,7 +248,8 @@ async def test_full_queue_rejects_at_once(broker: Broker) -> None:
             rejected_after = n
             break
         accepted.append(task)
-    assert rejected_after is not None and 2 <= rejected_after <= 3
+    assert rejected_after is not None
+    assert 2 <= rejected_after <= 3
     for task in accepted:
         task.cancel()
     await asyncio.gather(*accepted, return_exceptions=True)

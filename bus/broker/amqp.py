@@ -138,7 +138,7 @@ class AmqpBroker:
 
     async def declare(self, specs: Sequence[QueueSpec]) -> None:
         """Declare each service's quorum queue, binding and DLQ."""
-        channel, exchange = self._require()
+        channel, _exchange = self._require()
         for spec in specs:
             await self._declare_one(channel, spec)
             self._specs[spec.service] = spec
@@ -180,7 +180,7 @@ class AmqpBroker:
 
     async def request(self, req: Request) -> Reply:
         """Publish persistently (mandatory, confirmed) and await the reply until the deadline."""
-        channel, exchange = self._require()
+        _channel, exchange = self._require()
         remaining = req.remaining()
         if remaining <= 0:
             raise DeadlineExceeded("deadline passed before the request was sent")

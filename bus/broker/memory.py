@@ -102,9 +102,7 @@ class MemoryBroker:
             raise BrokerUnavailable("broker is closed")
         queue = self._queues.get(req.service)
         if queue is None:
-            raise BrokerUnavailable(
-                f"no queue is bound for {req.routing_key}", code="NO_ROUTE"
-            )
+            raise BrokerUnavailable(f"no queue is bound for {req.routing_key}", code="NO_ROUTE")
         if len(queue.ready) >= queue.spec.max_length:
             raise Overloaded(f"queue for {req.service} is full", retry_after=1.0)
         remaining = req.remaining()
