@@ -98,7 +98,7 @@ def _announce_demo(host: str, port: int) -> None:
         f"  curl -s http://{host}:{port}/v1/civil-status/lookup \\\n"
         f"    -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\\n"
         '    -d \'{"request_id": "demo-0001-birth", "record_type": "BIRTH",\n'
-        '         "by_registration": {"authority_code": "UBND-XA-26734", "number": "1"}}\'\n'
+        '         "by_registration": {"authority_code": "00001", "number": "1"}}\'\n'
     )
 
 

@@ -46,6 +46,8 @@ class Request:
     body: dict[str, Any]
     attempt: int = 1
     officer: str | None = None
+    trace_id: str | None = None
+    """The gateway's correlation id (``X-Request-Id``), for logs across processes."""
 
     @property
     def routing_key(self) -> str:
@@ -86,6 +88,8 @@ def encode_request(req: Request) -> tuple[bytes, dict[str, HeaderValue]]:
     }
     if req.officer is not None:
         headers[_H + "officer"] = req.officer
+    if req.trace_id is not None:
+        headers[_H + "trace-id"] = req.trace_id
     return orjson.dumps(req.body), headers
 
 
@@ -111,6 +115,7 @@ def decode_request(body: bytes, headers: dict[str, Any], correlation_id: str | N
     if not correlation_id:
         raise DecodeError("no correlation id")
     officer = headers.get(_H + "officer")
+    trace_id = headers.get(_H + "trace-id")
     return Request(
         request_id=_header(headers, "request-id", str),
         service=_header(headers, "service", str),
@@ -120,6 +125,7 @@ def decode_request(body: bytes, headers: dict[str, Any], correlation_id: str | N
         deadline=_header(headers, "deadline-ms", int) / 1000,
         attempt=_header(headers, "attempt", int),
         officer=officer if isinstance(officer, str) else None,
+        trace_id=trace_id if isinstance(trace_id, str) else None,
         body=payload,
     )
 

@@ -82,6 +82,8 @@ class Runtime:
 
 
 RUNTIME = web.AppKey("runtime", Runtime)
+CORRELATION_ID = web.RequestKey("correlation_id", str)
+REQUEST_ID = web.RequestKey("request_id", str)
 
 
 def error_body(exc: BusError, request_id: str | None) -> dict[str, Any]:
@@ -114,7 +116,7 @@ async def error_middleware(
     """Bind the correlation id; render every failure in the one error shape."""
     header_id = request.headers.get("X-Request-Id", "")
     correlation_id = header_id if _CORRELATION_RE.match(header_id) else uuid.uuid4().hex
-    request["correlation_id"] = correlation_id
+    request[CORRELATION_ID] = correlation_id
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(correlation_id=correlation_id)
     try:
@@ -128,7 +130,7 @@ async def error_middleware(
     except Exception:
         log.exception("gateway.unhandled_error")
         error = InternalError("the gateway failed unexpectedly")
-    request_id = request.get("request_id")
+    request_id = request.get(REQUEST_ID)
     headers = {"X-Request-Id": correlation_id}
     if error.retry_after is not None:
         headers["Retry-After"] = str(max(1, round(error.retry_after)))
@@ -210,16 +212,17 @@ async def _call(request: web.Request, rt: Runtime) -> web.Response:
         validated = rt.models[(service, operation)].model_validate(body)
     except ValidationError as exc:
         if isinstance(body.get("request_id"), str):
-            request["request_id"] = body["request_id"][:64]
+            request[REQUEST_ID] = body["request_id"][:64]
         raise _validation_error(exc) from None
-    request_id: str = getattr(validated, "request_id", None) or request["correlation_id"]
-    request["request_id"] = request_id
+    request_id: str = getattr(validated, "request_id", None) or request[CORRELATION_ID]
+    request[REQUEST_ID] = request_id
     req = Request(
         request_id=request_id,
         service=service,
         operation=operation,
         consumer=consumer,
         correlation_id=uuid.uuid4().hex,
+        trace_id=request[CORRELATION_ID],
         deadline=_deadline(request, op.timeout_s),
         body=validated.model_dump(mode="json", exclude_none=True),
     )
@@ -231,8 +234,8 @@ async def _call(request: web.Request, rt: Runtime) -> web.Response:
             reply.error.get("detail"),
         )
     assert reply.body is not None
-    out = {"request_id": request_id, "correlation_id": request["correlation_id"], **reply.body}
-    return _json(out, headers={"X-Request-Id": request["correlation_id"]})
+    out = {"request_id": request_id, "correlation_id": request[CORRELATION_ID], **reply.body}
+    return _json(out, headers={"X-Request-Id": request[CORRELATION_ID]})
 
 
 async def list_services(request: web.Request) -> web.Response:

@@ -69,7 +69,7 @@ class Worker:
     async def handle(self, req: Request) -> Reply:
         """Serve one request; always returns a reply."""
         structlog.contextvars.bind_contextvars(
-            correlation_id=req.request_id,
+            correlation_id=req.trace_id or req.request_id,
             service=req.service,
             operation=req.operation,
             consumer=req.consumer,
@@ -78,6 +78,11 @@ class Worker:
         self.in_flight += 1
         try:
             body = await self._call(req)
+            elapsed_ms = round((time.perf_counter() - started) * 1000, 1)
+            log.info("worker.request_served", elapsed_ms=elapsed_ms)
+            return Reply(
+                req.request_id, req.correlation_id, body=body, meta={"elapsed_ms": elapsed_ms}
+            )
         except BusError as exc:
             log.info("worker.request_failed", code=exc.code, attempt=req.attempt)
             return Reply(req.request_id, req.correlation_id, error=exc.to_dict())
@@ -88,9 +93,6 @@ class Worker:
         finally:
             self.in_flight -= 1
             structlog.contextvars.clear_contextvars()
-        elapsed_ms = round((time.perf_counter() - started) * 1000, 1)
-        log.info("worker.request_served", elapsed_ms=elapsed_ms)
-        return Reply(req.request_id, req.correlation_id, body=body, meta={"elapsed_ms": elapsed_ms})
 
     async def _call(self, req: Request) -> dict[str, object]:
         adapter = self.adapters.get(req.service)

@@ -164,6 +164,10 @@ def test_lookup_by_registration_and_by_person_validate() -> None:
             {"record_type": "birth", "by_person": {"id_number": "001190000001"}},
             "INVALID_RECORD_TYPE",
         ),
+        (
+            {"record_type": ["BIRTH"], "by_person": {"id_number": "001190000001"}},
+            "INVALID_RECORD_TYPE",
+        ),
     ],
 )
 def test_query_shape_errors_have_codes(fields: dict[str, Any], code: str) -> None:

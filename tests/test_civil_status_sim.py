@@ -10,6 +10,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from adapters.base import CallContext, registry
 from adapters.civil_status import KIND, CivilStatusAdapter, RecordType
@@ -269,6 +270,63 @@ async def test_latency_is_added(monkeypatch: pytest.MonkeyPatch) -> None:
             assert time.monotonic() - started >= 0.15
         finally:
             await slow.aclose()
+
+
+async def _canned(request: web.Request) -> web.Response:
+    who = f"{request.query.get('hoTen')} ({request.query.get('soDinhDanh')})"
+    replies: dict[str, tuple[int, Any]] = {
+        "/echo400": (400, {"status": "0", "errorDescription": f"Sai tham số: {who}"}),
+        "/echo0": (200, {"status": "0", "errorDescription": f"Không tìm thấy {who}"}),
+        "/nostatus": (200, {"data": []}),
+        "/notlist": (200, {"status": "1", "data": {"so": "1"}}),
+        "/badrecord": (200, {"status": "1", "data": [{"so": "1", "ngayDangKy": "31/02/2020"}]}),
+        "/nulldata": (200, {"status": "1", "errorDescription": None, "data": None}),
+    }
+    status, body = replies[request.path]
+    return web.json_response(body, status=status)
+
+
+@pytest.mark.parametrize(
+    ("path", "error"),
+    [
+        ("/echo400", UpstreamRejected),
+        ("/echo0", UpstreamRejected),
+        ("/nostatus", UpstreamBadResponse),
+        ("/notlist", UpstreamBadResponse),
+        ("/badrecord", UpstreamBadResponse),
+        ("/nulldata", None),
+    ],
+)
+async def test_odd_upstream_replies_never_leak_the_query(
+    path: str, error: type[UpstreamError] | None
+) -> None:
+    canned = web.Application()
+    canned.router.add_get(path, _canned)
+    async with serving(canned) as url:
+        upstream = UpstreamConfig.model_validate({"url": url, "allow_plain_http": True})
+        service = ServiceConfig.model_validate(
+            {
+                "adapter": "civil_status",
+                "upstream": "odd",
+                "operations": {"lookup": {}},
+                "options": {"paths": {"BIRTH": path}},
+            }
+        )
+        odd = await KIND.create("civil-status", service, upstream)
+        person = {"id_number": "001190000001", "full_name": "Trần Thị Bích"}
+        call = odd.call("lookup", request(RecordType.BIRTH, by_person=person), ctx())
+        try:
+            if error is None:
+                assert (await call)["status"] == "NOT_FOUND"
+                return
+            with pytest.raises(error) as info:
+                await call
+        finally:
+            await odd.aclose()
+    message = str(info.value)
+    assert type(info.value) is error
+    for secret in ("001190000001", "Trần", "Bích", "31/02/2020"):
+        assert secret not in message
 
 
 def test_registry_finds_the_kind() -> None:

@@ -237,11 +237,14 @@ class AmqpBroker:
         """Consume ``service``'s queue on its own channel until ``stop``; then drain."""
         if self._connection is None:
             raise BrokerUnavailable("broker is not connected")
-        spec = self._specs.get(service, QueueSpec(service))
+        spec = self._specs.get(service)
         channel = await self._connection.channel(publisher_confirms=True)
         assert isinstance(channel, aio_pika.RobustChannel)
         await channel.set_qos(prefetch_count=prefetch)
-        queue = await self._declare_one(channel, spec)
+        if spec is None:  # declared by another process: use it as it is
+            queue = await channel.declare_queue(queue_name(service), passive=True)
+        else:
+            queue = await self._declare_one(channel, spec)
         in_flight: set[asyncio.Task[None]] = set()
         drained = asyncio.Event()
         drained.set()

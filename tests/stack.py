@@ -1,0 +1,137 @@
+"""A whole bus on loopback for end-to-end tests: simulators, broker, worker, gateway.
+
+The gateway and the worker each get their own broker connection, as separate processes
+would; with ``amqp_url=None`` both share one in-memory broker (the embedded default).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from bus.broker import Broker, open_broker, queue_specs
+from bus.config import RoutingConfig, parse_config
+from bus.gateway import Runtime, build_app
+from bus.runner import bound_port, http_site
+from bus.worker import Worker, open_adapters
+
+__all__ = ["BusStack", "running_bus", "serve_app", "stack_config"]
+
+
+@asynccontextmanager
+async def serve_app(app: web.Application) -> AsyncIterator[str]:
+    """Serve an app on an ephemeral loopback port; yields its base URL."""
+    async with http_site(app, "127.0.0.1", 0, shutdown_timeout=2) as runner:
+        yield f"http://127.0.0.1:{bound_port(runner)}/"
+
+
+def stack_config(
+    *,
+    civil_url: str,
+    token_env: str,
+    key_env: str,
+    timeout_s: float = 5.0,
+    extra_services: dict[str, Any] | None = None,
+    extra_upstreams: dict[str, Any] | None = None,
+    allow: dict[str, list[str]] | None = None,
+) -> RoutingConfig:
+    """A routing config pointing at the test's simulators."""
+    data: dict[str, Any] = {
+        "version": 1,
+        "gateway": {"shutdown_grace_s": 5},
+        "broker": {"prefetch": 16, "delivery_limit": 3},
+        "consumers": {
+            "portal": {
+                "api_keys": [{"key": f"env:{key_env}"}],
+                "allow": allow or {"civil-status": ["lookup"]},
+            },
+            "outsider": {"api_keys": [{"key": f"env:{key_env}_OUTSIDER"}], "allow": {}},
+        },
+        "upstreams": {
+            "moj": {
+                "url": civil_url,
+                "allow_plain_http": True,
+                "auth": {"kind": "bearer", "token": f"env:{token_env}"},
+            },
+            **(extra_upstreams or {}),
+        },
+        "services": {
+            "civil-status": {
+                "adapter": "civil_status",
+                "upstream": "moj",
+                "operations": {"lookup": {"timeout_s": timeout_s}},
+            },
+            **(extra_services or {}),
+        },
+    }
+    return parse_config(data)
+
+
+@dataclass
+class BusStack:
+    """A running bus: its URL, an HTTP session with the consumer's key, the parts."""
+
+    url: str
+    session: aiohttp.ClientSession
+    key: str
+    runtime: Runtime
+    worker: Worker
+    worker_broker: Broker
+
+    async def post(
+        self, path: str, body: Any, *, key: str | None = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, dict[str, Any]]:
+        """POST JSON (or raw bytes) with the consumer's key; returns status and JSON body."""
+        hdrs = {"Authorization": f"Bearer {key if key is not None else self.key}"}
+        hdrs.update(headers or {})
+        kwargs: dict[str, Any] = {"data": body} if isinstance(body, bytes) else {"json": body}
+        if isinstance(body, bytes):
+            hdrs.setdefault("Content-Type", "application/json")
+        async with self.session.post(self.url + path.lstrip("/"), headers=hdrs, **kwargs) as r:
+            return r.status, await r.json()
+
+
+@asynccontextmanager
+async def running_bus(
+    config: RoutingConfig, amqp_url: str | None, key: str
+) -> AsyncIterator[BusStack]:
+    """Start worker + gateway on ``config``; stop both (draining) on exit."""
+    async with AsyncExitStack() as stack:
+        if amqp_url is None:
+            shared = open_broker(None)
+            gateway_broker = worker_broker = shared
+        else:
+            gateway_broker = open_broker(amqp_url, name="test-gateway")
+            worker_broker = open_broker(amqp_url, name="test-worker")
+        for b in {id(gateway_broker): gateway_broker, id(worker_broker): worker_broker}.values():
+            await b.connect()
+            stack.push_async_callback(b.aclose)
+        await gateway_broker.declare(queue_specs(config))
+        await worker_broker.declare(queue_specs(config))
+        adapters = await open_adapters(config)
+        worker = Worker(config, worker_broker, adapters, drain_s=5)
+        stack.push_async_callback(worker.aclose)
+        stop = asyncio.Event()
+        task = asyncio.create_task(worker.run(stop))
+
+        async def stop_worker() -> None:
+            stop.set()
+            await asyncio.wait_for(task, 15)
+
+        stack.push_async_callback(stop_worker)
+        runtime = Runtime.build(config, gateway_broker)
+        url = await stack.enter_async_context(serve_app(build_app(runtime)))
+        session = await stack.enter_async_context(aiohttp.ClientSession())
+        yield BusStack(url, session, key, runtime, worker, worker_broker)
+
+
+def new_secret() -> str:
+    """A random secret for a test's environment variables."""
+    return secrets.token_urlsafe(16)
