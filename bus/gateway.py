@@ -22,7 +22,7 @@ import contextlib
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +45,7 @@ from bus.errors import (
     UnsupportedMediaType,
     error_from_code,
 )
+from bus.exchange import Exchange, ExchangeObserver
 from bus.openapi import openapi_document
 from bus.security import Authenticator, allowed_operations, authorize
 
@@ -65,11 +66,17 @@ class Runtime:
     broker: Broker
     auth: Authenticator
     models: dict[tuple[str, str], type[BaseModel]] = field(default_factory=dict)
+    observers: list[ExchangeObserver] = field(default_factory=list)
     in_flight: int = 0
     idle: asyncio.Event = field(default_factory=asyncio.Event)
 
     @classmethod
-    def build(cls, config: RoutingConfig, broker: Broker) -> Runtime:
+    def build(
+        cls,
+        config: RoutingConfig,
+        broker: Broker,
+        observers: Sequence[ExchangeObserver] = (),
+    ) -> Runtime:
         """Resolve keys and request models once, at start (not per request)."""
         models: dict[tuple[str, str], type[BaseModel]] = {}
         for name, svc in config.services.items():
@@ -78,12 +85,13 @@ class Runtime:
                 raise ValueError(f"unknown adapter kind {svc.adapter!r}")
             for op in svc.operations:
                 models[(name, op)] = kind.request_model(svc, op)
-        return cls(config, broker, Authenticator(config), models)
+        return cls(config, broker, Authenticator(config), models, list(observers))
 
 
 RUNTIME = web.AppKey("runtime", Runtime)
 CORRELATION_ID = web.RequestKey("correlation_id", str)
 REQUEST_ID = web.RequestKey("request_id", str)
+EXCHANGE = web.RequestKey("exchange", Exchange)
 
 
 def error_body(exc: BusError, request_id: str | None) -> dict[str, Any]:
@@ -179,23 +187,39 @@ def _deadline(request: web.Request, timeout_s: float) -> float:
 
 
 async def call_operation(request: web.Request) -> web.Response:
-    """``POST /v1/{service}/{operation}``."""
+    """``POST /v1/{service}/{operation}``: the pipeline, then every observer is told."""
     rt = request.app[RUNTIME]
-    limit = rt.config.gateway.max_in_flight
-    if rt.in_flight >= limit:
-        raise Overloaded("the gateway has too many requests in flight", retry_after=1.0)
+    exchange = Exchange(correlation_id=request[CORRELATION_ID])
+    request[EXCHANGE] = exchange
+    overloaded = rt.in_flight >= rt.config.gateway.max_in_flight
     rt.in_flight += 1
     rt.idle.clear()
     try:
-        return await _call(request, rt)
+        try:
+            if overloaded:
+                raise Overloaded("the gateway has too many requests in flight", retry_after=1.0)
+            response = await _call(request, rt, exchange)
+        except BusError as exc:
+            exchange.outcome, exchange.status = exc.code, exc.status
+            await _tell_observers(rt, exchange)
+            raise
+        exchange.outcome, exchange.status = "OK", response.status
+        await _tell_observers(rt, exchange)
+        return response
     finally:
         rt.in_flight -= 1
         if not rt.in_flight:
             rt.idle.set()
 
 
-async def _call(request: web.Request, rt: Runtime) -> web.Response:
+async def _tell_observers(rt: Runtime, exchange: Exchange) -> None:
+    for observer in rt.observers:
+        await observer.exchange_finished(exchange)
+
+
+async def _call(request: web.Request, rt: Runtime, exchange: Exchange) -> web.Response:
     consumer = rt.auth.authenticate(request.headers.get("Authorization"))
+    exchange.consumer = consumer
     service, operation = request.match_info["service"], request.match_info["operation"]
     svc = rt.config.services.get(service)
     if svc is None:
@@ -203,6 +227,7 @@ async def _call(request: web.Request, rt: Runtime) -> web.Response:
     op = svc.operations.get(operation)
     if op is None:
         raise NotFoundError(f"service {service} has no such operation", code="UNKNOWN_OPERATION")
+    exchange.service, exchange.operation = service, operation
     authorize(rt.config, consumer, service, operation)
     structlog.contextvars.bind_contextvars(service=service, operation=operation, consumer=consumer)
     if request.content_type != "application/json":
@@ -216,6 +241,8 @@ async def _call(request: web.Request, rt: Runtime) -> web.Response:
         raise _validation_error(exc) from None
     request_id: str = getattr(validated, "request_id", None) or request[CORRELATION_ID]
     request[REQUEST_ID] = request_id
+    exchange.request_id = request_id
+    _describe(exchange, validated)
     req = Request(
         request_id=request_id,
         service=service,
@@ -234,8 +261,23 @@ async def _call(request: web.Request, rt: Runtime) -> web.Response:
             reply.error.get("detail"),
         )
     assert reply.body is not None
+    exchange.fields_returned = sorted(reply.body)
     out = {"request_id": request_id, "correlation_id": request[CORRELATION_ID], **reply.body}
     return _json(out, headers={"X-Request-Id": request[CORRELATION_ID]})
+
+
+def _describe(exchange: Exchange, validated: BaseModel) -> None:
+    """Copy purpose, officer and subject from the canonical request onto the exchange."""
+    caller = getattr(validated, "caller", None)
+    exchange.officer = getattr(caller, "officer_id", None)
+    purpose = getattr(validated, "purpose", None)
+    if isinstance(purpose, BaseModel):
+        exchange.purpose = purpose.model_dump(mode="json", exclude_none=True)
+    for holder in ("subject", "by_person"):
+        subject = getattr(validated, holder, None)
+        if subject is not None and getattr(subject, "id_number", None):
+            exchange.subject_id = subject.id_number
+            break
 
 
 async def list_services(request: web.Request) -> web.Response:

@@ -1,0 +1,51 @@
+"""One exchange (a request and its outcome) as the gateway saw it, and who is told about it.
+
+The gateway fills an :class:`Exchange` as the request moves through its pipeline and, when
+the outcome is known — answered, rejected or failed — awaits every
+:class:`ExchangeObserver` before the HTTP response leaves. The audit trail (which may hold
+the answer back until its record is durable) and metrics plug in here, without the
+pipeline knowing about either. No raw personal data is put on an exchange except
+``subject_id``, which observers must only ever store keyed-hashed.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+__all__ = ["Exchange", "ExchangeObserver"]
+
+
+@dataclass
+class Exchange:
+    """What happened to one request (mutable while the gateway works on it)."""
+
+    correlation_id: str
+    started: float = field(default_factory=time.perf_counter)
+    started_at: float = field(default_factory=time.time)
+    request_id: str | None = None
+    consumer: str | None = None
+    service: str | None = None
+    operation: str | None = None
+    officer: str | None = None
+    purpose: dict[str, Any] = field(default_factory=dict)
+    subject_id: str | None = None
+    """The ID number the request is about (for keyed hashing only; never log it)."""
+    fields_returned: list[str] = field(default_factory=list)
+    outcome: str = "PENDING"
+    """``OK`` or the error code the caller got."""
+    status: int = 0
+
+    @property
+    def latency_s(self) -> float:
+        """Seconds since the request arrived."""
+        return time.perf_counter() - self.started
+
+
+class ExchangeObserver(Protocol):
+    """Told about every finished exchange, before the response is sent."""
+
+    async def exchange_finished(self, exchange: Exchange) -> None:
+        """Record ``exchange``; raising a ``BusError`` replaces the answer with that error."""
+        ...
