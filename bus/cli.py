@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import os
 import sys
 from collections.abc import Coroutine, Sequence
@@ -17,6 +18,10 @@ from bus.config import ConfigError, RoutingConfig, load_config
 __all__ = ["main"]
 
 DEFAULT_CONFIG_ENV = "LGSP_CONFIG"
+CONFIG_HELP = "routing config (default: $LGSP_CONFIG, ./routing.yaml, or the shipped one)"
+
+COMMAND_MODULES = ("bus.configtools",)
+"""Modules with a ``register(subparsers)`` function adding an operator command group."""
 
 
 def default_config_path() -> Path:
@@ -130,22 +135,6 @@ async def _sim(args: argparse.Namespace) -> None:
         await stop.wait()
 
 
-def _config_validate(args: argparse.Namespace) -> int:
-    target = Path(args.file) if args.file else default_config_path()
-    try:
-        config = load_config(target)
-    except ConfigError as exc:
-        print(f"{target}: {len(exc.issues)} error(s)")
-        for issue in exc.issues:
-            print(f"  {issue}")
-        return 1
-    print(
-        f"{target}: OK ({len(config.services)} services, {len(config.upstreams)} upstreams, "
-        f"{len(config.consumers)} consumers)"
-    )
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also used by the tests of ``--help``)."""
     parser = argparse.ArgumentParser(
@@ -162,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="info", help="debug, info, warning, error")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    cfg_help = "routing config (default: $LGSP_CONFIG, ./routing.yaml, or the shipped one)"
+    cfg_help = CONFIG_HELP
     run = sub.add_parser(
         "run",
         help="gateway + worker + simulators in one process (embedded default)",
@@ -208,15 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--error-rate", type=float, default=0.0, help="fraction answered 503")
     sim.add_argument("--username", default="lgsp-demo", help="C06 username (population)")
 
-    config = sub.add_parser("config", help="operator tools for routing.yaml")
-    csub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
-    validate = csub.add_parser(
-        "validate",
-        help="check a routing file; every error with its YAML path and line",
-        description="Validate a routing file. Prints every error with its YAML path and "
-        "line:column; exits 1 if there is any.",
-    )
-    validate.add_argument("file", nargs="?", help=cfg_help)
+    # Operator command groups live in their own modules; each adds its subparsers and
+    # sets ``handler`` (args → exit code).
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).register(sub)
     return parser
 
 
@@ -224,8 +208,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``lgsp-bus`` console script."""
     args = build_parser().parse_args(argv)
     logs.configure(args.log_format, args.log_level)
-    if args.command == "config":
-        return _config_validate(args)
+    handler = getattr(args, "handler", None)
+    if handler is not None:
+        return int(handler(args))
     if args.command == "sim":
         if args.port is None:
             args.port = 8482 if args.kind == "civil-status" else 8481
