@@ -48,6 +48,7 @@ from bus.errors import (
 from bus.exchange import Exchange, ExchangeObserver
 from bus.openapi import openapi_document
 from bus.security import Authenticator, allowed_operations, authorize
+from bus.store import Store
 
 __all__ = ["RUNTIME", "Runtime", "build_app", "error_body"]
 
@@ -67,6 +68,9 @@ class Runtime:
     auth: Authenticator
     models: dict[tuple[str, str], type[BaseModel]] = field(default_factory=dict)
     observers: list[ExchangeObserver] = field(default_factory=list)
+    store: Store | None = None
+    readiness: list[Callable[[], dict[str, Any]]] = field(default_factory=list)
+    """Extra ``/readyz`` detail providers (e.g. the in-process worker's breakers)."""
     in_flight: int = 0
     idle: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -309,12 +313,14 @@ async def readyz(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
     checks = {"broker": rt.broker.ready, "config": bool(rt.config.services)}
     ready = all(checks.values())
-    detail = {
+    detail: dict[str, Any] = {
         "status": "ready" if ready else "not_ready",
         "checks": checks,
         "in_flight": rt.in_flight,
         "services": sorted(rt.config.services),
     }
+    for provider in rt.readiness:
+        detail.update(provider())
     return _json(detail, 200 if ready else 503)
 
 
