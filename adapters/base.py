@@ -14,7 +14,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from pydantic import BaseModel
 
@@ -79,7 +79,7 @@ class AdapterKind(Protocol):
 class Registry:
     """Adapter kinds by name."""
 
-    _BUILTIN = {
+    _BUILTIN: ClassVar[dict[str, str]] = {
         "civil_status": "adapters.civil_status:KIND",
         "population_db": "adapters.population_db:KIND",
         "rest": "adapters.rest:KIND",

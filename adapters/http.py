@@ -124,7 +124,7 @@ class UpstreamHttp:
         method: str,
         url: str,
         *,
-        timeout: float,
+        timeout: float,  # noqa: ASYNC109 - a budget passed down from the call's deadline
         json: Any = None,
         data: bytes | None = None,
         params: Mapping[str, str] | None = None,

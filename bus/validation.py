@@ -20,6 +20,9 @@ Error codes:
 ``NAME_ENCODING``      mojibake (UTF-8 read as cp1252, ``Nguyá»…n``) or legacy TCVN3/VNI text
 =====================  ====================================================================
 
+Request models add their own: ``CONSENT_REF_REQUIRED`` (:mod:`bus.canonical`),
+``OFFICER_REQUIRED``, ``PURPOSE_REQUIRED`` and ``INVALID_FIELDS`` (population requests).
+
 Decision on CCCD prefixes: a prefix ``0xx`` must be one of the 63 historical province codes
 (they do not change with the 2025 mergers); a non-zero prefix is accepted only in
 ``101``–``295``, the country codes Circular 07/2016/TT-BCA assigns to births abroad
@@ -41,6 +44,7 @@ from pydantic_core import PydanticCustomError
 __all__ = [
     "ABROAD_PREFIXES",
     "MIN_YEAR",
+    "NAME_MAX",
     "PROVINCE_CODES_2025",
     "PROVINCE_CODES_HISTORICAL",
     "FullName",

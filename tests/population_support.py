@@ -55,13 +55,13 @@ def service_config(**options: Any) -> ServiceConfig:
     )
 
 
-def upstream_config(url: str, *, secret_env: str = "C06_TEST_SECRET", **extra: Any) -> UpstreamConfig:
+def upstream_config(url: str, *, env_var: str = "C06_TEST_SECRET", **extra: Any) -> UpstreamConfig:
     """The simulator as an upstream, C06 auth with the secret taken from the environment."""
     return UpstreamConfig.model_validate(
         {
             "url": url,
             "allow_plain_http": True,
-            "auth": {"kind": "c06", "username": SIM_USER, "secret": f"env:{secret_env}"},
+            "auth": {"kind": "c06", "username": SIM_USER, "secret": f"env:{env_var}"},
             **extra,
         }
     )
@@ -95,8 +95,16 @@ def request(subject: dict[str, Any], **extra: Any) -> dict[str, Any]:
     """A canonical population request for ``subject``."""
     return {
         "request_id": "req-00000001",
-        "caller": {"system_id": "motcua", "unit_code": "000.00.01.H01", "officer_id": "001085000123"},
-        "purpose": {"procedure_code": "1.001234", "dossier_id": "HS-2025-0001", "legal_basis": "LEGAL_DUTY"},
+        "caller": {
+            "system_id": "motcua",
+            "unit_code": "000.00.01.H01",
+            "officer_id": "001085000123",
+        },
+        "purpose": {
+            "procedure_code": "1.001234",
+            "dossier_id": "HS-2025-0001",
+            "legal_basis": "LEGAL_DUTY",
+        },
         "subject": subject,
         **extra,
     }

@@ -168,7 +168,7 @@ class AmqpBroker:
 
     # -- client side --------------------------------------------------------------------
 
-    def _on_reply(self, message: AbstractIncomingMessage) -> None:
+    async def _on_reply(self, message: AbstractIncomingMessage) -> None:
         correlation_id = message.correlation_id
         future = self._pending.get(correlation_id or "")
         if future is None or future.done():
