@@ -266,7 +266,7 @@ async def _call(request: web.Request, rt: Runtime, exchange: Exchange) -> web.Re
         )
     assert reply.body is not None
     exchange.fields_returned = sorted(reply.body)
-    out = {"request_id": request_id, "correlation_id": request[CORRELATION_ID], **reply.body}
+    out = {**reply.body, "request_id": request_id, "correlation_id": request[CORRELATION_ID]}
     return _json(out, headers={"X-Request-Id": request[CORRELATION_ID]})
 
 

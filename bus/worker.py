@@ -103,7 +103,7 @@ class Worker:
             raise UpstreamTimeout("no time left before the deadline to call the upstream")
         ctx = CallContext(
             request_id=req.request_id,
-            correlation_id=req.correlation_id,
+            correlation_id=req.trace_id or req.correlation_id,
             consumer=req.consumer,
             service=req.service,
             operation=req.operation,
