@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -25,7 +25,7 @@ __all__ = ["Adapter", "AdapterKind", "CallContext", "Registry", "registry"]
 
 @dataclass(frozen=True, slots=True)
 class CallContext:
-    """What an adapter knows about the call it serves (no personal data)."""
+    """What an adapter knows about the call it serves (no personal data but the officer)."""
 
     request_id: str
     correlation_id: str
@@ -35,6 +35,11 @@ class CallContext:
     deadline: float
     """Wall-clock epoch seconds after which nobody waits for the answer."""
     attempt: int = 1
+    officer: str | None = None
+    """The officer on whose behalf the call is made (for upstreams that need MaCanBo)."""
+    xroad_headers: Mapping[str, str] = field(default_factory=dict)
+    """X-Road-Client/-Service/-Id/-UserId for an X-Road/NDXP upstream (``xroad: true``);
+    :class:`adapters.http.UpstreamHttp` sends them itself, within :func:`forwarding`."""
 
     def remaining(self) -> float:
         """Seconds left before the deadline (may be negative)."""

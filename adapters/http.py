@@ -7,9 +7,12 @@ answers and connection failures map into :mod:`bus.errors` the same way for REST
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 from urllib.parse import urljoin
 
@@ -28,7 +31,22 @@ from bus.errors import (
     UpstreamUnavailable,
 )
 
-__all__ = ["HttpResult", "UpstreamHttp", "error_for_status"]
+__all__ = ["HttpResult", "UpstreamHttp", "error_for_status", "forwarding"]
+
+_FORWARD: ContextVar[Mapping[str, str]] = ContextVar(
+    "lgsp_forward_headers", default=MappingProxyType({})
+)
+
+
+@contextlib.contextmanager
+def forwarding(headers: Mapping[str, str]) -> Iterator[None]:
+    """Within the block, requests to upstreams marked ``xroad: true`` carry ``headers``
+    (the worker sets the call's X-Road identity here, so every adapter forwards it)."""
+    token = _FORWARD.set(headers)
+    try:
+        yield
+    finally:
+        _FORWARD.reset(token)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +151,8 @@ class UpstreamHttp:
         """Send one request and read the whole answer within ``timeout`` seconds."""
         if timeout <= 0:
             raise UpstreamTimeout("no time left for the upstream call")
-        merged = dict(headers or {})
+        merged = dict(_FORWARD.get()) if self.upstream.xroad else {}
+        merged.update(headers or {})
         # Auth may itself call out (an OAuth2 token fetch): it spends the same budget.
         loop = asyncio.get_running_loop()
         started = loop.time()

@@ -9,6 +9,7 @@ Field constraints that pydantic checks itself map to ``INVALID_REQUEST``/``UNKNO
 from __future__ import annotations
 
 import re
+import unicodedata
 from enum import StrEnum
 from typing import Annotated
 
@@ -36,7 +37,7 @@ class StrictModel(BaseModel):
 
 
 def _request_id(value: str) -> str:
-    if not _REQUEST_ID_RE.match(value):
+    if not _REQUEST_ID_RE.fullmatch(value):  # fullmatch: "$" alone lets a final "\n" in
         raise PydanticCustomError(
             "INVALID_REQUEST_ID",
             "request_id must be 8-64 characters of letters, digits and . _ : - (a ULID or UUID)",
@@ -45,7 +46,7 @@ def _request_id(value: str) -> str:
 
 
 def _code(value: str) -> str:
-    if not _CODE_RE.match(value):
+    if not _CODE_RE.fullmatch(value):
         raise PydanticCustomError(
             "INVALID_CODE", "codes are 1-64 letters, digits and . _ / - characters"
         )
@@ -53,16 +54,35 @@ def _code(value: str) -> str:
 
 
 def _officer(value: str) -> str:
-    if not _OFFICER_RE.match(value):
+    if not _OFFICER_RE.fullmatch(value):
         raise PydanticCustomError(
             "INVALID_OFFICER_ID", "officer_id must be the officer's 12-digit personal ID"
         )
     return value
 
 
-RequestId = Annotated[str, AfterValidator(_request_id)]
-Code = Annotated[str, AfterValidator(_code)]
-OfficerId = Annotated[str, AfterValidator(_officer)]
+_INVISIBLE = frozenset({"Cc", "Cf", "Cs", "Co", "Zl", "Zp"})
+
+
+def _plain_text(value: str) -> str:
+    # Free text still travels on: into C06's XML (where most control characters are not
+    # allowed at all), MOJ query strings and the audit trail.
+    if any(unicodedata.category(ch) in _INVISIBLE for ch in value):
+        raise PydanticCustomError(
+            "INVALID_TEXT", "control, invisible or line-separator characters are not allowed"
+        )
+    return value
+
+
+# The patterns go into the OpenAPI document only (json_schema_extra): validation stays with
+# the functions above, so a caller gets their precise codes, not pydantic's generic one.
+RequestId = Annotated[
+    str, AfterValidator(_request_id), Field(json_schema_extra={"pattern": _REQUEST_ID_RE.pattern})
+]
+Code = Annotated[str, AfterValidator(_code), Field(json_schema_extra={"pattern": _CODE_RE.pattern})]
+OfficerId = Annotated[
+    str, AfterValidator(_officer), Field(json_schema_extra={"pattern": _OFFICER_RE.pattern})
+]
 
 
 class LegalBasis(StrEnum):
@@ -78,16 +98,20 @@ class Caller(StrictModel):
     system_id: Code | None = None
     unit_code: Code | None = None
     officer_id: OfficerId | None = None
-    officer_account: Annotated[str, Field(max_length=64)] | None = None
+    officer_account: Annotated[str, Field(max_length=64), AfterValidator(_plain_text)] | None = None
 
 
 class Purpose(StrictModel):
     """The procedure and dossier a request serves, and its legal basis."""
 
     procedure_code: Code | None = None
-    dossier_id: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    dossier_id: (
+        Annotated[str, Field(min_length=1, max_length=64), AfterValidator(_plain_text)] | None
+    ) = None
     legal_basis: LegalBasis | None = None
-    consent_ref: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+    consent_ref: (
+        Annotated[str, Field(min_length=1, max_length=128), AfterValidator(_plain_text)] | None
+    ) = None
 
     @model_validator(mode="after")
     def _consent(self) -> Purpose:
@@ -103,6 +127,6 @@ class CanonicalRequest(StrictModel):
     """Fields every request carries; services extend it with their own."""
 
     request_id: RequestId
-    requested_at: Annotated[str, Field(max_length=40)] | None = None
+    requested_at: Annotated[str, Field(max_length=40), AfterValidator(_plain_text)] | None = None
     caller: Caller = Caller()
     purpose: Purpose = Purpose()

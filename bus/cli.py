@@ -20,7 +20,7 @@ __all__ = ["main"]
 DEFAULT_CONFIG_ENV = "LGSP_CONFIG"
 CONFIG_HELP = "routing config (default: $LGSP_CONFIG, ./routing.yaml, or the shipped one)"
 
-COMMAND_MODULES = ("bus.configtools",)
+COMMAND_MODULES = ("bus.configtools", "bus.audit_cli", "bus.probe", "bus.dlq_cli")
 """Modules with a ``register(subparsers)`` function adding an operator command group."""
 
 
@@ -63,21 +63,29 @@ def _serve(main: Coroutine[Any, Any, None]) -> int:
 
 async def _with_signals(role: str, args: argparse.Namespace) -> None:
     from bus import runner
+    from bus.audit_cli import check_audit_key
+    from bus.metrics import Metrics
+    from bus.reloadtargets import reloading
 
     stop = asyncio.Event()
     runner.install_signal_handlers(stop)
     amqp_url = os.environ.get("LGSP_AMQP_URL") or None
+    metrics = Metrics(role="all" if role == "run" else role)
     if role == "run":
         config = _load(args.config)
+        check_audit_key(config, role)
         print(f"lgsp-bus: broker {'RabbitMQ' if amqp_url else 'in-memory (embedded)'}")
-        await runner.run_all(
-            config,
-            amqp_url=amqp_url,
-            host=args.host,
-            port=args.port,
-            stop=stop,
-            with_sims=not args.no_sim,
-        )
+        async with reloading(args, config, metrics) as reloader:  # SIGHUP, file, /admin
+            await runner.run_all(
+                config,
+                amqp_url=amqp_url,
+                host=args.host,
+                port=args.port,
+                stop=stop,
+                with_sims=not args.no_sim,
+                metrics=metrics,
+                reloader=reloader,
+            )
         return
     if amqp_url is None:
         print(
@@ -88,12 +96,34 @@ async def _with_signals(role: str, args: argparse.Namespace) -> None:
         raise SystemExit(2)
     config = _load(args.config)
     if role == "gateway":
-        async with runner.connected_broker(config, amqp_url) as broker:
-            await runner.run_gateway(config, broker, args.host, args.port, stop)
+        from bus.audit import audit_trail
+
+        check_audit_key(config, role)
+        async with (
+            audit_trail(config) as auditor,
+            runner.connected_broker(config, amqp_url, metrics) as broker,
+            reloading(args, config, metrics) as reloader,
+        ):
+            await runner.run_gateway(
+                config,
+                broker,
+                args.host,
+                args.port,
+                stop,
+                metrics=metrics,
+                auditor=auditor,
+                reloader=reloader,
+            )
     elif role == "worker":
         services = args.service or None
-        async with runner.connected_broker(config, amqp_url) as broker:
-            await runner.run_worker(config, broker, stop, services)
+        http = None if args.http_port < 0 else (args.http_host, args.http_port)
+        async with (
+            runner.connected_broker(config, amqp_url, metrics) as broker,
+            reloading(args, config, metrics) as reloader,
+        ):
+            await runner.run_worker(
+                config, broker, stop, services, metrics=metrics, http=http, reloader=reloader
+            )
 
 
 def _announce_demo(host: str, port: int) -> None:
@@ -103,6 +133,9 @@ def _announce_demo(host: str, port: int) -> None:
         f"  curl -s http://{host}:{port}/v1/civil-status/lookup \\\n"
         f"    -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\\n"
         '    -d \'{"request_id": "demo-0001-birth", "record_type": "BIRTH",\n'
+        '         "caller": {"unit_code": "H01", "officer_id": "001085000123"},\n'
+        '         "purpose": {"procedure_code": "1.001234", "dossier_id": "HS-2026-0001",\n'
+        '                     "legal_basis": "LEGAL_DUTY"},\n'
         '         "by_registration": {"authority_code": "00001", "number": "1"}}\'\n'
     )
 
@@ -148,10 +181,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="log line format (default: console on a terminal, JSON otherwise)",
     )
-    parser.add_argument("--log-level", default="info", help="debug, info, warning, error")
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        type=str.lower,
+        choices=["debug", "info", "warning", "error"],
+        help="least severe level logged (default info)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     cfg_help = CONFIG_HELP
+    from bus.reloadtargets import add_arguments as reload_arguments  # --no-watch
+
     run = sub.add_parser(
         "run",
         help="gateway + worker + simulators in one process (embedded default)",
@@ -160,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(LGSP_DEMO_API_KEY, LGSP_SIM_*) get random values, printed with a curl example.",
     )
     run.add_argument("--config", help=cfg_help)
+    reload_arguments(run)
     run.add_argument("--host", default="127.0.0.1", help="gateway address (default 127.0.0.1)")
     run.add_argument("--port", type=int, default=8080, help="gateway port (default 8080)")
     run.add_argument("--no-sim", action="store_true", help="do not start the simulators")
@@ -170,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve the HTTP API; publish requests to RabbitMQ (LGSP_AMQP_URL).",
     )
     gw.add_argument("--config", help=cfg_help)
+    reload_arguments(gw)
     gw.add_argument("--host", default="127.0.0.1")
     gw.add_argument("--port", type=int, default=8080)
 
@@ -180,8 +223,18 @@ def build_parser() -> argparse.ArgumentParser:
         "the adapters.",
     )
     wk.add_argument("--config", help=cfg_help)
+    reload_arguments(wk)
     wk.add_argument(
         "--service", action="append", help="serve only this service (repeatable; default all)"
+    )
+    wk.add_argument(
+        "--http-host", default="127.0.0.1", help="address of /healthz, /readyz, /metrics"
+    )
+    wk.add_argument(
+        "--http-port",
+        type=int,
+        default=8081,
+        help="port of /healthz, /readyz, /metrics (default 8081; -1: no HTTP server)",
     )
 
     sim = sub.add_parser(
@@ -218,8 +271,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "run":
         from bus import runner
 
-        runner.ensure_demo_secrets()
+        generated = runner.ensure_demo_secrets()
         _announce_demo(args.host, args.port)
+        if "LGSP_AUDIT_KEY" in generated:
+            print(
+                "Note: LGSP_AUDIT_KEY was unset, so this run uses a random audit key: "
+                "'lgsp-bus audit query --subject' cannot find this run's records in a later "
+                "run. Set a fixed key (export LGSP_AUDIT_KEY=..., at least 16 characters) to "
+                "keep subject queries working across runs.\n"
+            )
     return _serve(_with_signals(args.command, args))
 
 

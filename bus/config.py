@@ -21,25 +21,44 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
 
+from bus.accessconfig import (
+    DEFAULT_SENSITIVE_FIELDS,
+    XROAD_CLIENT_RE,
+    XROAD_SERVICE_RE,
+    ClientCert,
+    RateLimit,
+    parse_expiry,
+    security_problems,
+)
 from bus.yamlsource import ConfigError, ConfigIssue, YamlDocument, issues_from_validation
 
 __all__ = [
+    "DEFAULT_SENSITIVE_FIELDS",
+    "AdminKey",
+    "AdminSettings",
     "ApiKey",
+    "AuditPolicy",
+    "AuditSettings",
     "AuthBasic",
     "AuthBearer",
     "AuthC06",
     "AuthNone",
     "AuthOAuth2",
     "AuthWsse",
+    "BreakerPolicy",
     "BrokerSettings",
+    "ClientCert",
     "ConfigError",
     "ConsumerConfig",
     "GatewaySettings",
+    "GatewayTls",
     "OperationConfig",
+    "RateLimit",
     "RetryPolicy",
     "RoutingConfig",
     "SecretRef",
@@ -60,8 +79,16 @@ def _check_secret_ref(value: str) -> str:
     return value
 
 
-SecretRef = Annotated[str, AfterValidator(_check_secret_ref)]
+SecretRef = Annotated[
+    str,
+    AfterValidator(_check_secret_ref),
+    # Editors (yaml-language-server) flag an inline secret from the JSON Schema alone.
+    WithJsonSchema(
+        {"type": "string", "pattern": _SECRET_RE.pattern, "description": "env:NAME or file:PATH"}
+    ),
+]
 Name = Annotated[str, Field(pattern=_NAME_RE)]
+AuditPolicy = Literal["fail_closed", "fail_open"]
 
 
 def resolve_secret(ref: str) -> str:
@@ -88,6 +115,43 @@ class RetryPolicy(_Model):
     backoff_initial_s: float = Field(0.1, gt=0, le=10)
     backoff_max_s: float = Field(2.0, gt=0, le=60, description="cap on one delay")
     jitter_s: float = Field(0.1, ge=0, le=10)
+    budget_s: float | None = Field(
+        None,
+        gt=0,
+        le=120,
+        description="cap on the time all attempts and waits may take (default: until the "
+        "deadline); the request's deadline always bounds it",
+    )
+    attempt_timeout_s: float | None = Field(
+        None,
+        gt=0,
+        le=120,
+        description="cap on one attempt, so a hanging call leaves time for another "
+        "(default: the whole remaining budget)",
+    )
+
+    @model_validator(mode="after")
+    def _backoff(self) -> RetryPolicy:
+        if self.backoff_initial_s > self.backoff_max_s:
+            raise ValueError("backoff_initial_s must not exceed backoff_max_s")
+        return self
+
+
+class BreakerPolicy(_Model):
+    """Circuit breaker of one upstream: opens on a failure ratio over a sliding window."""
+
+    enabled: bool = True
+    window_s: int = Field(30, ge=1, le=600, description="sliding window of recent calls")
+    min_calls: int = Field(
+        10, ge=1, le=100_000, description="calls in the window before the ratio may open it"
+    )
+    failure_ratio: float = Field(
+        0.5, gt=0, le=1, description="failed/total calls in the window that opens it"
+    )
+    open_s: float = Field(15.0, gt=0, le=600, description="how long it fails fast once open")
+    half_open_probes: int = Field(
+        1, ge=1, le=100, description="calls let through at once to probe a recovering upstream"
+    )
 
 
 class OperationConfig(_Model):
@@ -100,6 +164,14 @@ class OperationConfig(_Model):
     options: dict[str, Any] = Field(
         default_factory=dict, description="adapter-specific settings of this operation"
     )
+
+    @model_validator(mode="after")
+    def _retry_within_timeout(self) -> OperationConfig:
+        for name in ("budget_s", "attempt_timeout_s"):
+            value = getattr(self.retry, name)
+            if value is not None and value > self.timeout_s:
+                raise ValueError(f"retry.{name} must not exceed timeout_s (the deadline)")
+        return self
 
 
 class AuthNone(_Model):
@@ -186,6 +258,16 @@ class UpstreamConfig(_Model):
     connect_timeout_s: float = Field(3.0, gt=0, le=60)
     max_connections: int = Field(64, ge=1, le=1024)
     max_response_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    breaker: BreakerPolicy = BreakerPolicy()
+    xroad: bool = Field(
+        False, description="an X-Road/NDXP endpoint: X-Road-Client/-Id/-UserId are forwarded"
+    )
+    xroad_client: Annotated[str, Field(pattern=XROAD_CLIENT_RE.pattern)] | None = Field(
+        None, description="this bus's X-Road client id at that endpoint (else the caller's)"
+    )
+    xroad_service: Annotated[str, Field(pattern=XROAD_SERVICE_RE.pattern)] | None = Field(
+        None, description="X-Road-Service sent to that endpoint"
+    )
 
     @field_validator("url")
     @classmethod
@@ -212,10 +294,22 @@ class ServiceConfig(_Model):
     adapter: str = Field(description="adapter kind, e.g. civil_status, population_db, rest, soap")
     upstream: str = Field(description="name of an entry in upstreams")
     description: str = ""
-    personal_data: bool = True
+    personal_data: bool = Field(
+        True, description="calls need purpose (procedure, dossier, legal basis) and an officer"
+    )
+    sensitive_fields: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_SENSITIVE_FIELDS),
+        description="reply keys (at any depth) returned only to consumers granted them",
+    )
     operations: dict[Name, OperationConfig] = Field(min_length=1)
     options: dict[str, Any] = Field(
         default_factory=dict, description="adapter-specific settings of this service"
+    )
+    audit: AuditPolicy | None = Field(
+        None,
+        description="fail_closed: the answer waits until its audit record is durable; "
+        "fail_open: answer first, record queued (default: fail_closed if personal_data, "
+        "else audit.default_policy)",
     )
 
 
@@ -224,7 +318,19 @@ class ApiKey(_Model):
 
     key: SecretRef | None = None
     sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
-    expires: str | None = None
+    expires: str | None = Field(
+        None, description="ISO date (valid through that day, UTC) or date-time with offset"
+    )
+    label: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")] | None = Field(
+        None, description="names the key in logs (e.g. 2026-q1), so a rotation can be followed"
+    )
+
+    @field_validator("expires")
+    @classmethod
+    def _expires(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_expiry(value)
+        return value
 
     @model_validator(mode="after")
     def _one(self) -> ApiKey:
@@ -238,9 +344,44 @@ class ConsumerConfig(_Model):
 
     description: str = ""
     api_keys: list[ApiKey] = Field(default_factory=list)
+    client_certs: list[ClientCert] = Field(
+        default_factory=list, description="mutual-TLS certificates that identify this consumer"
+    )
     allow: dict[str, list[str]] = Field(
         default_factory=dict, description="service → operations this consumer may call"
     )
+    fields: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="service → reply fields (dotted paths) this consumer gets; unlisted "
+        "service: every non-sensitive field",
+    )
+    sensitive: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="service → sensitive fields (ethnicity, religion …) granted explicitly",
+    )
+    rate_limit: RateLimit | None = Field(None, description="per gateway instance; none: no limit")
+    xroad_client: Annotated[str, Field(pattern=XROAD_CLIENT_RE.pattern)] | None = Field(
+        None, description="this consumer's X-Road client id (INSTANCE/CLASS/MEMBER/SUBSYSTEM)"
+    )
+
+
+class GatewayTls(_Model):
+    """HTTPS at the gateway; ``client_auth`` turns on mutual TLS."""
+
+    cert_file: str = Field(description="PEM certificate chain of the gateway")
+    key_file: str = Field(description="PEM private key of the gateway")
+    key_password: SecretRef | None = None
+    client_ca_file: str | None = Field(None, description="PEM CA(s) client certificates chain to")
+    client_auth: Literal["none", "optional", "required"] = Field(
+        "none", description="optional: a certificate, if sent, must verify; required: must send"
+    )
+    min_version: Literal["TLSv1.2", "TLSv1.3"] = "TLSv1.2"
+
+    @model_validator(mode="after")
+    def _ca(self) -> GatewayTls:
+        if self.client_auth != "none" and self.client_ca_file is None:
+            raise ValueError(f"client_auth {self.client_auth} needs client_ca_file")
+        return self
 
 
 class GatewaySettings(_Model):
@@ -249,6 +390,22 @@ class GatewaySettings(_Model):
     max_body_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024)
     max_in_flight: int = Field(1024, ge=1)
     shutdown_grace_s: float = Field(15.0, ge=0, le=300)
+    max_deadline_s: float = Field(
+        60.0, gt=0, le=600, description="cap on every operation's timeout_s (the longest deadline)"
+    )
+    max_clock_skew_s: float = Field(
+        300.0, ge=1, le=86_400, description="requested_at further from now → CLOCK_SKEW"
+    )
+    tls: GatewayTls | None = Field(None, description="serve HTTPS (and mutual TLS)")
+    xroad_provider: Annotated[str, Field(pattern=XROAD_CLIENT_RE.pattern)] | None = Field(
+        None, description="this bus's X-Road id; X-Road-Service headers must name it"
+    )
+    idempotency_ttl_s: float = Field(
+        86_400.0,
+        ge=60,
+        le=30 * 86_400,
+        description="how long a request_id's answer is kept for repeats and GET /v1/messages",
+    )
 
 
 class BrokerSettings(_Model):
@@ -258,6 +415,61 @@ class BrokerSettings(_Model):
     delivery_limit: int = Field(5, ge=1, le=100)
     max_queue_length: int = Field(10_000, ge=1)
     dlq_ttl_s: int = Field(14 * 24 * 3600, ge=60, description="how long the DLQ keeps messages")
+
+
+class AdminKey(ApiKey):
+    """An operator's credential for ``/admin/*`` (never a consumer's key)."""
+
+    name: str = Field(
+        "admin", pattern=_NAME_RE, description="who holds the key; recorded with each admin action"
+    )
+
+
+class AdminSettings(_Model):
+    """The ``/admin/*`` endpoints (config reload, …): who may call them and where."""
+
+    api_keys: list[AdminKey] = Field(
+        default_factory=list, description="admin credentials; none: /admin/* is switched off"
+    )
+    host: str | None = Field(
+        None, description="serve /admin/* on this address instead of the gateway's (with port)"
+    )
+    port: int | None = Field(
+        None, ge=0, le=65535, description="serve /admin/* on this port instead of the gateway's"
+    )
+
+
+class AuditSettings(_Model):
+    """The audit trail: subject-key secret, default durability policy, writer bounds."""
+
+    subject_key: SecretRef | None = Field(
+        None,
+        description="HMAC key for subject keys (env:NAME or file:PATH, at least 16 "
+        "characters); without it records carry no subject key and cannot be queried by "
+        "citizen",
+    )
+    default_policy: AuditPolicy = Field(
+        "fail_open",
+        description="policy of services without personal data and of requests that never "
+        "reached a service (unauthenticated, unknown service)",
+    )
+    commit_timeout_s: float = Field(
+        2.0,
+        gt=0,
+        le=30,
+        description="bound on one group commit; a fail_closed answer waits "
+        "at most about twice this",
+    )
+    max_batch: int = Field(1000, ge=1, le=10_000, description="records per group commit")
+    max_backlog: int = Field(
+        50_000,
+        ge=1,
+        description="records waiting to be written; when full, requests get "
+        "503 AUDIT_UNAVAILABLE instead of a record being dropped",
+    )
+    retention_days: int = Field(
+        365, ge=1, description="'audit prune' refuses to delete younger records without --force"
+    )
 
 
 class RoutingConfig(_Model):
@@ -270,6 +482,8 @@ class RoutingConfig(_Model):
     consumers: dict[Name, ConsumerConfig] = Field(default_factory=dict)
     upstreams: dict[Name, UpstreamConfig] = Field(default_factory=dict)
     services: dict[Name, ServiceConfig] = Field(default_factory=dict)
+    admin: AdminSettings = AdminSettings()
+    audit: AuditSettings = AuditSettings()
 
     @model_validator(mode="after")
     def _references(self) -> RoutingConfig:
@@ -292,14 +506,26 @@ class RoutingConfig(_Model):
             raise ValueError("; ".join(problems))
         return self
 
+    @model_validator(mode="after")
+    def _security_references(self) -> RoutingConfig:
+        problems = security_problems(self)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
 
 def parse_config(data: Mapping[str, Any], doc: YamlDocument | None = None) -> RoutingConfig:
     """Validate a routing mapping; raise :class:`ConfigError` listing every issue."""
+    # Operator rules beyond the schema (deadline cap, retry budget, shared keys …) and, when
+    # the schema fails, the reference checks it could not reach: bus/configcheck.py.
+    from bus.configcheck import config_errors, with_reference_errors
+
     try:
         config = RoutingConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(issues_from_validation(exc, doc)) from None
-    extra = _adapter_issues(config, doc)
+        issues = issues_from_validation(exc, doc, RoutingConfig)
+        raise ConfigError(with_reference_errors(data, doc, issues)) from None
+    extra = _adapter_issues(config, doc) + config_errors(config, doc)
     if extra:
         raise ConfigError(extra)
     return config

@@ -29,6 +29,8 @@ class Exchange:
     service: str | None = None
     operation: str | None = None
     officer: str | None = None
+    unit: str | None = None
+    """The officer's unit (``caller.unit_code``), recorded with the officer in the audit trail."""
     purpose: dict[str, Any] = field(default_factory=dict)
     subject_id: str | None = None
     """The ID number the request is about (for keyed hashing only; never log it)."""

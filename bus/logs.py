@@ -3,25 +3,116 @@
 ``configure()`` is called once by the CLI. The correlation id (and service, operation,
 consumer) are bound per request with :func:`structlog.contextvars.bind_contextvars` at the
 gateway edge and again in the worker from the message, so one id follows a request across
-the broker. :func:`mask_pii` runs last before rendering: any 9- or 12-digit run (an ID
-number) is masked as ``001*******45`` wherever it appears, so a careless log call cannot
-leak one.
+the broker. Records of the standard ``logging`` module (aiohttp, aio-pika, asyncio) go
+through the same processors, so they are masked and rendered the same way.
+
+:func:`mask_pii` runs last before rendering, over every value of every event (nested
+dicts and lists too, exception text included), so a careless log call cannot leak:
+
+* ID numbers: any run of exactly 9 or 12 digits → ``001*******45``;
+* names: the value of a key that holds names (``full_name``, ``name``, ``family`` …,
+  C06/MOJ spellings too) → initials only, ``N*** V*** A***``;
+* the personal data of the request being served: the gateway and the worker register its
+  names and IDs with :func:`remember_pii`, and any occurrence — whatever its case or
+  accents — is masked;
+* Vietnamese full names in free text: a capitalised run of words starting with one of the
+  common family names (Nguyễn, Trần, Lê …, with or without diacritics).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import sys
-from collections.abc import MutableMapping
+import unicodedata
+from collections.abc import Iterable, Iterator, MutableMapping
+from contextvars import ContextVar, Token
 from typing import Any, Literal
 
 import orjson
 import structlog
 
-__all__ = ["configure", "mask_id", "mask_pii"]
+__all__ = [
+    "NAME_KEYS",
+    "configure",
+    "forget_pii",
+    "mask_id",
+    "mask_name",
+    "mask_pii",
+    "mask_text",
+    "pii_of",
+    "remember_pii",
+    "remember_pii_here",
+    "reset",
+]
 
-_ID_RE = re.compile(r"(?<!\d)(\d{12}|\d{9})(?!\d)")
+_ID_RE = re.compile(r"(?<![0-9])([0-9]{12}|[0-9]{9})(?![0-9])")
+
+NAME_KEYS = frozenset(
+    {
+        "full_name",
+        "fullname",
+        "name",
+        "family",
+        "middle",
+        "given",
+        "full",
+        "signer_name",
+        "officer_account",
+        "ho",
+        "ten",
+        "chudem",
+        "chu_dem",
+        "hoten",
+        "ho_ten",
+        "hovaten",
+        "ho_va_ten",
+        "nguoiky",
+    }
+)
+"""Keys (compared case-insensitively) whose string values are people's names."""
+_NAME_SUFFIXES = ("_full_name", "hoten", "hovaten")
+
+_FAMILIES = (
+    "Nguyễn", "Trần", "Lê", "Phạm", "Hoàng", "Huỳnh", "Phan", "Vũ", "Võ", "Đặng", "Bùi",
+    "Đỗ", "Hồ", "Ngô", "Dương", "Lý", "Đinh", "Đoàn", "Lâm", "Trịnh", "Trương", "Lương",
+    "Đào", "Vương", "Hà", "Mai", "Tạ", "Tô", "Cao", "Kiều", "Lưu", "Triệu", "Quách",
+    "Thái", "Châu", "Văn",
+)  # fmt: skip
+"""Common family names (most of the population): the free-text name heuristic's anchor."""
+
+
+def _fold_char(ch: str) -> str:
+    if ch in "đĐ":
+        return "d" if ch == "đ" else "D"
+    base = [c for c in unicodedata.normalize("NFD", ch) if unicodedata.category(c) != "Mn"]
+    return base[0] if len(base) == 1 else ch
+
+
+class _FoldTable(dict[int, str]):
+    """``str.translate`` table that works out (and keeps) each character's fold on first use."""
+
+    def __missing__(self, code: int) -> str:
+        folded = self[code] = _fold_char(chr(code))
+        return folded
+
+
+_FOLD = _FoldTable()
+
+
+def _fold(text: str) -> str:
+    """Without diacritics, one character for one (so positions still match the original)."""
+    if text.isascii():
+        return text
+    return unicodedata.normalize("NFC", text).translate(_FOLD)
+
+
+_FREE_NAME_RE = re.compile(
+    r"(?<!\w)(?i:" + "|".join(sorted({_fold(f) for f in _FAMILIES}, key=len, reverse=True)) + r")"
+    r"(?:[ \t]+[^\W\d_]+){1,4}"
+)
+_WORD_RE = re.compile(r"[^ \t]+")
 
 
 def mask_id(value: str) -> str:
@@ -31,49 +122,228 @@ def mask_id(value: str) -> str:
     return value[:3] + "*" * (len(value) - 5) + value[-2:]
 
 
-def _mask(value: Any) -> Any:
+def mask_name(value: str) -> str:
+    """``Nguyễn Văn An`` → ``N*** V*** A***``: initials only, the length hidden."""
+    return " ".join(word[0] + "***" for word in value.split() if word) or "***"
+
+
+def _free_name_span(m: re.Match[str]) -> tuple[int, int] | None:
+    """The capitalised run of a family-name match (two words at least), if it is one."""
+    words = list(_WORD_RE.finditer(m.group(0)))
+    if not words[0].group(0)[0].isupper():
+        return None
+    n = 1
+    while n < len(words) and words[n].group(0)[0].isupper():
+        n += 1
+    if n < 2:
+        return None
+    return m.start(), m.start() + words[n - 1].end()
+
+
+class _Known:
+    """The personal data of the request being served: IDs, and names as one pattern."""
+
+    __slots__ = ("ids", "needles", "pattern")
+
+    def __init__(self, values: Iterable[str]) -> None:
+        names: set[str] = set()
+        needles: set[str] = set()
+        self.ids: set[str] = set()
+        for value in values:
+            value = " ".join(unicodedata.normalize("NFC", value).split())
+            if value.isdigit():
+                if len(value) >= 6:
+                    self.ids.add(value)
+            elif " " in value or len(value) >= 4:
+                # A lone short word ("An", "Thị") is a part of a name, not one: the whole
+                # name is remembered too, and masking every "an" would garble the logs.
+                names.add(re.escape(_fold(value)).replace(r"\ ", r"\s+"))
+                needles.add(_fold(value).split(" ", 1)[0].lower())
+        # Any match starts with its name's first word: a cheap test before the regex.
+        self.needles = tuple(needles)
+        alternatives = "|".join(sorted(names, key=len, reverse=True))
+        self.pattern = (
+            re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)", re.IGNORECASE) if names else None
+        )
+
+
+_KNOWN: ContextVar[_Known | None] = ContextVar("lgsp_known_pii", default=None)
+
+
+@contextlib.contextmanager
+def remember_pii(values: Iterable[str]) -> Iterator[None]:
+    """Within the block, mask these names and IDs wherever they appear in a log event."""
+    token = _KNOWN.set(_Known(values))
+    try:
+        yield
+    finally:
+        _KNOWN.reset(token)
+
+
+def remember_pii_here(values: Iterable[str]) -> Token[_Known | None]:
+    """Like :func:`remember_pii`, until :func:`forget_pii` or the end of the current task
+    (aiohttp runs each request in a task of its own)."""
+    return _KNOWN.set(_Known(values))
+
+
+def forget_pii(token: Token[_Known | None]) -> None:
+    """Undo a :func:`remember_pii_here`."""
+    _KNOWN.reset(token)
+
+
+def pii_of(body: Any) -> list[str]:
+    """Names and ID-like strings anywhere in a (request) body, for :func:`remember_pii`."""
+    found: list[str] = []
+
+    def walk(value: Any, key: str) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, str(k))
+        elif isinstance(value, list):
+            for v in value:
+                walk(v, key)
+        elif isinstance(value, str) and (_is_name_key(key) or _ID_RE.fullmatch(value)):
+            found.append(value)
+
+    walk(body, "")
+    return found
+
+
+def _is_name_key(key: str) -> bool:
+    low = key.lower()
+    return low in NAME_KEYS or low.endswith(_NAME_SUFFIXES)
+
+
+def mask_text(text: str) -> str:
+    """Mask IDs, the request's known personal data and free-text Vietnamese names."""
+    known = _KNOWN.get()
+    if known is not None:
+        for value in known.ids:
+            text = text.replace(value, mask_id(value))
+    text = _ID_RE.sub(lambda m: mask_id(m.group(0)), text)
+    has_space = " " in text or "\t" in text
+    if not has_space and (known is None or known.pattern is None):
+        return text  # no name of two words and none known: most values end here
+    if not text.isascii():
+        text = unicodedata.normalize("NFC", text)
+    folded = _fold(text)  # same length as text: spans found in it apply to text
+    lowered = folded.lower()
+    known_hit = (
+        known is not None
+        and known.pattern is not None
+        and any(needle in lowered for needle in known.needles)
+    )
+    if not has_space and not known_hit:
+        return text
+    spans: list[tuple[int, int]] = []
+    if known_hit and known is not None and known.pattern is not None:
+        spans.extend(m.span() for m in known.pattern.finditer(folded))
+    if has_space:
+        for m in _FREE_NAME_RE.finditer(folded):
+            span = _free_name_span(m)
+            if span is not None:
+                spans.append(span)
+    if not spans:
+        return text
+    out: list[str] = []
+    pos = 0
+    for start, end in sorted(spans):
+        if start < pos:  # overlaps one already masked
+            start = pos
+        if start >= end:
+            continue
+        out.append(text[pos:start])
+        out.append(mask_name(text[start:end]))
+        pos = end
+    out.append(text[pos:])
+    return "".join(out)
+
+
+def _mask(value: Any, key: str = "") -> Any:
     if isinstance(value, str):
-        return _ID_RE.sub(lambda m: mask_id(m.group(0)), value)
+        return mask_name(value) if key and _is_name_key(key) else mask_text(value)
     if isinstance(value, dict):
-        return {k: _mask(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_mask(v) for v in value]
+        return {k: _mask(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_mask(v, key) for v in value]
+    if isinstance(value, BaseException):
+        return mask_text(repr(value))
     return value
 
 
 def mask_pii(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """structlog processor: mask ID numbers in every value of the event."""
+    """structlog processor: mask ID numbers and names in every value of the event."""
     for key, value in event_dict.items():
-        event_dict[key] = _mask(value)
+        event_dict[key] = _mask(value, "" if key == "event" else key)
     return event_dict
 
 
+class _StdlibHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Marks the handler :func:`configure` adds, so a second call replaces it."""
+
+
 def configure(
-    fmt: Literal["json", "console"] | None = None, level: str = "info", stream: Any = None
+    fmt: Literal["json", "console"] | None = None,
+    level: str = "info",
+    stream: Any = None,
+    *,
+    cache: bool = True,
 ) -> None:
-    """Configure structlog once for the process (``fmt=None``: console on a TTY, else JSON)."""
+    """Configure structlog (and stdlib logging) once for the process.
+
+    ``fmt=None``: console on a TTY, else JSON. ``cache=False`` lets a later call (tests)
+    re-route loggers that were already used.
+    """
     out = stream or sys.stderr
     if fmt is None:
         fmt = "console" if out.isatty() else "json"
     renderer: Any
     if fmt == "json":
         renderer = structlog.processors.JSONRenderer(
-            serializer=lambda o, **_: orjson.dumps(o).decode()
+            serializer=lambda o, **_: orjson.dumps(o, default=str).decode()
         )
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=False)
+    numeric = logging.getLevelNamesMapping()[level.upper()]
+    shared: list[Any] = [
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            *shared,
             structlog.processors.format_exc_info,
             mask_pii,
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[level.upper()]
-        ),
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(out),
-        cache_logger_on_first_use=True,
+        cache_logger_on_first_use=cache,
     )
+    handler = _StdlibHandler(out)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[structlog.contextvars.merge_contextvars, *shared],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                mask_pii,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _StdlibHandler)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    # Library debug output (aio-pika frames …) would drown ours: stdlib stays at info or above.
+    root.setLevel(max(numeric, logging.INFO))
+
+
+def reset() -> None:
+    """Undo :func:`configure` (tests): structlog's defaults, our stdlib handler removed."""
+    structlog.reset_defaults()
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _StdlibHandler)]:
+        root.removeHandler(old)

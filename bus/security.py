@@ -1,9 +1,19 @@
-"""Who is calling (API keys) and what they may call (consumer × service × operation ACL).
+"""Who is calling (API keys, client certificates) and what they may call (the ACL).
 
-Keys live in ``routing.yaml`` only as references (``env:``/``file:``) or SHA-256 digests; the
-gateway keeps digests and compares in constant time. Deny by default: a consumer may call
-exactly the operations its ``allow`` map lists (``"*"`` = every operation of that service).
-Unknown, malformed or expired credentials all give the same ``401 UNAUTHENTICATED``.
+Authentication, in order:
+
+* ``Authorization: Bearer <key>``: ``routing.yaml`` holds each key only as a reference
+  (``env:``/``file:``, resolved once at start) or as its SHA-256; the gateway keeps digests
+  and compares in constant time. A consumer may have several keys, each with an optional
+  ``expires``, so a new key can be rolled out before the old one stops working;
+* else a client certificate the TLS layer has verified against ``gateway.tls.client_ca_file``
+  (mutual TLS), matched by its exact subject or its SHA-256 fingerprint.
+
+If both are presented they must name the same consumer. Unknown, malformed or expired
+credentials all give the same ``401 UNAUTHENTICATED`` and say nothing about why.
+
+Authorisation is deny by default: a consumer may call exactly the operations its ``allow``
+map lists (``"*"`` = every operation of that service) — else ``403 FORBIDDEN_OPERATION``.
 """
 
 from __future__ import annotations
@@ -11,12 +21,30 @@ from __future__ import annotations
 import hashlib
 import hmac
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import structlog
+
+from bus.accessconfig import parse_expiry, parse_subject, subject_attribute
 from bus.config import RoutingConfig, resolve_secret
 from bus.errors import Forbidden, Unauthenticated
 
-__all__ = ["Authenticator", "allowed_operations", "authorize", "key_digest"]
+__all__ = [
+    "EXPIRY_WARNING",
+    "Authenticator",
+    "Identity",
+    "PeerCertificate",
+    "allowed_operations",
+    "authorize",
+    "key_digest",
+]
+
+log = structlog.get_logger("bus.security")
+
+EXPIRY_WARNING = timedelta(days=14)
+"""Keys expiring sooner than this are logged at start (``security.key_expiring``)."""
+_MAX_TOKEN = 512
 
 
 def key_digest(key: str) -> str:
@@ -24,45 +52,112 @@ def key_digest(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
-def _expiry(value: str | None) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        parsed = datetime.combine(date.fromisoformat(value), datetime.max.time())
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+@dataclass(frozen=True, slots=True)
+class PeerCertificate:
+    """A client certificate the TLS layer verified (never taken from a header)."""
+
+    der: bytes
+    subject: frozenset[tuple[str, str]]
+
+    @property
+    def sha256(self) -> str:
+        """Hex SHA-256 fingerprint of the DER encoding."""
+        return hashlib.sha256(self.der).hexdigest()
+
+    @classmethod
+    def from_ssl(cls, der: bytes | None, info: dict[str, Any] | None) -> PeerCertificate | None:
+        """From ``SSLObject.getpeercert(True)`` and ``getpeercert()``; ``None`` if absent."""
+        if not der or not info:
+            return None
+        pairs = {
+            (subject_attribute(str(name)), str(value))
+            for rdn in info.get("subject", ())
+            for name, value in rdn
+        }
+        return cls(der, frozenset(pairs))
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """The authenticated caller: consumer name, how it proved it, which credential."""
+
+    consumer: str
+    method: str
+    """``api_key`` or ``client_cert``."""
+    credential: str
+    """The key's label (or ``key-<n>``) or ``cert-<n>``: for logs, never the secret."""
 
 
 @dataclass(frozen=True, slots=True)
 class _Key:
     digest: bytes
-    consumer: str
+    identity: Identity
     expires: datetime | None
 
 
 class Authenticator:
-    """Maps a presented bearer key to a consumer name."""
+    """Maps a presented bearer key or verified client certificate to a consumer."""
 
-    def __init__(self, config: RoutingConfig) -> None:
+    def __init__(self, config: RoutingConfig, *, now: datetime | None = None) -> None:
         self._keys: dict[bytes, _Key] = {}
+        self._by_fingerprint: dict[str, Identity] = {}
+        self._by_subject: dict[frozenset[tuple[str, str]], Identity] = {}
+        now = now or datetime.now(UTC)
         for name, consumer in config.consumers.items():
-            for api_key in consumer.api_keys:
-                if api_key.key is not None:
-                    digest = key_digest(resolve_secret(api_key.key))
+            for i, api_key in enumerate(consumer.api_keys):
+                label = api_key.label or f"key-{i}"
+                digest = self._digest_of(name, i, api_key.key, api_key.sha256)
+                expires = parse_expiry(api_key.expires) if api_key.expires else None
+                if digest in self._keys and self._keys[digest].identity.consumer != name:
+                    raise ValueError(f"consumers.{name}.api_keys[{i}] is another consumer's key")
+                self._keys[digest] = _Key(digest, Identity(name, "api_key", label), expires)
+                _warn_expiry(name, label, expires, now)
+            for i, cert in enumerate(consumer.client_certs):
+                ident = Identity(name, "client_cert", f"cert-{i}")
+                if cert.sha256 is not None:
+                    self._by_fingerprint[cert.sha256] = ident
                 else:
-                    assert api_key.sha256 is not None
-                    digest = api_key.sha256
-                raw = bytes.fromhex(digest)
-                self._keys[raw] = _Key(raw, name, _expiry(api_key.expires))
+                    assert cert.subject is not None
+                    self._by_subject[parse_subject(cert.subject)] = ident
+
+    @staticmethod
+    def _digest_of(consumer: str, index: int, ref: str | None, sha256: str | None) -> bytes:
+        if ref is None:
+            assert sha256 is not None
+            return bytes.fromhex(sha256)
+        try:
+            secret = resolve_secret(ref)
+        except (KeyError, OSError, ValueError) as exc:
+            # The reference names a variable or file; neither is secret, the value is.
+            raise ValueError(f"consumers.{consumer}.api_keys[{index}]: {exc}") from None
+        if not secret:
+            raise ValueError(f"consumers.{consumer}.api_keys[{index}]: the key is empty")
+        return hashlib.sha256(secret.encode("utf-8")).digest()
+
+    def identify(self, authorization: str | None, cert: PeerCertificate | None = None) -> Identity:
+        """The caller for an ``Authorization`` value and/or a verified certificate."""
+        by_cert = self._certificate(cert) if cert is not None else None
+        if authorization:
+            by_key = self._api_key(authorization)
+            if by_cert is not None and by_cert.consumer != by_key.consumer:
+                raise Unauthenticated("invalid credentials")
+            return by_key
+        if by_cert is not None:
+            return by_cert
+        if cert is not None:
+            raise Unauthenticated("invalid credentials")
+        raise Unauthenticated(
+            "credentials are required: Authorization: Bearer <key>, or a client certificate"
+        )
 
     def authenticate(self, authorization: str | None) -> str:
         """The consumer for an ``Authorization`` header value; raises ``Unauthenticated``."""
-        if not authorization:
-            raise Unauthenticated("an API key is required: Authorization: Bearer <key>")
+        return self.identify(authorization).consumer
+
+    def _api_key(self, authorization: str) -> Identity:
         scheme, _, token = authorization.partition(" ")
         token = token.strip()
-        if scheme.lower() != "bearer" or not token or len(token) > 512:
+        if scheme.lower() != "bearer" or not token or len(token) > _MAX_TOKEN:
             raise Unauthenticated("invalid credentials")
         digest = hashlib.sha256(token.encode("utf-8", "replace")).digest()
         found = self._keys.get(digest)
@@ -72,7 +167,20 @@ class Authenticator:
             raise Unauthenticated("invalid credentials")
         if found.expires is not None and found.expires <= datetime.now(UTC):
             raise Unauthenticated("invalid credentials")
-        return found.consumer
+        return found.identity
+
+    def _certificate(self, cert: PeerCertificate) -> Identity | None:
+        return self._by_fingerprint.get(cert.sha256) or self._by_subject.get(cert.subject)
+
+
+def _warn_expiry(consumer: str, label: str, expires: datetime | None, now: datetime) -> None:
+    if expires is None:
+        return
+    if expires <= now:
+        log.warning("security.key_expired", consumer=consumer, key=label)
+    elif expires - now < EXPIRY_WARNING:
+        days = round((expires - now) / timedelta(days=1), 1)
+        log.warning("security.key_expiring", consumer=consumer, key=label, days_left=days)
 
 
 def allowed_operations(config: RoutingConfig, consumer: str) -> dict[str, list[str]]:

@@ -6,13 +6,16 @@ Pydantic reports a location as a tuple path; this module turns it into
 
 from __future__ import annotations
 
+import difflib
+import types
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 __all__ = ["ConfigError", "ConfigIssue", "YamlDocument", "issues_from_validation"]
 
@@ -76,6 +79,11 @@ class YamlDocument:
             line = mark.line + 1 if mark is not None else None
             col = mark.column + 1 if mark is not None else None
             problem = getattr(exc, "problem", None) or str(exc)
+            # Where the broken construct began (e.g. an unclosed [ … ]) helps more than
+            # where the parser gave up.
+            context, start = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+            if context and start is not None and start.line + 1 != line:
+                problem += f" ({context} that began at line {start.line + 1}:{start.column + 1})"
             raise ConfigError([ConfigIssue((), f"YAML syntax: {problem}", line, col)]) from None
         doc = cls(data=None)
         if node is None:
@@ -134,18 +142,29 @@ class YamlDocument:
             probe = probe[:-1]
 
 
+NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,62}$"
+"""The pattern of every name in routing.yaml (services, upstreams, consumers, operations)."""
+
+
 def _readable(err: dict[str, Any]) -> str:
     kind = err["type"]
     if kind == "extra_forbidden":
         return "unknown field (not part of routing.yaml's schema; check the spelling)"
+    if kind == "string_pattern_mismatch" and err.get("ctx", {}).get("pattern") == NAME_PATTERN:
+        return (
+            "not a valid name: lower-case letters, digits, '-' and '_', starting with a "
+            "letter, at most 63 characters"
+        )
     if kind == "missing":
         return "required field is missing"
     if kind == "union_tag_invalid":
         tag = err.get("ctx", {}).get("tag")
         expected = err.get("ctx", {}).get("expected_tags")
         return f"unknown kind {tag!r}; expected one of {expected}"
-    message = str(err["msg"])
-    return message.removeprefix("Value error, ")
+    if kind == "too_short" and err.get("ctx", {}).get("min_length") == 1:
+        return "must not be empty"
+    message = str(err["msg"]).removeprefix("Value error, ")
+    return message.replace("Input should be ", "must be ", 1)
 
 
 def _clean_loc(loc: Sequence[Any], data: Any) -> PathKey:
@@ -166,12 +185,64 @@ def _clean_loc(loc: Sequence[Any], data: Any) -> PathKey:
     return tuple(out)
 
 
-def issues_from_validation(exc: ValidationError, doc: YamlDocument | None) -> list[ConfigIssue]:
-    """Every pydantic error as a located :class:`ConfigIssue`."""
+def _models_in(annotation: Any) -> tuple[list[type[BaseModel]], bool]:
+    """The models an annotation may hold (through Optional, unions, Annotated, list, dict),
+    and whether they sit under a mapping (so the next path step is a key, not a field)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation], False
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return _models_in(args[0])
+    if origin is dict and len(args) == 2:
+        return _models_in(args[1])[0], True
+    if origin in (list, tuple, typing.Union, types.UnionType):
+        found = [_models_in(arg) for arg in args]
+        return [m for models, _ in found for m in models], any(keyed for _, keyed in found)
+    return [], False
+
+
+def _fields_at(model: type[BaseModel], path: PathKey) -> set[str]:
+    """Field names allowed at ``path`` (the parent of an unknown field), found by walking
+    the models, so a field added later is suggested without anyone listing it here."""
+    current: list[type[BaseModel]] = [model]
+    skip_key = False
+    for part in path:
+        if isinstance(part, int):
+            continue
+        if skip_key:
+            skip_key = False
+            continue
+        following: list[type[BaseModel]] = []
+        for m in current:
+            info = m.model_fields.get(part)
+            if info is not None:
+                models, keyed = _models_in(info.annotation)
+                following += models
+                skip_key = skip_key or keyed
+        current = following
+    return {name for m in current for name in m.model_fields}
+
+
+def _suggest(model: type[BaseModel] | None, path: PathKey) -> str:
+    if model is None or not path or not isinstance(path[-1], str):
+        return ""
+    close = difflib.get_close_matches(path[-1], sorted(_fields_at(model, path[:-1])), n=1)
+    return f"did you mean {close[0]!r}?" if close else ""
+
+
+def issues_from_validation(
+    exc: ValidationError, doc: YamlDocument | None, model: type[BaseModel] | None = None
+) -> list[ConfigIssue]:
+    """Every pydantic error as a located :class:`ConfigIssue` (``model``: the root model,
+    for "did you mean" suggestions on unknown fields)."""
     issues: list[ConfigIssue] = []
     for err in exc.errors():
         path = _clean_loc(err["loc"], doc.data if doc else None)
         message = _readable(dict(err))
+        suggestion = _suggest(model, path) if err["type"] == "extra_forbidden" else ""
+        if suggestion:
+            message = f"unknown field: {suggestion}"
         if not path:
             # Cross-reference checks report "a.b.c names …; d.e names …" at the root.
             for part in message.split("; "):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -16,20 +17,31 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from bus.broker import Broker, open_broker, queue_specs
+from bus.audit import AuditObserver, Auditor
+from bus.broker import NULL_RECORDER, Broker, open_broker, queue_specs
 from bus.config import RoutingConfig, parse_config
+from bus.exchange import ExchangeObserver
 from bus.gateway import Runtime, build_app
+from bus.health import instrument_gateway
+from bus.metrics import Metrics, MetricsObserver
 from bus.runner import bound_port, http_site
+from bus.store import Store
 from bus.worker import Worker, open_adapters
 
 __all__ = ["BusStack", "running_bus", "serve_app", "stack_config"]
 
 
 @asynccontextmanager
-async def serve_app(app: web.Application) -> AsyncIterator[str]:
-    """Serve an app on an ephemeral loopback port; yields its base URL."""
-    async with http_site(app, "127.0.0.1", 0, shutdown_timeout=2) as runner:
-        yield f"http://127.0.0.1:{bound_port(runner)}/"
+async def serve_app(
+    app: web.Application, *, ssl_context: ssl.SSLContext | None = None, json_errors: bool = False
+) -> AsyncIterator[str]:
+    """Serve an app on an ephemeral loopback port (HTTPS with ``ssl_context``); yields its
+    base URL. ``json_errors``: HTTP parse errors in the gateway's shape, as in production."""
+    async with http_site(
+        app, "127.0.0.1", 0, shutdown_timeout=2, ssl_context=ssl_context, json_errors=json_errors
+    ) as runner:
+        scheme = "https" if ssl_context is not None else "http"
+        yield f"{scheme}://127.0.0.1:{bound_port(runner)}/"
 
 
 def stack_config(
@@ -100,23 +112,40 @@ class BusStack:
 
 @asynccontextmanager
 async def running_bus(
-    config: RoutingConfig, amqp_url: str | None, key: str
+    config: RoutingConfig,
+    amqp_url: str | None,
+    key: str,
+    *,
+    gateway_metrics: Metrics | None = None,
+    worker_metrics: Metrics | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+    client_ssl: ssl.SSLContext | None = None,
+    auditor: Auditor | None = None,
+    store: Store | None = None,
 ) -> AsyncIterator[BusStack]:
-    """Start worker + gateway on ``config``; stop both (draining) on exit."""
+    """Start worker + gateway on ``config``; stop both (draining) on exit.
+
+    With ``auditor`` the gateway writes the audit trail as ``lgsp-bus run`` does (first
+    observer; its store is ``runtime.store``; its state in ``/readyz``).
+
+    With metrics, the gateway serves ``/metrics`` and both record as in production (on the
+    in-memory broker the one shared broker reports to ``gateway_metrics``)."""
+    gw_rec = gateway_metrics if gateway_metrics is not None else NULL_RECORDER
+    wk_rec = worker_metrics if worker_metrics is not None else NULL_RECORDER
     async with AsyncExitStack() as stack:
         if amqp_url is None:
-            shared = open_broker(None)
+            shared = open_broker(None, recorder=gw_rec)
             gateway_broker = worker_broker = shared
         else:
-            gateway_broker = open_broker(amqp_url, name="test-gateway")
-            worker_broker = open_broker(amqp_url, name="test-worker")
+            gateway_broker = open_broker(amqp_url, name="test-gateway", recorder=gw_rec)
+            worker_broker = open_broker(amqp_url, name="test-worker", recorder=wk_rec)
         for b in {id(gateway_broker): gateway_broker, id(worker_broker): worker_broker}.values():
             await b.connect()
             stack.push_async_callback(b.aclose)
         await gateway_broker.declare(queue_specs(config))
         await worker_broker.declare(queue_specs(config))
         adapters = await open_adapters(config)
-        worker = Worker(config, worker_broker, adapters, drain_s=5)
+        worker = Worker(config, worker_broker, adapters, drain_s=5, metrics=worker_metrics)
         stack.push_async_callback(worker.aclose)
         stop = asyncio.Event()
         task = asyncio.create_task(worker.run(stop))
@@ -126,9 +155,26 @@ async def running_bus(
             await asyncio.wait_for(task, 15)
 
         stack.push_async_callback(stop_worker)
-        runtime = Runtime.build(config, gateway_broker)
-        url = await stack.enter_async_context(serve_app(build_app(runtime)))
-        session = await stack.enter_async_context(aiohttp.ClientSession())
+        observers: list[ExchangeObserver] = (
+            [MetricsObserver(gateway_metrics)] if gateway_metrics is not None else []
+        )
+        if auditor is not None:
+            observers.insert(0, AuditObserver(auditor, config))
+        runtime = Runtime.build(config, gateway_broker, observers=observers)
+        runtime.readiness.append(worker.readiness)  # as in `lgsp-bus run`: breakers in /readyz
+        if auditor is not None:
+            runtime.store = auditor.store
+            runtime.readiness.append(auditor.readiness)
+        if store is not None:  # idempotency and async mode without an audit trail
+            runtime.store = store
+        app = build_app(runtime)
+        if gateway_metrics is not None:
+            instrument_gateway(app, gateway_metrics)
+        url = await stack.enter_async_context(
+            serve_app(app, ssl_context=ssl_context, json_errors=True)
+        )
+        connector = aiohttp.TCPConnector(ssl=client_ssl) if client_ssl is not None else None
+        session = await stack.enter_async_context(aiohttp.ClientSession(connector=connector))
         yield BusStack(url, session, key, runtime, worker, worker_broker)
 
 

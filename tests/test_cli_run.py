@@ -77,7 +77,13 @@ def routing_for(tmp_path: Path, sim_port: int) -> Path:
 async def test_run_serves_the_readme_example_and_stops_cleanly(tmp_path: Path) -> None:
     port, sim_port = free_port(), free_port()
     config = routing_for(tmp_path, sim_port)
-    env = {"LGSP_DEMO_API_KEY": "cli-test-key", "LGSP_AMQP_URL": ""}
+    env = {
+        "LGSP_DEMO_API_KEY": "cli-test-key",
+        "LGSP_AMQP_URL": "",
+        # A store of its own: the default ./lgsp-bus.sqlite3 would replay an earlier run's
+        # answer to the same request_id (idempotency) and the worker would not be called.
+        "LGSP_STORE_URL": f"sqlite:///{tmp_path}/store.sqlite3",
+    }
     base = f"http://127.0.0.1:{port}/"
     async with started(
         "--log-format",
@@ -93,6 +99,12 @@ async def test_run_serves_the_readme_example_and_stops_cleanly(tmp_path: Path) -
         body = {
             "request_id": "demo-0001-birth",
             "record_type": "BIRTH",
+            "caller": {"unit_code": "H01", "officer_id": "001085000123"},
+            "purpose": {
+                "procedure_code": "1.001234",
+                "dossier_id": "HS-2026-0001",
+                "legal_basis": "LEGAL_DUTY",
+            },
             "by_registration": {"authority_code": "00001", "number": "1"},
         }
         async with (

@@ -112,7 +112,7 @@ def _partial_date(value: str) -> str:
 
 
 def _id_number(value: str) -> str:
-    if not _ID_RE.match(value):
+    if not _ID_RE.fullmatch(value):  # fullmatch: "$" alone lets a final "\n" in
         raise PydanticCustomError(
             "INVALID_ID_NUMBER", "id_number is 12 digits (CCCD) or 9 digits (CMND), nothing else"
         )
@@ -134,7 +134,7 @@ def _person_name(value: str) -> str:
 
 
 def _registration_ref(value: str) -> str:
-    if not _REF_RE.match(value):
+    if not _REF_RE.fullmatch(value):
         raise PydanticCustomError(
             "INVALID_REGISTRATION",
             "registration codes are 1-32 ASCII letters, digits and . _ / - characters",

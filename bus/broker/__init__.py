@@ -1,16 +1,27 @@
 """Broker backends: ``memory`` (embedded, tests) and ``amqp`` (RabbitMQ via aio-pika)."""
 
-from bus.broker.base import Broker, Handler, QueueSpec, queue_specs
+from bus.broker.base import NULL_RECORDER, Broker, BrokerRecorder, Handler, QueueSpec, queue_specs
 
-__all__ = ["Broker", "Handler", "QueueSpec", "open_broker", "queue_specs"]
+__all__ = [
+    "NULL_RECORDER",
+    "Broker",
+    "BrokerRecorder",
+    "Handler",
+    "QueueSpec",
+    "open_broker",
+    "queue_specs",
+]
 
 
-def open_broker(url: str | None, *, name: str = "lgsp-bus") -> Broker:
-    """An unconnected broker for ``url`` (``None`` or ``memory://`` → in-memory)."""
+def open_broker(
+    url: str | None, *, name: str = "lgsp-bus", recorder: BrokerRecorder = NULL_RECORDER
+) -> Broker:
+    """An unconnected broker for ``url`` (``None`` or ``memory://`` → in-memory); it reports
+    connection state, publish failures and dead letters to ``recorder`` (metrics)."""
     if url is None or url.startswith("memory:"):
         from bus.broker.memory import MemoryBroker
 
-        return MemoryBroker()
+        return MemoryBroker(recorder=recorder)
     from bus.broker.amqp import AmqpBroker
 
-    return AmqpBroker(url, name=name)
+    return AmqpBroker(url, name=name, recorder=recorder)

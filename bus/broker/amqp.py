@@ -3,7 +3,11 @@
 Topology (declared from ``routing.yaml``): topic exchange ``lgsp.requests``; per service a
 durable quorum queue ``lgsp.svc.<service>`` bound to ``<service>.*`` with ``x-delivery-limit``,
 ``x-max-length`` + ``reject-publish`` and dead-lettering to ``lgsp.dlx`` (direct), which
-routes to ``lgsp.dlq.<service>``.
+routes to ``lgsp.dlq.<service>``. The worker dead-letters undecodable messages, and those
+delivered ``delivery_limit`` times (``x-delivery-count``), itself, with headers saying why
+(:mod:`bus.broker.amqp_deadletters`); RabbitMQ's ``x-delivery-limit`` is the backstop and
+expires messages whose deadline passed in the queue. Reply and ack are one step that a
+cancellation does not split, so an answered message is never answered again.
 
 Requests are persistent, ``mandatory`` and confirmed, and carry the deadline as message
 expiration. Replies come back over direct reply-to on the publishing channel. The
@@ -16,8 +20,10 @@ can no longer arrive) instead of hanging until the deadline.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,7 +39,20 @@ from aio_pika.abc import (
 )
 from pamqp.commands import Basic
 
-from bus.broker.base import DLX, REQUESTS_EXCHANGE, Handler, QueueSpec, dlq_name, queue_name
+from bus.broker.amqp_deadletters import claim_dead_letters, copy_to_dlq, purge_dead_letters
+from bus.broker.base import (
+    DLX,
+    NULL_RECORDER,
+    REQUESTS_EXCHANGE,
+    BrokerRecorder,
+    Handler,
+    QueueSpec,
+    dlq_arguments,
+    dlq_name,
+    queue_arguments,
+    queue_name,
+)
+from bus.broker.deadletters import MAX_SCAN, ClaimedLetter, scrub_error
 from bus.envelope import (
     DecodeError,
     Reply,
@@ -50,14 +69,19 @@ __all__ = ["AmqpBroker"]
 log = structlog.get_logger("bus.broker.amqp")
 
 REPLY_TO = "amq.rabbitmq.reply-to"
+_LAST_ERRORS = 1000
+"""Handler errors remembered per message, for the dead letter's ``x-lgsp-last-error``."""
 
 
 class AmqpBroker:
     """A :class:`~bus.broker.base.Broker` on RabbitMQ."""
 
-    def __init__(self, url: str, *, name: str = "lgsp-bus") -> None:
+    def __init__(
+        self, url: str, *, name: str = "lgsp-bus", recorder: BrokerRecorder = NULL_RECORDER
+    ) -> None:
         self._url = url
         self._name = name
+        self._recorder = recorder
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractRobustChannel | None = None
         self._exchange: AbstractRobustExchange | None = None
@@ -65,6 +89,7 @@ class AmqpBroker:
         self._specs: dict[str, QueueSpec] = {}
         self._reply_consumer_ready = False
         self._connect_lock = asyncio.Lock()
+        self._last_errors: OrderedDict[str, str] = OrderedDict()
 
     # -- connection ---------------------------------------------------------------------
 
@@ -100,9 +125,11 @@ class AmqpBroker:
             await replies.consume(self._on_reply, no_ack=True)
             self._reply_consumer_ready = True
             log.info("broker.connected", url=_redact(self._url))
+            self._recorder.broker_connection(True)
 
     def _on_channel_lost(self, *_: Any) -> None:
         self._reply_consumer_ready = False
+        self._recorder.broker_connection(False)
         if self._pending:
             log.warning("broker.channel_lost", pending=len(self._pending))
         for future in self._pending.values():
@@ -117,6 +144,7 @@ class AmqpBroker:
     def _on_channel_back(self, *_: Any) -> None:
         self._reply_consumer_ready = True
         log.info("broker.reconnected")
+        self._recorder.broker_reconnected()
 
     @property
     def ready(self) -> bool:
@@ -148,20 +176,13 @@ class AmqpBroker:
         dlq = await channel.declare_queue(
             dlq_name(spec.service),
             durable=True,
-            arguments={"x-queue-type": "quorum", "x-message-ttl": spec.dlq_ttl_s * 1000},
+            arguments=dlq_arguments(spec),
         )
         await dlq.bind(DLX, routing_key=spec.service)
         queue = await channel.declare_queue(
             queue_name(spec.service),
             durable=True,
-            arguments={
-                "x-queue-type": "quorum",
-                "x-delivery-limit": spec.delivery_limit,
-                "x-max-length": spec.max_length,
-                "x-overflow": "reject-publish",
-                "x-dead-letter-exchange": DLX,
-                "x-dead-letter-routing-key": spec.service,
-            },
+            arguments=queue_arguments(spec),
         )
         await queue.bind(REQUESTS_EXCHANGE, routing_key=f"{spec.service}.*")
         return queue
@@ -207,11 +228,14 @@ class AmqpBroker:
                 try:
                     await exchange.publish(message, req.routing_key, mandatory=True)
                 except aiormq.exceptions.PublishError as exc:
+                    self._recorder.publish_failed("unroutable")
                     raise BrokerUnavailable(
                         f"no queue is bound for {req.routing_key}", code="NO_ROUTE"
                     ) from exc
                 except aiormq.exceptions.DeliveryError as exc:
-                    if isinstance(exc.frame, Basic.Nack):
+                    nacked = isinstance(exc.frame, Basic.Nack)
+                    self._recorder.publish_failed("nack" if nacked else "error")
+                    if nacked:
                         raise Overloaded(
                             f"queue for {req.service} is full", retry_after=1.0
                         ) from exc
@@ -222,6 +246,7 @@ class AmqpBroker:
                     ConnectionError,
                     RuntimeError,
                 ) as exc:
+                    self._recorder.publish_failed("error")
                     raise BrokerUnavailable(f"cannot publish to the broker: {exc!r}") from exc
                 return await future
         except TimeoutError:
@@ -255,7 +280,7 @@ class AmqpBroker:
             in_flight.add(task)
             drained.clear()
             try:
-                await self._handle(channel, service, message, handler)
+                await self._handle(channel, service, message, handler, spec)
             finally:
                 in_flight.discard(task)
                 if not in_flight:
@@ -283,12 +308,24 @@ class AmqpBroker:
         service: str,
         message: AbstractIncomingMessage,
         handler: Handler,
+        spec: QueueSpec | None = None,
     ) -> None:
+        headers = dict(message.headers or {})
+        # Quorum queues count earlier deliveries that ended without an ack.
+        previous = headers.get("x-delivery-count")
+        previous = previous if isinstance(previous, int) and not isinstance(previous, bool) else 0
         try:
-            req = decode_request(message.body, dict(message.headers), message.correlation_id)
+            req = decode_request(message.body, headers, message.correlation_id)
         except DecodeError as exc:
             log.warning("broker.poison_message", service=service, error=str(exc))
-            await message.reject(requeue=False)  # → lgsp.dlx → lgsp.dlq.<service>
+            await self._dead_letter(channel, service, message, "rejected", str(exc), previous + 1)
+            return
+        key = message.message_id or message.correlation_id or ""
+        if spec is not None and previous >= spec.delivery_limit:
+            error = self._last_errors.pop(key, None) or (
+                f"not answered in {previous} deliveries (a worker failed or stopped holding it)"
+            )
+            await self._dead_letter(channel, service, message, "delivery_limit", error, previous)
             return
         if req.remaining() <= 0:
             log.info("broker.message_expired", service=service)
@@ -301,14 +338,34 @@ class AmqpBroker:
             raise
         except Exception as exc:  # a handler bug: requeue; the delivery limit dead-letters it
             log.error("broker.handler_failed", service=service, error=repr(exc))
+            self._last_errors[key] = scrub_error(repr(exc))
+            while len(self._last_errors) > _LAST_ERRORS:
+                self._last_errors.popitem(last=False)
             await _quietly(message.nack(requeue=True))
             return
+        # Reply and ack as one step that a cancellation does not split: a reply sent but
+        # not acked would be handled, and answered, a second time after redelivery.
+        finish = asyncio.ensure_future(self._reply_and_ack(channel, service, message, reply))
+        try:
+            await asyncio.shield(finish)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(finish, 5)
+            raise
+
+    async def _reply_and_ack(
+        self,
+        channel: AbstractRobustChannel,
+        service: str,
+        message: AbstractIncomingMessage,
+        reply: Reply,
+    ) -> None:
         if message.reply_to:
             try:
                 await channel.default_exchange.publish(
                     aio_pika.Message(
                         encode_reply(reply),
-                        correlation_id=req.correlation_id,
+                        correlation_id=reply.correlation_id,
                         content_type="application/json",
                     ),
                     routing_key=message.reply_to,
@@ -317,6 +374,48 @@ class AmqpBroker:
                 # The requester's channel is gone (it gave up or lost its connection).
                 log.warning("broker.reply_failed", service=service, error=repr(exc))
         await _quietly(message.ack())
+
+    async def _dead_letter(
+        self,
+        channel: AbstractRobustChannel,
+        service: str,
+        message: AbstractIncomingMessage,
+        reason: str,
+        error: str,
+        attempts: int,
+    ) -> None:
+        """To ``lgsp.dlq.<service>`` with why (:func:`~bus.broker.amqp_deadletters.copy_to_dlq`)."""
+        await copy_to_dlq(channel, service, message, reason, error, attempts)
+        self._recorder.dead_lettered(service, reason)
+
+    def dead_letters_claim(
+        self, service: str, *, limit: int = MAX_SCAN
+    ) -> contextlib.AbstractAsyncContextManager[list[ClaimedLetter]]:
+        """Hold up to ``limit`` dead letters; those not acked return to the DLQ at the end."""
+        return claim_dead_letters(self._connection, service, limit)
+
+    async def dead_letters_purge(self, service: str) -> int:
+        """Delete every dead letter of ``service``; returns how many."""
+        return await purge_dead_letters(self._connection, service)
+
+    async def message_counts(self, service: str) -> tuple[int, int]:
+        """Ready messages in the service's queue and its DLQ (passive declares, own channel)."""
+        if self._connection is None or not self.ready:
+            raise BrokerUnavailable("broker is not connected")
+        counts: list[int] = []
+        try:
+            async with asyncio.timeout(5):
+                channel = await self._connection.channel(publisher_confirms=False)
+                try:
+                    for name in (queue_name(service), dlq_name(service)):
+                        # robust=False: a sampling declare must not join the reconnect set.
+                        queue = await channel.declare_queue(name, passive=True, robust=False)
+                        counts.append(queue.declaration_result.message_count or 0)
+                finally:
+                    await _quietly(channel.close())
+        except (TimeoutError, aiormq.exceptions.AMQPError, RuntimeError, ConnectionError) as exc:
+            raise BrokerUnavailable(f"cannot count messages of {service}: {exc!r}") from exc
+        return counts[0], counts[1]
 
     async def aclose(self) -> None:
         """Close the connection; pending requests fail with ``BrokerUnavailable``."""

@@ -18,12 +18,21 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from bus.config import RoutingConfig
 from bus.envelope import Reply, Request
 
-__all__ = ["Broker", "Handler", "QueueSpec", "queue_specs"]
+__all__ = [
+    "NULL_RECORDER",
+    "Broker",
+    "BrokerRecorder",
+    "Handler",
+    "QueueSpec",
+    "dlq_arguments",
+    "queue_arguments",
+    "queue_specs",
+]
 
 Handler = Callable[[Request], Awaitable[Reply]]
 
@@ -51,6 +60,23 @@ class QueueSpec:
     dlq_ttl_s: int = 14 * 24 * 3600
 
 
+def queue_arguments(spec: QueueSpec) -> dict[str, Any]:
+    """Arguments of the service's work queue (``deploy/rabbitmq/definitions.json`` matches)."""
+    return {
+        "x-queue-type": "quorum",
+        "x-delivery-limit": spec.delivery_limit,
+        "x-max-length": spec.max_length,
+        "x-overflow": "reject-publish",
+        "x-dead-letter-exchange": DLX,
+        "x-dead-letter-routing-key": spec.service,
+    }
+
+
+def dlq_arguments(spec: QueueSpec) -> dict[str, Any]:
+    """Arguments of the service's dead-letter queue."""
+    return {"x-queue-type": "quorum", "x-message-ttl": spec.dlq_ttl_s * 1000}
+
+
 def queue_specs(config: RoutingConfig) -> list[QueueSpec]:
     """One spec per configured service."""
     b = config.broker
@@ -58,6 +84,46 @@ def queue_specs(config: RoutingConfig) -> list[QueueSpec]:
         QueueSpec(name, b.delivery_limit, b.max_queue_length, b.dlq_ttl_s)
         for name in config.services
     ]
+
+
+class BrokerRecorder(Protocol):
+    """What a broker reports for metrics (``bus.metrics.Metrics`` implements it), so the
+    broker itself needs no metrics library."""
+
+    def broker_connection(self, connected: bool) -> None:
+        """The connection went up (``True``) or down."""
+        ...
+
+    def broker_reconnected(self) -> None:
+        """The connection came back after a loss."""
+        ...
+
+    def publish_failed(self, reason: str) -> None:
+        """A publish was not confirmed: ``nack`` (queue full), ``unroutable`` or ``error``."""
+        ...
+
+    def dead_lettered(self, service: str, reason: str) -> None:
+        """This process sent a message of ``service`` to its DLQ (``rejected`` …)."""
+        ...
+
+
+class _NullRecorder:
+    """Records nothing (a broker without metrics)."""
+
+    def broker_connection(self, connected: bool) -> None:
+        """Ignored."""
+
+    def broker_reconnected(self) -> None:
+        """Ignored."""
+
+    def publish_failed(self, reason: str) -> None:
+        """Ignored."""
+
+    def dead_lettered(self, service: str, reason: str) -> None:
+        """Ignored."""
+
+
+NULL_RECORDER: BrokerRecorder = _NullRecorder()
 
 
 class Broker(Protocol):
@@ -84,6 +150,10 @@ class Broker(Protocol):
     @property
     def ready(self) -> bool:
         """True while connected and able to publish."""
+        ...
+
+    async def message_counts(self, service: str) -> tuple[int, int]:
+        """Messages waiting in the service's work queue and in its DLQ (for metrics)."""
         ...
 
     async def aclose(self) -> None:

@@ -13,13 +13,21 @@ import asyncio
 import time
 import uuid
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 
-from bus.broker.base import Handler, QueueSpec
+from bus.broker.base import NULL_RECORDER, BrokerRecorder, Handler, QueueSpec
+from bus.broker.deadletters import (
+    MAX_SCAN,
+    ClaimedLetter,
+    DeadLetter,
+    dead_letter_from,
+    dead_letter_headers,
+)
 from bus.envelope import (
     DecodeError,
     Reply,
@@ -45,17 +53,6 @@ class _Message:
     delivery_count: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """A message moved to the DLQ, with why."""
-
-    body: bytes
-    headers: dict[str, Any]
-    correlation_id: str | None
-    reason: str
-    attempts: int
-
-
 @dataclass
 class _Queue:
     spec: QueueSpec
@@ -67,7 +64,8 @@ class _Queue:
 class MemoryBroker:
     """A :class:`~bus.broker.base.Broker` inside this process."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, recorder: BrokerRecorder = NULL_RECORDER) -> None:
+        self._recorder = recorder
         self._queues: dict[str, _Queue] = {}
         self._pending: dict[str, asyncio.Future[Reply]] = {}
         self._closed = False
@@ -75,6 +73,7 @@ class MemoryBroker:
     async def connect(self) -> None:
         """Nothing to connect to."""
         self._closed = False
+        self._recorder.broker_connection(True)
 
     async def declare(self, specs: Sequence[QueueSpec]) -> None:
         """Create the queues that do not exist yet."""
@@ -96,14 +95,20 @@ class MemoryBroker:
         queue = self._queues.get(service)
         return len(queue.ready) if queue else 0
 
+    async def message_counts(self, service: str) -> tuple[int, int]:
+        """Messages waiting in the service's queue and in its DLQ."""
+        return self.depth(service), len(self.dead_letters(service))
+
     async def request(self, req: Request) -> Reply:
         """Enqueue ``req`` and wait for the reply until its deadline."""
         if self._closed:
             raise BrokerUnavailable("broker is closed")
         queue = self._queues.get(req.service)
         if queue is None:
+            self._recorder.publish_failed("unroutable")
             raise BrokerUnavailable(f"no queue is bound for {req.routing_key}", code="NO_ROUTE")
         if len(queue.ready) >= queue.spec.max_length:
+            self._recorder.publish_failed("nack")
             raise Overloaded(f"queue for {req.service} is full", retry_after=1.0)
         remaining = req.remaining()
         if remaining <= 0:
@@ -198,13 +203,42 @@ class MemoryBroker:
 
     def _dead_letter(self, queue: _Queue, message: _Message, reason: str, error: str) -> None:
         log.warning("broker.dead_lettered", service=queue.spec.service, reason=reason)
-        headers = dict(message.headers)
-        headers.update({"x-lgsp-dead-reason": reason, "x-lgsp-last-error": error[:500]})
+        self._recorder.dead_lettered(queue.spec.service, reason)
+        headers = dead_letter_headers(message.headers, reason, error, message.delivery_count)
         queue.dead.append(
-            DeadLetter(
-                message.body, headers, message.correlation_id, reason, message.delivery_count
-            )
+            dead_letter_from(queue.spec.service, message.body, headers, message.correlation_id)
         )
+
+    @asynccontextmanager
+    async def dead_letters_claim(
+        self, service: str, *, limit: int = MAX_SCAN
+    ) -> AsyncIterator[list[ClaimedLetter]]:
+        """Hold up to ``limit`` dead letters; unacked ones go back (in order) at the end."""
+        queue = self._queues.get(service)
+        if queue is None:
+            raise BrokerUnavailable(f"no DLQ for {service}", code="NO_ROUTE")
+        held, queue.dead[:limit] = queue.dead[:limit], []
+        acked: set[int] = set()
+
+        def acker(index: int) -> ClaimedLetter:
+            async def ack() -> None:
+                acked.add(index)
+
+            return ClaimedLetter(held[index], ack)
+
+        try:
+            yield [acker(i) for i in range(len(held))]
+        finally:
+            queue.dead[:0] = [letter for i, letter in enumerate(held) if i not in acked]
+
+    async def dead_letters_purge(self, service: str) -> int:
+        """Delete every dead letter of ``service``."""
+        queue = self._queues.get(service)
+        if queue is None:
+            return 0
+        count = len(queue.dead)
+        queue.dead.clear()
+        return count
 
     def _reply(self, reply: Reply) -> None:
         # Round-trip through the codec so both brokers hand the gateway the same shape.
@@ -216,6 +250,7 @@ class MemoryBroker:
     async def aclose(self) -> None:
         """Fail every pending request."""
         self._closed = True
+        self._recorder.broker_connection(False)
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(BrokerUnavailable("broker closed"))

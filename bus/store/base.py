@@ -8,10 +8,19 @@ they are only unique per calling system, and one consumer must never see another
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal, Protocol
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
 
-__all__ = ["MessageState", "Store", "StoredMessage"]
+__all__ = [
+    "GENESIS_HASH",
+    "AuditRecord",
+    "ChainConflict",
+    "ChainHead",
+    "MessageState",
+    "Store",
+    "StoredMessage",
+]
 
 MessageState = Literal["pending", "done"]
 
@@ -32,6 +41,63 @@ class StoredMessage:
     created_at: float
     updated_at: float
     expires_at: float
+
+
+GENESIS_HASH = "0" * 64
+"""``prev_hash`` of the first record of every chain (and the anchor of an unpruned one)."""
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """One sealed record of the audit trail, exactly as stored; :mod:`bus.audit` builds,
+    hashes and verifies these. ``kind`` is ``exchange`` (one request) or ``admin``."""
+
+    chain: str
+    seq: int
+    time_us: int
+    """When the exchange began (or the admin action happened), µs since the epoch, UTC."""
+    kind: str
+    node: str
+    request_id: str | None
+    correlation_id: str | None
+    consumer: str | None
+    officer: str | None
+    unit: str | None
+    service: str | None
+    operation: str | None
+    purpose: Mapping[str, str]
+    subject_key: str | None
+    """HMAC-SHA256 (hex) of the subject's ID number under the audit key; never the ID."""
+    key_id: str | None
+    """Which audit key made ``subject_key`` (a fingerprint, not the key)."""
+    fields: tuple[str, ...]
+    outcome: str
+    status: int
+    latency_us: int
+    action: str | None
+    actor: str | None
+    detail: Mapping[str, Any] = field(default_factory=dict)
+    prev_hash: str = GENESIS_HASH
+    hash: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ChainHead:
+    """One writer's chain: its last record, its prune anchor and its current holder."""
+
+    chain: str
+    node: str
+    head_seq: int
+    head_hash: str
+    anchor_seq: int
+    """Records up to this seq were pruned; the first kept record follows ``anchor_hash``."""
+    anchor_hash: str
+    holder: str | None
+    lease_until: float
+
+
+class ChainConflict(Exception):
+    """The chain is not where the writer thinks: another holder took it or wrote to it."""
 
 
 class Store(Protocol):
@@ -72,4 +138,61 @@ class Store(Protocol):
 
     async def messages_prune(self, now: float) -> int:
         """Delete records whose ``expires_at`` has passed; returns how many."""
+        ...
+
+    # The audit trail. Records are append-only; each writer (process) holds one chain,
+    # claimed with a lease, so writers never contend on one chain.
+
+    async def audit_claim(self, node: str, holder: str, lease_s: float, now: float) -> ChainHead:
+        """Claim the first chain ``<node>/<n>`` whose lease is free (or already ours),
+        creating it if every one is held; the lease lasts ``lease_s`` from ``now``."""
+        ...
+
+    async def audit_renew(self, chain: str, holder: str, lease_s: float, now: float) -> bool:
+        """Extend the lease; ``False`` if ``holder`` no longer holds ``chain``."""
+        ...
+
+    async def audit_release(self, chain: str, holder: str) -> None:
+        """Give the chain up (clean shutdown) so the next process may continue it."""
+        ...
+
+    async def audit_append(self, chain: str, holder: str, records: Sequence[AuditRecord]) -> None:
+        """Insert ``records`` (consecutive seqs continuing the head) and advance the head,
+        in one transaction; :class:`ChainConflict` if ``holder`` does not hold the chain or
+        its head is not ``records[0].seq - 1`` / ``records[0].prev_hash``."""
+        ...
+
+    async def audit_head(self, chain: str) -> ChainHead | None:
+        """One chain's head, if the chain exists."""
+        ...
+
+    async def audit_chains(self) -> list[ChainHead]:
+        """Every chain, by name."""
+        ...
+
+    async def audit_records(self, chain: str, after_seq: int, limit: int) -> list[AuditRecord]:
+        """Up to ``limit`` records of ``chain`` with seq > ``after_seq``, by seq."""
+        ...
+
+    async def audit_find(
+        self,
+        *,
+        subject_keys: Sequence[str] = (),
+        request_id: str | None = None,
+        since_us: int | None = None,
+        until_us: int | None = None,
+        limit: int = 1000,
+    ) -> list[AuditRecord]:
+        """Records matching every given filter (any of ``subject_keys``; time is
+        ``since_us <= time_us < until_us``), by time."""
+        ...
+
+    async def audit_prune_plan(self, before_us: int) -> dict[str, tuple[int, str]]:
+        """Per chain, the longest prefix of records all older than ``before_us``:
+        chain → (seq of its last record, that record's hash). Chains with none are left out."""
+        ...
+
+    async def audit_prune(self, cuts: Mapping[str, tuple[int, str]]) -> int:
+        """Delete each chain's records up to its cut seq and make the cut its anchor (only
+        ever forward), in one transaction; returns how many records were deleted."""
         ...

@@ -1,0 +1,409 @@
+"""Prometheus metrics of one process, on an injected registry; every name starts ``lgsp_``.
+
+One :class:`Metrics` object per process (the CLI makes it; tests make their own registry),
+handed to the parts that record: the gateway (through :class:`MetricsObserver`, an
+:class:`~bus.exchange.ExchangeObserver`), the worker, the broker (through the small
+:class:`~bus.broker.base.BrokerRecorder` protocol, so the broker needs no prometheus),
+and the retry, breaker, audit and config-reload code through the ``record``-style methods
+below. ``/metrics`` renders :meth:`Metrics.render`.
+
+Label values are bounded: names must look like config names (``[a-z][a-z0-9_-]*``), codes
+like error codes (``[A-Z][A-Z0-9_]*``), reasons come from fixed sets; anything else — and
+any value beyond :data:`MAX_VALUES_PER_LABEL` distinct ones — is recorded as ``other``.
+No request id, officer, subject or other personal data is ever a label.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import re
+from collections.abc import Callable
+from importlib import metadata
+from typing import Final
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    ProcessCollector,
+    generate_latest,
+)
+
+from bus.config import RoutingConfig
+from bus.exchange import Exchange
+
+__all__ = [
+    "BREAKER_STATES",
+    "CONTENT_TYPE",
+    "LATENCY_BUCKETS",
+    "MAX_VALUES_PER_LABEL",
+    "NONE",
+    "OTHER",
+    "Metrics",
+    "MetricsObserver",
+    "config_version",
+]
+
+LATENCY_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0)
+"""Seconds; from a cache-fast 5 ms answer to the 30 s a slow national DB may take."""
+AUDIT_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+"""Seconds; an audit write is a local (group) commit, expected well under 100 ms."""
+
+BREAKER_STATES: Final = {"closed": 0, "half_open": 1, "open": 2}
+"""``lgsp_circuit_breaker_state`` values."""
+PUBLISH_FAILURE_REASONS: Final = frozenset({"nack", "unroutable", "error"})
+DEAD_LETTER_REASONS: Final = frozenset({"rejected", "delivery_limit", "expired", "other"})
+MAX_VALUES_PER_LABEL: Final = 200
+"""A guard against a cardinality explosion: later values of one label become ``other``."""
+NONE: Final = "-"
+"""Label value when the thing is unknown (e.g. the consumer of an unauthenticated call)."""
+OTHER: Final = "other"
+CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
+
+_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+_CODE_RE = re.compile(r"^[A-Z][A-Z0-9_]{1,63}$")
+
+
+def config_version(config: RoutingConfig) -> str:
+    """A short, stable digest of a routing config (what ``lgsp_config_info`` shows)."""
+    canonical = config.model_dump_json(exclude_defaults=False).encode()
+    return hashlib.sha256(canonical).hexdigest()[:12]
+
+
+def _package_version() -> str:
+    try:
+        return metadata.version("lgsp-bus")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def _outcome(status: int) -> str:
+    """``ok`` (2xx), ``rejected`` (4xx: the caller's request) or ``failed`` (5xx)."""
+    if 200 <= status < 400:
+        return "ok"
+    if 400 <= status < 500:
+        return "rejected"
+    return "failed"
+
+
+class _Bounded:
+    """Keeps one label's distinct values within a pattern and a count."""
+
+    def __init__(self, pattern: re.Pattern[str], limit: int = MAX_VALUES_PER_LABEL) -> None:
+        self._pattern = pattern
+        self._limit = limit
+        self._seen: set[str] = set()
+
+    def __call__(self, value: str | None) -> str:
+        if value is None or value == "":
+            return NONE
+        if value in self._seen:
+            return value
+        if not self._pattern.match(value) or len(self._seen) >= self._limit:
+            return OTHER
+        self._seen.add(value)
+        return value
+
+
+class Metrics:
+    """Every ``lgsp_`` metric of this process, registered on ``registry``."""
+
+    def __init__(self, registry: CollectorRegistry | None = None, *, role: str = "all") -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self._service = _Bounded(_NAME_RE)
+        self._operation = _Bounded(_NAME_RE)
+        self._consumer = _Bounded(_NAME_RE)
+        self._upstream = _Bounded(_NAME_RE)
+        self._adapter = _Bounded(_NAME_RE)
+        self._code = _Bounded(_CODE_RE)
+        ProcessCollector(namespace="lgsp", registry=r)
+        Info("lgsp_build", "Version of the running bus", registry=r).info(
+            {"version": _package_version(), "python": platform.python_version(), "role": role}
+        )
+
+        # gateway
+        self.requests = Counter(
+            "lgsp_requests",
+            "Requests answered by the gateway, by outcome code (OK or the error code)",
+            ["service", "operation", "consumer", "code", "outcome"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "lgsp_request_duration_seconds",
+            "Time from a request's arrival at the gateway to its answer",
+            ["service", "operation", "outcome"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.gateway_in_flight = Gauge(
+            "lgsp_gateway_requests_in_flight", "Requests the gateway is working on", registry=r
+        )
+
+        # worker and upstreams
+        self.upstream_requests = Counter(
+            "lgsp_upstream_requests",
+            "Calls of a national DB by the worker (retries included), by outcome code",
+            ["service", "operation", "code"],
+            registry=r,
+        )
+        self.upstream_duration = Histogram(
+            "lgsp_upstream_request_duration_seconds",
+            "Time the worker spent on one request's upstream call, retries included",
+            ["service", "operation"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.worker_in_flight = Gauge(
+            "lgsp_worker_requests_in_flight",
+            "Requests the worker is working on",
+            ["service"],
+            registry=r,
+        )
+        self.retries = Counter(
+            "lgsp_upstream_retries",
+            "Upstream calls repeated after a transient failure",
+            ["service", "operation"],
+            registry=r,
+        )
+        self.breaker_state = Gauge(
+            "lgsp_circuit_breaker_state",
+            "Circuit breaker per upstream: 0 closed, 1 half-open, 2 open",
+            ["upstream"],
+            registry=r,
+        )
+        self.breaker_transitions = Counter(
+            "lgsp_circuit_breaker_transitions",
+            "Circuit breaker state changes, by the state entered",
+            ["upstream", "state"],
+            registry=r,
+        )
+
+        # broker and queues
+        self.broker_connected = Gauge(
+            "lgsp_broker_connected",
+            "1 while connected to the broker and able to publish",
+            registry=r,
+        )
+        self.broker_reconnects = Counter(
+            "lgsp_broker_reconnects",
+            "Times the broker connection came back after a loss",
+            registry=r,
+        )
+        self.publish_failures = Counter(
+            "lgsp_broker_publish_failures",
+            "Publishes the broker did not confirm: nack (queue full), unroutable, error",
+            ["reason"],
+            registry=r,
+        )
+        self.dead_lettered_total = Counter(
+            "lgsp_dead_lettered_messages",
+            "Messages this process sent to a dead-letter queue, by reason",
+            ["service", "reason"],
+            registry=r,
+        )
+        self.queue_messages = Gauge(
+            "lgsp_queue_messages",
+            "Messages waiting in a service's work queue (sampled)",
+            ["service"],
+            registry=r,
+        )
+        self.dlq_messages = Gauge(
+            "lgsp_dlq_messages",
+            "Messages in a service's dead-letter queue (sampled)",
+            ["service"],
+            registry=r,
+        )
+
+        # audit
+        self.audit_records = Counter(
+            "lgsp_audit_records_written", "Audit records made durable", registry=r
+        )
+        self.audit_failures = Counter(
+            "lgsp_audit_write_failures",
+            "Audit writes that failed (and will be retried)",
+            registry=r,
+        )
+        self.audit_backlog_size = Gauge(
+            "lgsp_audit_backlog", "Audit records waiting to be written", registry=r
+        )
+        self.audit_write_duration = Histogram(
+            "lgsp_audit_write_duration_seconds",
+            "Time of one audit write (one group commit)",
+            buckets=AUDIT_BUCKETS,
+            registry=r,
+        )
+
+        # config
+        self.config_info = Gauge(
+            "lgsp_config_info", "The routing config in force (its digest)", ["version"], registry=r
+        )
+        self.config_reloads = Counter(
+            "lgsp_config_reloads", "Config reload attempts, by result", ["result"], registry=r
+        )
+        self.config_last_reload_ok = Gauge(
+            "lgsp_config_last_reload_successful",
+            "1 if the last config reload succeeded (or none was tried), else 0",
+            registry=r,
+        )
+        self.config_loaded_at = Gauge(
+            "lgsp_config_loaded_timestamp_seconds",
+            "When the config in force was loaded (Unix time)",
+            registry=r,
+        )
+        self.service_info = Gauge(
+            "lgsp_service_info",
+            "Services of the config in force and the upstream (national DB) each calls",
+            ["service", "upstream", "adapter"],
+            registry=r,
+        )
+        self.config_last_reload_ok.set(1)
+        self._config_version: str | None = None
+
+    # -- gateway ----------------------------------------------------------------------
+
+    def request_finished(
+        self,
+        *,
+        service: str | None,
+        operation: str | None,
+        consumer: str | None,
+        code: str,
+        status: int,
+        seconds: float,
+    ) -> None:
+        """One answered gateway request (``code`` is ``OK`` or the error code)."""
+        svc, op, outcome = self._service(service), self._operation(operation), _outcome(status)
+        self.requests.labels(svc, op, self._consumer(consumer), self._code(code), outcome).inc()
+        self.request_duration.labels(svc, op, outcome).observe(seconds)
+
+    def watch_gateway_in_flight(self, read: Callable[[], float]) -> None:
+        """Read the gateway's in-flight count at each scrape (it is swapped with the config)."""
+        self.gateway_in_flight.set_function(read)
+
+    # -- worker and upstreams -----------------------------------------------------------
+
+    def upstream_call(self, service: str, operation: str, code: str, seconds: float) -> None:
+        """One request's upstream call by the worker finished (``OK`` or the error code)."""
+        svc, op = self._service(service), self._operation(operation)
+        self.upstream_requests.labels(svc, op, self._code(code)).inc()
+        self.upstream_duration.labels(svc, op).observe(seconds)
+
+    def worker_started(self, service: str) -> None:
+        """The worker took a request of ``service`` (pair with :meth:`worker_finished`)."""
+        self.worker_in_flight.labels(self._service(service)).inc()
+
+    def worker_finished(self, service: str) -> None:
+        """The worker finished a request of ``service``."""
+        self.worker_in_flight.labels(self._service(service)).dec()
+
+    def upstream_retry(self, service: str, operation: str) -> None:
+        """For the retry policy: an upstream call is about to be repeated."""
+        self.retries.labels(self._service(service), self._operation(operation)).inc()
+
+    def breaker_changed(self, upstream: str, state: str) -> None:
+        """For the circuit breakers: ``upstream``'s breaker is now ``closed|half_open|open``."""
+        if state not in BREAKER_STATES:
+            raise ValueError(f"unknown breaker state {state!r}")
+        name = self._upstream(upstream)
+        self.breaker_state.labels(name).set(BREAKER_STATES[state])
+        self.breaker_transitions.labels(name, state).inc()
+
+    # -- broker (the BrokerRecorder protocol) -------------------------------------------
+
+    def broker_connection(self, connected: bool) -> None:
+        """The broker connection went up or down."""
+        self.broker_connected.set(1 if connected else 0)
+
+    def broker_reconnected(self) -> None:
+        """The broker connection came back after a loss."""
+        self.broker_reconnects.inc()
+        self.broker_connected.set(1)
+
+    def publish_failed(self, reason: str) -> None:
+        """A publish was not confirmed: ``nack`` (queue full), ``unroutable`` or ``error``."""
+        self.publish_failures.labels(reason if reason in PUBLISH_FAILURE_REASONS else OTHER).inc()
+
+    def dead_lettered(self, service: str, reason: str) -> None:
+        """A message of ``service`` went to its DLQ (``rejected``, ``delivery_limit`` …)."""
+        why = reason if reason in DEAD_LETTER_REASONS else OTHER
+        self.dead_lettered_total.labels(self._service(service), why).inc()
+
+    def queue_depths(self, service: str, ready: int, dead: int) -> None:
+        """Sampled depth of ``service``'s work queue and DLQ."""
+        svc = self._service(service)
+        self.queue_messages.labels(svc).set(ready)
+        self.dlq_messages.labels(svc).set(dead)
+
+    # -- audit --------------------------------------------------------------------------
+
+    def audit_written(self, seconds: float, records: int = 1) -> None:
+        """For the audit writer: ``records`` became durable in one write of ``seconds``."""
+        self.audit_records.inc(records)
+        self.audit_write_duration.observe(seconds)
+
+    def audit_write_failed(self) -> None:
+        """For the audit writer: a write failed (the records stay in the backlog)."""
+        self.audit_failures.inc()
+
+    def audit_backlog(self, size: int) -> None:
+        """For the audit writer: records accepted but not yet durable."""
+        self.audit_backlog_size.set(size)
+
+    def watch_audit_backlog(self, read: Callable[[], float]) -> None:
+        """Read the audit backlog at each scrape instead of being told."""
+        self.audit_backlog_size.set_function(read)
+
+    # -- config -------------------------------------------------------------------------
+
+    def config_loaded(self, version: str, loaded_at: float) -> None:
+        """The config ``version`` (see :func:`config_version`) is now in force."""
+        if self._config_version is not None and self._config_version != version:
+            self.config_info.remove(self._config_version)
+        self._config_version = version
+        self.config_info.labels(version).set(1)
+        self.config_loaded_at.set(loaded_at)
+
+    def config_applied(self, config: RoutingConfig, at: float) -> None:
+        """``config`` is in force since ``at``: its version and its services' upstreams."""
+        self.config_loaded(config_version(config), at)
+        self.service_info.clear()
+        for name, svc in config.services.items():
+            self.service_info.labels(
+                self._service(name), self._upstream(svc.upstream), self._adapter(svc.adapter)
+            ).set(1)
+
+    def config_reload(self, ok: bool, config: RoutingConfig | None = None, at: float = 0.0) -> None:
+        """For hot reload: a reload was tried; on success ``config`` is in force since ``at``."""
+        self.config_reloads.labels("success" if ok else "failure").inc()
+        self.config_last_reload_ok.set(1 if ok else 0)
+        if ok and config is not None:
+            self.config_applied(config, at)
+
+    # -- exposition ---------------------------------------------------------------------
+
+    def render(self) -> bytes:
+        """The registry in Prometheus text format (for ``/metrics``)."""
+        return generate_latest(self.registry)
+
+
+class MetricsObserver:
+    """Counts and times every finished gateway exchange (an ``ExchangeObserver``)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    async def exchange_finished(self, exchange: Exchange) -> None:
+        """Record the exchange; never raises into the request."""
+        self.metrics.request_finished(
+            service=exchange.service,
+            operation=exchange.operation,
+            consumer=exchange.consumer,
+            code=exchange.outcome,
+            status=exchange.status,
+            seconds=exchange.latency_s,
+        )

@@ -1,0 +1,311 @@
+"""Every Store method in SQL, shared by both stores over a tiny connection seam.
+
+SQLite and PostgreSQL differ only in how a connection and a transaction are had
+(:class:`SqlStore` subclasses provide :meth:`SqlStore._tx` and :meth:`SqlStore._read`) and
+in placeholders (written here as ``?``; the PostgreSQL store numbers them). Everything else
+— upserts with ``RETURNING``, the chain head compare-and-set — is the same SQL on both.
+The schema is in :mod:`bus.store.schema`.
+"""
+
+# The f-strings below only splice in the schema's own constant column lists and
+# placeholders; every value goes through a bound parameter.
+# ruff: noqa: S608
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any, ClassVar
+
+from bus.store.base import GENESIS_HASH, AuditRecord, ChainConflict, ChainHead, StoredMessage
+from bus.store.schema import (
+    AUDIT_COLS,
+    CHAIN_COLUMNS,
+    MESSAGE_COLUMNS,
+    SCHEMA_VERSION,
+    Conn,
+    audit_record,
+    chain_head,
+    schema_statements,
+    stored_message,
+)
+
+__all__ = ["MAX_CHAIN_SLOTS", "Conn", "SqlStore"]
+
+MAX_CHAIN_SLOTS = 1000
+
+
+class SqlStore:
+    """Every Store method, in SQL; subclasses supply connections."""
+
+    backend: ClassVar[str] = "sql"
+
+    def _tx(self) -> AbstractAsyncContextManager[Conn]:
+        """A connection inside a write transaction (serialised with other writers)."""
+        raise NotImplementedError
+
+    def _read(self) -> AbstractAsyncContextManager[Conn]:
+        """A connection for reads."""
+        raise NotImplementedError
+
+    async def ping(self) -> bool:
+        """True if the store answers."""
+        try:
+            async with self._read() as conn:
+                await conn.fetch("SELECT 1")
+        except Exception:
+            return False
+        return True
+
+    async def _create_schema(self, conn: Conn, dialect: str) -> None:
+        for stmt in schema_statements(dialect):
+            await conn.execute(stmt)
+        rows = await conn.fetch("SELECT version FROM lgsp_schema")
+        if not rows:
+            await conn.execute("INSERT INTO lgsp_schema (version) VALUES (?)", SCHEMA_VERSION)
+        elif int(rows[0][0]) != SCHEMA_VERSION:
+            raise RuntimeError(
+                f"store schema version {rows[0][0]} is not {SCHEMA_VERSION}: "
+                "this lgsp-bus cannot use that database"
+            )
+
+    # -- message results ------------------------------------------------------------------
+
+    async def message_begin(
+        self, consumer: str, request_id: str, body_hash: str, ttl_s: float
+    ) -> StoredMessage | None:
+        """Claim (consumer, request_id) unless a live record exists; see :class:`Store`."""
+        now = time.time()
+        async with self._tx() as conn:
+            claimed = await conn.fetch(
+                f"INSERT INTO lgsp_messages ({MESSAGE_COLUMNS}) "
+                "VALUES (?, ?, ?, 'pending', NULL, NULL, ?, ?, ?) "
+                "ON CONFLICT (consumer, request_id) DO UPDATE SET "
+                "body_hash = excluded.body_hash, state = 'pending', status = NULL, "
+                "reply = NULL, created_at = excluded.created_at, "
+                "updated_at = excluded.updated_at, expires_at = excluded.expires_at "
+                "WHERE lgsp_messages.expires_at <= excluded.created_at RETURNING consumer",
+                consumer,
+                request_id,
+                body_hash,
+                now,
+                now,
+                now + ttl_s,
+            )
+            if claimed:
+                return None
+            # The conflicting row is live (and locked by the upsert on PostgreSQL).
+            rows = await conn.fetch(
+                f"SELECT {MESSAGE_COLUMNS} FROM lgsp_messages "
+                "WHERE consumer = ? AND request_id = ?",
+                consumer,
+                request_id,
+            )
+        if not rows:  # pragma: no cover - the row was locked above
+            raise RuntimeError("message record vanished while claimed")
+        return stored_message(rows[0])
+
+    async def message_finish(
+        self, consumer: str, request_id: str, status: int, reply: bytes
+    ) -> None:
+        """Store the answer (no-op if the claim has expired and been pruned)."""
+        async with self._tx() as conn:
+            await conn.execute(
+                "UPDATE lgsp_messages SET state = 'done', status = ?, reply = ?, updated_at = ? "
+                "WHERE consumer = ? AND request_id = ?",
+                status,
+                reply,
+                time.time(),
+                consumer,
+                request_id,
+            )
+
+    async def message_release(self, consumer: str, request_id: str) -> None:
+        """Forget a pending claim."""
+        async with self._tx() as conn:
+            await conn.execute(
+                "DELETE FROM lgsp_messages WHERE consumer = ? AND request_id = ? "
+                "AND state = 'pending'",
+                consumer,
+                request_id,
+            )
+
+    async def message_get(self, consumer: str, request_id: str) -> StoredMessage | None:
+        """The live record of (consumer, request_id)."""
+        async with self._read() as conn:
+            rows = await conn.fetch(
+                f"SELECT {MESSAGE_COLUMNS} FROM lgsp_messages "
+                "WHERE consumer = ? AND request_id = ? AND expires_at > ?",
+                consumer,
+                request_id,
+                time.time(),
+            )
+        return stored_message(rows[0]) if rows else None
+
+    async def messages_prune(self, now: float) -> int:
+        """Delete expired records."""
+        async with self._tx() as conn:
+            rows = await conn.fetch(
+                "DELETE FROM lgsp_messages WHERE expires_at <= ? RETURNING consumer", now
+            )
+        return len(rows)
+
+    # -- audit chains -----------------------------------------------------------------------
+
+    async def audit_claim(self, node: str, holder: str, lease_s: float, now: float) -> ChainHead:
+        """Claim the first free chain slot of ``node``."""
+        async with self._tx() as conn:
+            for slot in range(1, MAX_CHAIN_SLOTS + 1):
+                rows = await conn.fetch(
+                    f"INSERT INTO lgsp_audit_chains ({CHAIN_COLUMNS}) "
+                    "VALUES (?, ?, 0, ?, 0, ?, ?, ?) "
+                    "ON CONFLICT (chain) DO UPDATE SET holder = excluded.holder, "
+                    "lease_until = excluded.lease_until "
+                    "WHERE lgsp_audit_chains.holder IS NULL "
+                    "OR lgsp_audit_chains.lease_until < ? "
+                    "OR lgsp_audit_chains.holder = excluded.holder "
+                    f"RETURNING {CHAIN_COLUMNS}",
+                    f"{node}/{slot}",
+                    node,
+                    GENESIS_HASH,
+                    GENESIS_HASH,
+                    holder,
+                    now + lease_s,
+                    now,
+                )
+                if rows:
+                    return chain_head(rows[0])
+        raise ChainConflict(f"all {MAX_CHAIN_SLOTS} audit chains of node {node} are held")
+
+    async def audit_renew(self, chain: str, holder: str, lease_s: float, now: float) -> bool:
+        """Extend the lease if still held."""
+        async with self._tx() as conn:
+            rows = await conn.fetch(
+                "UPDATE lgsp_audit_chains SET lease_until = ? WHERE chain = ? AND holder = ? "
+                "RETURNING chain",
+                now + lease_s,
+                chain,
+                holder,
+            )
+        return bool(rows)
+
+    async def audit_release(self, chain: str, holder: str) -> None:
+        """Give the chain up."""
+        async with self._tx() as conn:
+            await conn.execute(
+                "UPDATE lgsp_audit_chains SET holder = NULL, lease_until = 0 "
+                "WHERE chain = ? AND holder = ?",
+                chain,
+                holder,
+            )
+
+    async def audit_append(self, chain: str, holder: str, records: Sequence[AuditRecord]) -> None:
+        """Each store appends a batch in one statement (one round trip, one commit): see
+        ``SqliteStore.audit_append`` and ``PostgresStore.audit_append``."""
+        raise NotImplementedError
+
+    async def audit_head(self, chain: str) -> ChainHead | None:
+        """One chain's head."""
+        async with self._read() as conn:
+            rows = await conn.fetch(
+                f"SELECT {CHAIN_COLUMNS} FROM lgsp_audit_chains WHERE chain = ?", chain
+            )
+        return chain_head(rows[0]) if rows else None
+
+    async def audit_chains(self) -> list[ChainHead]:
+        """Every chain."""
+        async with self._read() as conn:
+            rows = await conn.fetch(f"SELECT {CHAIN_COLUMNS} FROM lgsp_audit_chains ORDER BY chain")
+        return [chain_head(r) for r in rows]
+
+    async def audit_records(self, chain: str, after_seq: int, limit: int) -> list[AuditRecord]:
+        """A page of one chain, by seq."""
+        async with self._read() as conn:
+            rows = await conn.fetch(
+                f"SELECT {AUDIT_COLS} FROM lgsp_audit_records WHERE chain = ? AND seq > ? "
+                "ORDER BY seq LIMIT ?",
+                chain,
+                after_seq,
+                limit,
+            )
+        return [audit_record(r) for r in rows]
+
+    async def audit_find(
+        self,
+        *,
+        subject_keys: Sequence[str] = (),
+        request_id: str | None = None,
+        since_us: int | None = None,
+        until_us: int | None = None,
+        limit: int = 1000,
+    ) -> list[AuditRecord]:
+        """Records by subject key(s), request id and time range."""
+        where: list[str] = []
+        args: list[Any] = []
+        if subject_keys:
+            where.append(f"subject_key IN ({', '.join('?' * len(subject_keys))})")
+            args += list(subject_keys)
+        if request_id is not None:
+            where.append("request_id = ?")
+            args.append(request_id)
+        if since_us is not None:
+            where.append("time_us >= ?")
+            args.append(since_us)
+        if until_us is not None:
+            where.append("time_us < ?")
+            args.append(until_us)
+        clause = f"WHERE {' AND '.join(where)} " if where else ""
+        async with self._read() as conn:
+            rows = await conn.fetch(
+                f"SELECT {AUDIT_COLS} FROM lgsp_audit_records {clause}"
+                "ORDER BY time_us, chain, seq LIMIT ?",
+                *args,
+                limit,
+            )
+        return [audit_record(r) for r in rows]
+
+    async def audit_prune_plan(self, before_us: int) -> dict[str, tuple[int, str]]:
+        """Per chain, the last record of its all-older prefix."""
+        plan: dict[str, tuple[int, str]] = {}
+        async with self._read() as conn:
+            chains = await conn.fetch(
+                "SELECT c.chain, c.anchor_seq, c.head_seq, (SELECT MIN(r.seq) FROM "
+                "lgsp_audit_records r WHERE r.chain = c.chain AND r.time_us >= ?) "
+                "FROM lgsp_audit_chains c ORDER BY c.chain",
+                before_us,
+            )
+            for chain, anchor_seq, head_seq, first_new in chains:
+                cut = int(first_new) - 1 if first_new is not None else int(head_seq)
+                if cut <= int(anchor_seq):
+                    continue
+                rows = await conn.fetch(
+                    "SELECT hash FROM lgsp_audit_records WHERE chain = ? AND seq = ?", chain, cut
+                )
+                if rows:
+                    plan[chain] = (cut, rows[0][0])
+        return plan
+
+    async def audit_prune(self, cuts: Mapping[str, tuple[int, str]]) -> int:
+        """Delete chain prefixes; move anchors forward."""
+        deleted = 0
+        async with self._tx() as conn:
+            for chain, (seq, digest) in sorted(cuts.items()):
+                moved = await conn.fetch(
+                    "UPDATE lgsp_audit_chains SET anchor_seq = ?, anchor_hash = ? "
+                    "WHERE chain = ? AND anchor_seq < ? AND head_seq >= ? RETURNING chain",
+                    seq,
+                    digest,
+                    chain,
+                    seq,
+                    seq,
+                )
+                if not moved:
+                    continue
+                rows = await conn.fetch(
+                    "DELETE FROM lgsp_audit_records WHERE chain = ? AND seq <= ? RETURNING seq",
+                    chain,
+                    seq,
+                )
+                deleted += len(rows)
+        return deleted

@@ -1,0 +1,159 @@
+"""SQLite store (aiosqlite): the embedded default, one file, WAL journal.
+
+One connection per process, its own thread (aiosqlite). Transactions are serialised in the
+process by an asyncio lock (they share the connection) and across processes by SQLite's
+write lock (``BEGIN IMMEDIATE`` waits up to ``busy_timeout_ms`` for it), so several
+processes on one host may share the file. ``synchronous=FULL`` by default: a committed
+transaction survives a power cut, not only a process crash (an fsync per commit, which the
+audit writer's group commit amortises); ``?synchronous=normal`` trades that for speed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, ClassVar
+
+import aiosqlite
+
+from bus.store.base import AuditRecord, ChainConflict
+from bus.store.schema import AUDIT_COLS, AUDIT_COLUMNS, CHAIN_CONFLICT, audit_row
+from bus.store.sql import Conn, SqlStore
+
+__all__ = ["SqliteStore"]
+
+_SYNC_MODES = ("off", "normal", "full", "extra")
+
+
+class _SqliteConn:
+    """:class:`Conn` over an aiosqlite connection."""
+
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self._db = db
+
+    # One thread hop per statement (execute_fetchall): each
+    # hop costs a loop wake-up and a GIL hand-over, which group commits pay per batch.
+
+    async def fetch(self, sql: str, *args: Any) -> list[Sequence[Any]]:
+        return list(await self._db.execute_fetchall(sql, args))
+
+    async def execute(self, sql: str, *args: Any) -> None:
+        await self._db.execute_fetchall(sql, args)
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        await self._db.executemany(sql, rows)
+
+
+async def _rollback(db: aiosqlite.Connection) -> None:
+    with contextlib.suppress(sqlite3.Error, ValueError):
+        await db.execute("ROLLBACK")
+
+
+class SqliteStore(SqlStore):
+    """The Store on a SQLite file."""
+
+    backend: ClassVar[str] = "sqlite"
+
+    def __init__(
+        self, path: str | Path, *, synchronous: str = "full", busy_timeout_ms: int = 5000
+    ) -> None:
+        if synchronous.lower() not in _SYNC_MODES:
+            raise ValueError(f"synchronous must be one of {', '.join(_SYNC_MODES)}")
+        self.path = Path(path)
+        self.synchronous = synchronous.lower()
+        self.busy_timeout_ms = busy_timeout_ms
+        self._db: aiosqlite.Connection | None = None
+        self._lock = asyncio.Lock()
+        self._cleanups: set[asyncio.Future[None]] = set()
+
+    def __repr__(self) -> str:
+        return f"SqliteStore({str(self.path)!r})"
+
+    async def connect(self) -> None:
+        """Open the file (creating it and its schema if needed), WAL mode."""
+        if self._db is not None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = await aiosqlite.connect(self.path, isolation_level=None)
+        try:
+            await db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+            await db.execute("PRAGMA journal_mode = WAL")
+            await db.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
+            self._db = db
+            async with self._tx() as conn:
+                await self._create_schema(conn, "sqlite")
+        except BaseException:
+            self._db = None
+            await db.close()
+            raise
+
+    async def aclose(self) -> None:
+        """Close the connection (and its thread)."""
+        db, self._db = self._db, None
+        if db is not None:
+            async with self._lock:
+                if self._cleanups:
+                    await asyncio.gather(*self._cleanups)
+                await db.close()
+
+    def _conn(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise ConnectionError("the SQLite store is not connected")
+        return self._db
+
+    @asynccontextmanager
+    async def _tx(self) -> AsyncIterator[Conn]:
+        async with self._lock:
+            db = self._conn()
+            try:
+                await db.execute("BEGIN IMMEDIATE")
+                yield _SqliteConn(db)
+                await db.execute("COMMIT")
+            except BaseException:
+                # aiosqlite runs statements in order on its thread, and a cancelled await
+                # does not stop a statement already queued (a BEGIN waiting for the lock, a
+                # COMMIT): so always queue a ROLLBACK behind them, and let it finish even if
+                # the caller is cancelled again. A transaction left open would make every
+                # later BEGIN fail. (After a COMMIT that did land it is a harmless no-op.)
+                cleanup = asyncio.ensure_future(_rollback(db))
+                self._cleanups.add(cleanup)
+                cleanup.add_done_callback(self._cleanups.discard)
+                await asyncio.shield(cleanup)
+                raise
+
+    async def audit_append(self, chain: str, holder: str, records: Sequence[AuditRecord]) -> None:
+        """One statement, so one thread hop and one commit per batch (the group commit's
+        fixed cost): the holder is checked in the statement, the head compare-and-set and
+        move by the schema's triggers, atomically (autocommit)."""
+        if not records:
+            return
+        row = f"({', '.join('?' * len(AUDIT_COLUMNS))})"
+        sql = (
+            f"INSERT INTO lgsp_audit_records ({AUDIT_COLS}) "  # noqa: S608 - constants only
+            f"SELECT * FROM (VALUES {', '.join([row] * len(records))}) "
+            "WHERE EXISTS (SELECT 1 FROM lgsp_audit_chains WHERE chain = ? AND holder = ?) "
+            "ORDER BY column2"  # column2: seq, as in AUDIT_COLUMNS
+        )
+        args = [value for rec in records for value in audit_row(rec)] + [chain, holder]
+        async with self._lock:
+            try:
+                # No RETURNING: every returned row would be a separate step, each taking
+                # the GIL back from a busy event loop; rowcount says the same in one step.
+                cursor = await self._conn().execute(sql, args)
+            except sqlite3.IntegrityError as exc:
+                if CHAIN_CONFLICT in str(exc):
+                    raise ChainConflict(f"chain {chain} has moved past this writer") from None
+                raise
+        if cursor.rowcount != len(records):
+            raise ChainConflict(f"chain {chain} is not held by this writer")
+
+    @asynccontextmanager
+    async def _read(self) -> AsyncIterator[Conn]:
+        # Reads take the lock too: the connection is shared, and a read must never run
+        # inside another coroutine's open transaction.
+        async with self._lock:
+            yield _SqliteConn(self._conn())
