@@ -264,21 +264,29 @@ async def call_operation(request: web.Request) -> web.Response:
     rt.in_flight += 1
     rt.idle.clear()
     try:
-        try:
-            if overloaded:
-                raise Overloaded("the gateway has too many requests in flight", retry_after=1.0)
-            response = await _call(request, rt, exchange)
-        except BusError as exc:
+        if overloaded:
+            exc = Overloaded("the gateway has too many requests in flight", retry_after=1.0)
             exchange.outcome, exchange.status = exc.code, exc.status
             await _tell_observers(rt, exchange)
-            raise
-        exchange.outcome, exchange.status = "OK", response.status
-        await _tell_observers(rt, exchange)
-        return response
+            raise exc
+        return await _observed(rt, exchange, _call(request, rt, exchange))
     finally:
         rt.in_flight -= 1
         if not rt.in_flight:
             rt.idle.set()
+
+
+async def _observed(rt: Runtime, exchange: Exchange, work: Awaitable[web.Response]) -> web.Response:
+    """Await ``work``, record its outcome on ``exchange`` and tell every observer."""
+    try:
+        response = await work
+    except BusError as exc:
+        exchange.outcome, exchange.status = exc.code, exc.status
+        await _tell_observers(rt, exchange)
+        raise
+    exchange.outcome, exchange.status = "OK", response.status
+    await _tell_observers(rt, exchange)
+    return response
 
 
 async def _tell_observers(rt: Runtime, exchange: Exchange) -> None:
@@ -429,14 +437,28 @@ def _hold(rt: Runtime) -> Callable[[], None]:
 
 
 async def get_message(request: web.Request) -> web.Response:
-    """``GET /v1/messages/{request_id}``: a request's stored answer (async mode)."""
+    """``GET /v1/messages/{request_id}``: a request's stored answer (async mode).
+
+    Handing out a stored answer is an exchange of personal data in its own right, so it is
+    observed (audited) like a call, keyed by the same request_id as the original request.
+    """
     rt = current_runtime(request.app)
+    # Recorded as service "messages", operation "get": bounded names for metrics, and an
+    # audit record that says what was handed out again.
+    exchange = Exchange(correlation_id=request[CORRELATION_ID], service="messages", operation="get")
+    request[EXCHANGE] = exchange
+    return await _observed(rt, exchange, _get_message(request, rt, exchange))
+
+
+async def _get_message(request: web.Request, rt: Runtime, exchange: Exchange) -> web.Response:
     consumer = identify(request, rt.auth).consumer
+    exchange.consumer = consumer
     rt.limiter.check(consumer)
     request_id = request.match_info["request_id"]
     if not _MESSAGE_ID_RE.match(request_id):
         raise InvalidRequest("not a request_id", code="INVALID_REQUEST_ID")
     request[REQUEST_ID] = request_id
+    exchange.request_id = request_id
     if rt.store is None:
         raise NotFoundError("this gateway keeps no answers", code="MESSAGE_NOT_FOUND")
     longest = max(
@@ -449,6 +471,10 @@ async def get_message(request: web.Request) -> web.Response:
     outcome = await step.lookup(consumer, request_id, longest + STALE_GRACE_S)
     if outcome is None:
         raise NotFoundError("no message with this request_id", code="MESSAGE_NOT_FOUND")
+    if outcome.error is None and outcome.status == 200:
+        stored = orjson.loads(outcome.body)
+        if isinstance(stored, dict):
+            exchange.fields_returned = sorted(stored)
     return _respond(request, outcome)
 
 

@@ -212,3 +212,27 @@ async def test_a_store_that_refuses_writes_withholds_fail_closed_answers(
     assert status == 200
     assert (await audited.records())[cid].outcome == "OK"
     assert all(r.problem is None for r in await verify_store(audited.store))
+
+
+async def test_handing_out_a_stored_answer_is_audited_too(audited: AuditedBus) -> None:
+    person = sample_person(0, RecordType.BIRTH, 9)
+    body = lookup(by_person={"id_number": person["id_number"]})
+    _, status, _ = await audited.call(body)
+    assert status == 200
+    hdrs = {"Authorization": f"Bearer {audited.bus.key}"}
+    got: dict[str, int] = {}
+    for request_id in (body["request_id"], "req-never-sent-0001"):
+        cid = uuid.uuid4().hex
+        async with audited.bus.session.get(
+            f"{audited.bus.url}v1/messages/{request_id}", headers={**hdrs, "X-Request-Id": cid}
+        ) as r:
+            got[cid] = r.status
+    records = await audited.records()
+    fetched = [records[cid] for cid in got]
+    assert [(r.service, r.operation, r.consumer) for r in fetched] == [
+        ("messages", "get", "portal")
+    ] * 2
+    assert (fetched[0].outcome, fetched[0].status) == ("OK", 200)
+    assert fetched[0].request_id == body["request_id"]
+    assert any(f.startswith("persons") for f in fetched[0].fields)
+    assert (fetched[1].outcome, fetched[1].status) == ("MESSAGE_NOT_FOUND", 404)
