@@ -13,7 +13,6 @@ the shared validators, swapping them in is a one-line change to each alias below
 from __future__ import annotations
 
 import re
-import unicodedata
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -22,6 +21,7 @@ from pydantic_core import PydanticCustomError
 
 from adapters.civil_status.dates import PartialDate, today_vn
 from bus.canonical import CanonicalRequest, StrictModel
+from bus.validation import FullName, check_old_id, check_personal_id
 
 __all__ = [
     "AdminScheme",
@@ -112,25 +112,8 @@ def _partial_date(value: str) -> str:
 
 
 def _id_number(value: str) -> str:
-    if not _ID_RE.fullmatch(value):  # fullmatch: "$" alone lets a final "\n" in
-        raise PydanticCustomError(
-            "INVALID_ID_NUMBER", "id_number is 12 digits (CCCD) or 9 digits (CMND), nothing else"
-        )
-    return value
-
-
-def _person_name(value: str) -> str:
-    name = unicodedata.normalize("NFC", value)
-    if not name.strip() or len(name) > 100 or name != " ".join(name.split()):
-        raise PydanticCustomError(
-            "INVALID_NAME", "full_name is 1-100 characters, single-spaced, no outer spaces"
-        )
-    for ch in name:
-        if ch not in _NAME_OK_PUNCT and unicodedata.category(ch) not in _NAME_OK_CATEGORIES:
-            raise PydanticCustomError(
-                "INVALID_NAME", "full_name may hold only letters, spaces, ' - and ."
-            )
-    return name
+    # The shared checks: a 12-digit CCCD by its structure and prefix, else a 9-digit CMND.
+    return check_personal_id(value) if len(value) == 12 else check_old_id(value)
 
 
 def _registration_ref(value: str) -> str:
@@ -153,9 +136,9 @@ def _record_type(value: Any) -> Any:
 PartialIsoDate = Annotated[str, AfterValidator(_partial_date)]
 """``YYYY``, ``YYYY-MM`` or ``YYYY-MM-DD``; a real date, not in the future, from 1900."""
 IdNumber = Annotated[str, AfterValidator(_id_number)]
-"""12-digit CCCD or 9-digit CMND (swap for the shared validator from ``bus.canonical``)."""
-PersonName = Annotated[str, AfterValidator(_person_name)]
-"""A person's full name, normalised to NFC (swap for the shared validator)."""
+"""12-digit CCCD (structure and province/country prefix) or 9-digit CMND (``bus.validation``)."""
+PersonName = FullName
+"""A person's full name: the shared check of ``bus.validation`` (NFC, no digits, no mojibake)."""
 RegistrationRef = Annotated[str, AfterValidator(_registration_ref)]
 
 
