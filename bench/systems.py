@@ -229,7 +229,13 @@ async def open_lab(settings: LabSettings) -> AsyncIterator[Lab]:
                 "LGSP_STORE_URL": f"sqlite:///{store / 'bus.sqlite3'}",
                 **bus_env,
             }
-            worker = await s.start("bus-worker", s.bus("worker", "--config", str(config_file)), env)
+            # --http-port 0: the worker's health/metrics port is picked free, so two runs
+            # (or a bus on this host) never collide on the default 8081.
+            worker = await s.start(
+                "bus-worker",
+                s.bus("worker", "--config", str(config_file), "--http-port", "0"),
+                env,
+            )
             gw_port = free_port()
             gateway = await s.start(
                 "bus-gateway",

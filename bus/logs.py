@@ -143,7 +143,7 @@ def _free_name_span(m: re.Match[str]) -> tuple[int, int] | None:
 class _Known:
     """The personal data of the request being served: IDs, and names as one pattern."""
 
-    __slots__ = ("ids", "needles", "pattern")
+    __slots__ = ("_pattern", "_source", "has_names", "id_masks", "ids", "needles")
 
     def __init__(self, values: Iterable[str]) -> None:
         names: set[str] = set()
@@ -161,10 +161,19 @@ class _Known:
                 needles.add(_fold(value).split(" ", 1)[0].lower())
         # Any match starts with its name's first word: a cheap test before the regex.
         self.needles = tuple(needles)
+        self.id_masks = tuple((value, mask_id(value)) for value in self.ids)
         alternatives = "|".join(sorted(names, key=len, reverse=True))
-        self.pattern = (
-            re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)", re.IGNORECASE) if names else None
-        )
+        # Compiled on first use only: most requests log no value that could hold a name,
+        # and each request's names make a new pattern (re's cache would not help).
+        self._source = rf"(?<!\w)(?:{alternatives})(?!\w)" if names else ""
+        self._pattern: re.Pattern[str] | None = None
+        self.has_names = bool(names)
+
+    def pattern(self) -> re.Pattern[str]:
+        """The names as one case-insensitive pattern over folded text."""
+        if self._pattern is None:
+            self._pattern = re.compile(self._source, re.IGNORECASE)
+        return self._pattern
 
 
 _KNOWN: ContextVar[_Known | None] = ContextVar("lgsp_known_pii", default=None)
@@ -209,35 +218,51 @@ def pii_of(body: Any) -> list[str]:
     return found
 
 
+_NAME_KEY_MEMO: dict[str, bool] = {}
+_NAME_KEY_MEMO_MAX = 4096  # keys come from code and request bodies: bounded, not trusted
+
+
 def _is_name_key(key: str) -> bool:
+    known = _NAME_KEY_MEMO.get(key)
+    if known is not None:
+        return known
     low = key.lower()
-    return low in NAME_KEYS or low.endswith(_NAME_SUFFIXES)
+    answer = low in NAME_KEYS or low.endswith(_NAME_SUFFIXES)
+    if len(_NAME_KEY_MEMO) < _NAME_KEY_MEMO_MAX:
+        _NAME_KEY_MEMO[key] = answer
+    return answer
+
+
+def _mask_id_match(m: re.Match[str]) -> str:
+    return mask_id(m.group(0))
 
 
 def mask_text(text: str) -> str:
     """Mask IDs, the request's known personal data and free-text Vietnamese names."""
     known = _KNOWN.get()
     if known is not None:
-        for value in known.ids:
-            text = text.replace(value, mask_id(value))
-    text = _ID_RE.sub(lambda m: mask_id(m.group(0)), text)
+        for value, masked in known.id_masks:
+            if value in text:
+                text = text.replace(value, masked)
+    text = _ID_RE.sub(_mask_id_match, text)
     has_space = " " in text or "\t" in text
-    if not has_space and (known is None or known.pattern is None):
+    if not has_space and (known is None or not known.has_names):
         return text  # no name of two words and none known: most values end here
     if not text.isascii():
         text = unicodedata.normalize("NFC", text)
     folded = _fold(text)  # same length as text: spans found in it apply to text
     lowered = folded.lower()
-    known_hit = (
-        known is not None
-        and known.pattern is not None
-        and any(needle in lowered for needle in known.needles)
-    )
+    known_hit = False
+    if known is not None and known.has_names:
+        for needle in known.needles:
+            if needle in lowered:
+                known_hit = True
+                break
     if not has_space and not known_hit:
         return text
     spans: list[tuple[int, int]] = []
-    if known_hit and known is not None and known.pattern is not None:
-        spans.extend(m.span() for m in known.pattern.finditer(folded))
+    if known_hit and known is not None:
+        spans.extend(m.span() for m in known.pattern().finditer(folded))
     if has_space:
         for m in _FREE_NAME_RE.finditer(folded):
             span = _free_name_span(m)
@@ -259,7 +284,13 @@ def mask_text(text: str) -> str:
     return "".join(out)
 
 
+_PLAIN = (int, float, bool, type(None))
+"""Values that cannot hold personal data as they are (a number is not an ID string)."""
+
+
 def _mask(value: Any, key: str = "") -> Any:
+    if type(value) in _PLAIN:
+        return value
     if isinstance(value, str):
         return mask_name(value) if key and _is_name_key(key) else mask_text(value)
     if isinstance(value, dict):

@@ -31,9 +31,42 @@ from bus.store.schema import (
     stored_message,
 )
 
-__all__ = ["MAX_CHAIN_SLOTS", "Conn", "SqlStore"]
+__all__ = [
+    "MAX_CHAIN_SLOTS",
+    "MESSAGE_CLAIM",
+    "MESSAGE_FINISH",
+    "MESSAGE_RELEASE",
+    "MESSAGE_SELECT",
+    "Conn",
+    "SqlStore",
+]
 
 MAX_CHAIN_SLOTS = 1000
+
+# The message-result statements, shared with the SQLite store's batched path.
+MESSAGE_CLAIM = (
+    f"INSERT INTO lgsp_messages ({MESSAGE_COLUMNS}) "
+    "VALUES (?, ?, ?, 'pending', NULL, NULL, ?, ?, ?) "
+    "ON CONFLICT (consumer, request_id) DO UPDATE SET "
+    "body_hash = excluded.body_hash, state = 'pending', status = NULL, "
+    "reply = NULL, created_at = excluded.created_at, "
+    "updated_at = excluded.updated_at, expires_at = excluded.expires_at "
+    "WHERE lgsp_messages.expires_at <= excluded.created_at RETURNING consumer"
+)
+"""Claim (consumer, request_id, body_hash, now, now, expires_at): a row back if claimed."""
+MESSAGE_SELECT = (
+    f"SELECT {MESSAGE_COLUMNS} FROM lgsp_messages WHERE consumer = ? AND request_id = ?"
+)
+"""The record of (consumer, request_id), live or not."""
+MESSAGE_FINISH = (
+    "UPDATE lgsp_messages SET state = 'done', status = ?, reply = ?, updated_at = ? "
+    "WHERE consumer = ? AND request_id = ?"
+)
+"""Store (status, reply, now) as the answer of (consumer, request_id)."""
+MESSAGE_RELEASE = (
+    "DELETE FROM lgsp_messages WHERE consumer = ? AND request_id = ? AND state = 'pending'"
+)
+"""Forget the pending claim of (consumer, request_id)."""
 
 
 class SqlStore:
@@ -79,29 +112,12 @@ class SqlStore:
         now = time.time()
         async with self._tx() as conn:
             claimed = await conn.fetch(
-                f"INSERT INTO lgsp_messages ({MESSAGE_COLUMNS}) "
-                "VALUES (?, ?, ?, 'pending', NULL, NULL, ?, ?, ?) "
-                "ON CONFLICT (consumer, request_id) DO UPDATE SET "
-                "body_hash = excluded.body_hash, state = 'pending', status = NULL, "
-                "reply = NULL, created_at = excluded.created_at, "
-                "updated_at = excluded.updated_at, expires_at = excluded.expires_at "
-                "WHERE lgsp_messages.expires_at <= excluded.created_at RETURNING consumer",
-                consumer,
-                request_id,
-                body_hash,
-                now,
-                now,
-                now + ttl_s,
+                MESSAGE_CLAIM, consumer, request_id, body_hash, now, now, now + ttl_s
             )
             if claimed:
                 return None
             # The conflicting row is live (and locked by the upsert on PostgreSQL).
-            rows = await conn.fetch(
-                f"SELECT {MESSAGE_COLUMNS} FROM lgsp_messages "
-                "WHERE consumer = ? AND request_id = ?",
-                consumer,
-                request_id,
-            )
+            rows = await conn.fetch(MESSAGE_SELECT, consumer, request_id)
         if not rows:  # pragma: no cover - the row was locked above
             raise RuntimeError("message record vanished while claimed")
         return stored_message(rows[0])
@@ -111,25 +127,12 @@ class SqlStore:
     ) -> None:
         """Store the answer (no-op if the claim has expired and been pruned)."""
         async with self._tx() as conn:
-            await conn.execute(
-                "UPDATE lgsp_messages SET state = 'done', status = ?, reply = ?, updated_at = ? "
-                "WHERE consumer = ? AND request_id = ?",
-                status,
-                reply,
-                time.time(),
-                consumer,
-                request_id,
-            )
+            await conn.execute(MESSAGE_FINISH, status, reply, time.time(), consumer, request_id)
 
     async def message_release(self, consumer: str, request_id: str) -> None:
         """Forget a pending claim."""
         async with self._tx() as conn:
-            await conn.execute(
-                "DELETE FROM lgsp_messages WHERE consumer = ? AND request_id = ? "
-                "AND state = 'pending'",
-                consumer,
-                request_id,
-            )
+            await conn.execute(MESSAGE_RELEASE, consumer, request_id)
 
     async def message_get(self, consumer: str, request_id: str) -> StoredMessage | None:
         """The live record of (consumer, request_id)."""

@@ -1,0 +1,146 @@
+"""Group commit of the message-result writes on SQLite (idempotency claims and answers).
+
+Every request writes its message record twice (the claim, then the answer). Done one by
+one, each write is a transaction of three statements, each a hop to aiosqlite's thread,
+and an fsync under ``synchronous=FULL`` — all serialised behind the connection's lock.
+Here the writes that queue up while one batch is being committed go together into the
+next: one hop, one ``BEGIN IMMEDIATE … COMMIT``, one fsync for the lot. Nothing is
+weakened: each caller is answered only after the transaction holding its write has
+committed (same durability as before), the statements are the same, run in arrival order
+in one transaction (so two claims of one key in a batch see each other), and
+``BEGIN IMMEDIATE`` still takes SQLite's write lock across processes.
+
+A statement that fails fails only its own write (SQLite undoes just that statement); a
+failed ``BEGIN`` or ``COMMIT`` fails every write of the batch, which the callers see as
+the store failing, as they would have one by one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from bus.store.base import StoredMessage
+from bus.store.schema import stored_message
+from bus.store.sql import MESSAGE_CLAIM, MESSAGE_FINISH, MESSAGE_RELEASE, MESSAGE_SELECT
+
+__all__ = ["MAX_BATCH", "MessageBatcher", "claim", "finish", "release"]
+
+MAX_BATCH = 256
+"""Most writes in one transaction (bounds how long the write lock is held)."""
+
+Op = Callable[[sqlite3.Connection], Any]
+
+
+def claim(consumer: str, request_id: str, body_hash: str, ttl_s: float) -> Op:
+    """The claim of :meth:`Store.message_begin`, as one write of a batch."""
+
+    def op(conn: sqlite3.Connection) -> StoredMessage | None:
+        now = time.time()
+        args = (consumer, request_id, body_hash, now, now, now + ttl_s)
+        if conn.execute(MESSAGE_CLAIM, args).fetchall():
+            return None
+        rows = conn.execute(MESSAGE_SELECT, (consumer, request_id)).fetchall()
+        if not rows:  # pragma: no cover - same transaction, nothing can delete it
+            raise RuntimeError("message record vanished while claimed")
+        return stored_message(rows[0])
+
+    return op
+
+
+def finish(consumer: str, request_id: str, status: int, reply: bytes) -> Op:
+    """The answer of :meth:`Store.message_finish`, as one write of a batch."""
+
+    def op(conn: sqlite3.Connection) -> None:
+        conn.execute(MESSAGE_FINISH, (status, reply, time.time(), consumer, request_id))
+
+    return op
+
+
+def release(consumer: str, request_id: str) -> Op:
+    """The forgetting of :meth:`Store.message_release`, as one write of a batch."""
+
+    def op(conn: sqlite3.Connection) -> None:
+        conn.execute(MESSAGE_RELEASE, (consumer, request_id))
+
+    return op
+
+
+def _commit_all(conn: sqlite3.Connection, ops: list[Op]) -> list[tuple[bool, Any]]:
+    """On the connection's thread: one transaction for all of ``ops``."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        results: list[tuple[bool, Any]] = []
+        for op in ops:
+            try:
+                results.append((True, op(conn)))
+            except Exception as exc:  # this write only; the statement was undone
+                results.append((False, exc))
+        conn.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        raise
+    return results
+
+
+class MessageBatcher:
+    """Queues message writes and commits them in batches, one batch at a time.
+
+    ``run`` runs a function on the connection's thread, holding the store's lock (so a
+    batch never interleaves with another transaction on the shared connection)."""
+
+    def __init__(self, run: Callable[[Op], Awaitable[Any]]) -> None:
+        self._run = run
+        self._queue: list[tuple[Op, asyncio.Future[Any]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def submit(self, op: Op) -> Any:
+        """Run ``op`` in the next batch; its result once that batch has committed."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append((op, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+            ops = [op for op, _ in batch]
+            try:
+                results = await self._run(functools.partial(_commit_all, ops=ops))
+            except BaseException as exc:
+                failure = exc if isinstance(exc, Exception) else ConnectionError("store closing")
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(failure)
+                if not isinstance(exc, Exception):
+                    self._fail_queued(failure)
+                    raise
+                continue
+            for (_, future), (ok, value) in zip(batch, results, strict=True):
+                if future.done():  # the caller was cancelled; its write stands
+                    continue
+                if ok:
+                    future.set_result(value)
+                else:
+                    future.set_exception(value)
+
+    def _fail_queued(self, failure: Exception) -> None:
+        queued, self._queue = self._queue, []
+        for _, future in queued:
+            if not future.done():
+                future.set_exception(failure)
+
+    async def aclose(self) -> None:
+        """Let the batch in progress finish; fail what is still queued."""
+        flusher = self._flusher
+        if flusher is not None and not flusher.done():
+            with contextlib.suppress(Exception):
+                await asyncio.shield(flusher)
+        self._fail_queued(ConnectionError("the SQLite store is closed"))

@@ -1,0 +1,73 @@
+"""The SQLite store's group commit of message writes: batches, isolation of a failing write,
+durability before the answer, and a closed store."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from bus.store.base import StoredMessage
+from bus.store.sqlite import SqliteStore
+
+
+async def test_a_failing_write_fails_alone_and_the_batch_commits(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "bus.db")
+    await store.connect()
+
+    def broken(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO no_such_table VALUES (1)")
+
+    try:
+        results = await asyncio.gather(
+            store.message_begin("portal", "r1", "h", 60),
+            store._messages.submit(broken),
+            store.message_begin("portal", "r2", "h", 60),
+            store.message_begin("portal", "r1", "h", 60),  # same batch: sees the claim
+            return_exceptions=True,
+        )
+        assert results[0] is None
+        assert results[2] is None
+        assert isinstance(results[1], sqlite3.OperationalError)
+        assert isinstance(results[3], StoredMessage)
+        assert results[3].state == "pending"
+        await store.message_finish("portal", "r1", 200, b'{"ok":true}')
+    finally:
+        await store.aclose()
+    # Another connection (another gateway, or after a restart) sees every committed write.
+    again = SqliteStore(tmp_path / "bus.db")
+    await again.connect()
+    try:
+        done = await again.message_get("portal", "r1")
+        assert done is not None
+        assert done.state == "done"
+        assert done.reply == b'{"ok":true}'
+        assert await again.message_get("portal", "r2") is not None
+    finally:
+        await again.aclose()
+
+
+async def test_many_concurrent_writes_all_land(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "bus.db")
+    await store.connect()
+    try:
+        ids = [f"r{i}" for i in range(300)]  # more than one batch (MAX_BATCH)
+        claims = await asyncio.gather(*(store.message_begin("p", i, "h", 60) for i in ids))
+        assert all(c is None for c in claims)
+        await asyncio.gather(*(store.message_finish("p", i, 201, b"{}") for i in ids))
+        for i in ids[::50]:
+            record = await store.message_get("p", i)
+            assert record is not None
+            assert record.status == 201
+    finally:
+        await store.aclose()
+
+
+async def test_a_closed_store_fails_writes(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "bus.db")
+    await store.connect()
+    await store.aclose()
+    with pytest.raises((ConnectionError, ValueError)):
+        await store.message_begin("portal", "r1", "h", 60)
