@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -30,7 +30,13 @@ from adapters.reqschema import FieldSpec, request_model
 from adapters.transforms import SAFE_CODE, jsonable, scalar_text
 from bus.canonical import CanonicalRequest
 from bus.config import ServiceConfig
-from bus.errors import InvalidRequest, UpstreamError, UpstreamRejected, UpstreamUnavailable
+from bus.errors import (
+    InvalidRequest,
+    NotFoundError,
+    UpstreamError,
+    UpstreamRejected,
+    UpstreamUnavailable,
+)
 
 __all__ = [
     "AppStatusRule",
@@ -46,6 +52,7 @@ __all__ = [
     "invalid_request",
     "is_not_found",
     "operation_model",
+    "prepare_call",
 ]
 
 _HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}")
@@ -220,6 +227,38 @@ def invalid_request(exc: ValidationError) -> InvalidRequest:
     code = kind if re.fullmatch(r"[A-Z][A-Z0-9_]+", kind) else "INVALID_REQUEST"
     where = ".".join(str(part) for part in first["loc"]) or "request"
     return InvalidRequest(f"{where}: {first['msg']}", code=code)
+
+
+class _Routed(Protocol):
+    @property
+    def model(self) -> type[BaseModel]:
+        """The operation's request model."""
+        ...
+
+
+RouteT = TypeVar("RouteT", bound=_Routed)
+
+
+def prepare_call(
+    service: str,
+    routes: Mapping[str, RouteT],
+    operation: str,
+    request: Mapping[str, Any],
+    correlation_id: str,
+    now: datetime,
+) -> tuple[RouteT, dict[str, Any], dict[str, str]]:
+    """The operation's route, the request re-validated by its model, and the ``$…`` sources.
+
+    Shared by the generic kinds: the body crossed the broker, so it is validated again here.
+    """
+    route = routes.get(operation)
+    if route is None:
+        raise NotFoundError(f"{service} has no operation {operation!r}", code="UNKNOWN_OPERATION")
+    try:
+        canonical = route.model.model_validate(request).model_dump(mode="json", exclude_none=True)
+    except ValidationError as exc:
+        raise invalid_request(exc) from None
+    return route, canonical, context_values(correlation_id, now)
 
 
 def context_values(correlation_id: str, now: datetime) -> dict[str, str]:

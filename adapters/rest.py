@@ -45,11 +45,10 @@ from adapters.generic import (
     answer,
     app_status_error,
     config_issues,
-    context_values,
     header_problems,
-    invalid_request,
     is_not_found,
     operation_model,
+    prepare_call,
 )
 from adapters.http import HttpResult, UpstreamHttp, error_for_status
 from adapters.mapping import (
@@ -67,7 +66,7 @@ from adapters.mapping import (
 from adapters.transforms import MappingError, scalar_text
 from bus.canonical import CanonicalRequest
 from bus.config import ServiceConfig, UpstreamConfig
-from bus.errors import InvalidRequest, NotFoundError, UpstreamBadResponse
+from bus.errors import InvalidRequest, UpstreamBadResponse
 
 __all__ = ["KIND", "RestAdapter", "RestKind", "RestOperationOptions", "RestServiceOptions"]
 
@@ -190,19 +189,10 @@ class RestAdapter:
         self, operation: str, request: Mapping[str, Any], ctx: CallContext
     ) -> dict[str, Any]:
         """Run ``operation`` against the upstream; the canonical answer or a bus error."""
-        route = self._routes.get(operation)
-        if route is None:
-            raise NotFoundError(
-                f"{self._service} has no operation {operation!r}", code="UNKNOWN_OPERATION"
-            )
-        try:
-            canonical = route.model.model_validate(request).model_dump(
-                mode="json", exclude_none=True
-            )
-        except ValidationError as exc:
-            raise invalid_request(exc) from None
+        route, canonical, context = prepare_call(
+            self._service, self._routes, operation, request, ctx.correlation_id, self._clock()
+        )
         opts = route.options
-        context = context_values(ctx.correlation_id, self._clock())
         try:
             params = apply_rules(opts.path_params, canonical, context, flat=True)
             query = apply_rules(opts.query, canonical, context, flat=True)

@@ -47,10 +47,9 @@ from adapters.generic import (
     answer,
     app_status_error,
     config_issues,
-    context_values,
-    invalid_request,
     is_not_found,
     operation_model,
+    prepare_call,
 )
 from adapters.http import UpstreamHttp
 from adapters.mapping import Rules, apply_rules
@@ -59,7 +58,7 @@ from adapters.soapcodec import FaultPolicy, SoapCodec, SoapFault, WsdlError
 from adapters.transforms import MappingError
 from bus.canonical import CanonicalRequest
 from bus.config import ServiceConfig, UpstreamConfig
-from bus.errors import InvalidRequest, NotFoundError, UpstreamBadResponse
+from bus.errors import InvalidRequest, UpstreamBadResponse
 
 __all__ = ["KIND", "SoapAdapter", "SoapKind", "SoapOperationOptions", "SoapServiceOptions"]
 
@@ -153,19 +152,10 @@ class SoapAdapter:
         self, operation: str, request: Mapping[str, Any], ctx: CallContext
     ) -> dict[str, Any]:
         """Run ``operation`` against the upstream; the canonical answer or a bus error."""
-        route = self._routes.get(operation)
-        if route is None:
-            raise NotFoundError(
-                f"{self._service} has no operation {operation!r}", code="UNKNOWN_OPERATION"
-            )
-        try:
-            canonical = route.model.model_validate(request).model_dump(
-                mode="json", exclude_none=True
-            )
-        except ValidationError as exc:
-            raise invalid_request(exc) from None
+        route, canonical, context = prepare_call(
+            self._service, self._routes, operation, request, ctx.correlation_id, self._clock()
+        )
         opts = route.options
-        context = context_values(ctx.correlation_id, self._clock())
         try:
             body = apply_rules(opts.request, canonical, context)
         except MappingError as exc:
