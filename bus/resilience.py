@@ -333,6 +333,35 @@ async def call_with_retry(
             if error is not None:
                 on_retry(state.attempt_number, error)
 
+    async def once(number: int) -> T:
+        attempt_end = end
+        if policy.attempt_timeout_s is not None:
+            attempt_end = min(end, time.time() + policy.attempt_timeout_s)
+        if breaker is None:
+            return await attempt(number, attempt_end)
+        probe = breaker.acquire()
+        try:
+            result = await attempt(number, attempt_end)
+        except asyncio.CancelledError:
+            breaker.release(probe=probe)
+            raise
+        except Exception as exc:
+            breaker.record(exc, probe=probe)
+            raise
+        breaker.record(None, probe=probe)
+        return result
+
+    # The first attempt runs without tenacity: most calls succeed at once, and building the
+    # retry machinery per call was a measurable share of the worker's CPU. Only a retryable
+    # failure enters the loop below, whose attempt 1 replays that failure, so stops, waits,
+    # ``on_retry`` and the error finally raised are exactly those of the plain loop.
+    try:
+        return await once(1)
+    except Exception as exc:
+        if policy.attempts <= 1 or not retryable(exc):
+            raise
+        first_error = exc
+
     retrying = AsyncRetrying(
         stop=stop_after_attempt(policy.attempts) | _stop_before(end),
         wait=lambda state: backoff_delay(policy, state.attempt_number),
@@ -343,20 +372,7 @@ async def call_with_retry(
     async for state in retrying:
         with state:
             number = state.retry_state.attempt_number
-            attempt_end = end
-            if policy.attempt_timeout_s is not None:
-                attempt_end = min(end, time.time() + policy.attempt_timeout_s)
-            if breaker is None:
-                return await attempt(number, attempt_end)
-            probe = breaker.acquire()
-            try:
-                result = await attempt(number, attempt_end)
-            except asyncio.CancelledError:
-                breaker.release(probe=probe)
-                raise
-            except Exception as exc:
-                breaker.record(exc, probe=probe)
-                raise
-            breaker.record(None, probe=probe)
-            return result
+            if number == 1:
+                raise first_error
+            return await once(number)
     raise AssertionError("unreachable: tenacity returns or raises")  # pragma: no cover

@@ -8,8 +8,15 @@ codes mean.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
+from lxml import etree
+
+from adapters.auth import SoapSecurity
+from adapters.population_db.fastbuild import build_request
+from adapters.population_db.fastread import read_reply
 from adapters.soapcodec import FaultPolicy, SoapCodec, SoapFault
 from bus.errors import UpstreamError
 
@@ -41,3 +48,20 @@ class C06Codec(SoapCodec):
         return cls.from_wsdl(
             WSDL_DIR / WSDL_FILE, FAULTS, service="DanCuQuocGiaService", port="CongDanSoapPort"
         )
+
+    def build(
+        self, operation: str, body: Mapping[str, Any], security: SoapSecurity | None = None
+    ) -> bytes:
+        """The request envelope: zeep's exact bytes, built directly when the body is plain
+        and no WS-Security header is wanted; otherwise by zeep (which validates)."""
+        if security is None:
+            fast = build_request(operation, body)
+            if fast is not None:
+                return fast
+        return super().build(operation, body, security)
+
+    def _body(self, operation: str, root: etree._Element) -> dict[str, Any]:
+        # A reply in the plain shape of the vendored XSD is read by a direct walk (about a
+        # sixth of zeep's cost, same dict); anything else goes to zeep, which decides.
+        fast = read_reply(operation, root)
+        return fast if fast is not None else super()._body(operation, root)
