@@ -197,8 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="gateway + worker + simulators in one process (embedded default)",
         description="Run gateway, worker and the simulators in one process. Uses RabbitMQ "
-        "when LGSP_AMQP_URL is set, else the in-memory broker. Unset demo secrets "
-        "(LGSP_DEMO_API_KEY, LGSP_SIM_*) get random values, printed with a curl example.",
+        "when LGSP_AMQP_URL is set, else the in-memory broker; keeps idempotent answers and "
+        "the audit trail in LGSP_STORE_URL (default: SQLite ./lgsp-bus.sqlite3). Unset demo "
+        "secrets (LGSP_DEMO_API_KEY, LGSP_SIM_*, LGSP_AUDIT_KEY) get random values for the "
+        "run; the demo key is printed with a curl example.",
     )
     run.add_argument("--config", help=cfg_help)
     reload_arguments(run)
