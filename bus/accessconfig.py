@@ -151,7 +151,7 @@ class RateLimit(_Frozen):
     burst: int = Field(ge=1, le=1_000_000, description="requests allowed at once after a pause")
 
 
-_FIELD_PATH_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*$")
+_FIELD_PATH_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
 
 
 def security_problems(config: RoutingConfig) -> list[str]:

@@ -53,7 +53,7 @@ __all__ = [
 log = structlog.get_logger("bus.audit")
 
 MIN_KEY_CHARS = 16
-_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}\Z")
 
 
 def audit_policy(config: RoutingConfig, service: str | None) -> AuditPolicy:

@@ -74,7 +74,7 @@ _NAME_RE = r"^[a-z][a-z0-9_-]{0,62}$"
 
 
 def _check_secret_ref(value: str) -> str:
-    if not _SECRET_RE.match(value):
+    if not _SECRET_RE.fullmatch(value):
         raise ValueError("inline secrets are not allowed: write a reference, env:NAME or file:PATH")
     return value
 

@@ -89,10 +89,10 @@ __all__ = [
 
 log = structlog.get_logger("bus.gateway")
 
-_CODE_RE = re.compile(r"^[A-Z][A-Z0-9_]+$")
-_CORRELATION_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+_CODE_RE = re.compile(r"^[A-Z][A-Z0-9_]+\Z")
+_CORRELATION_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}\Z")
 TIMEOUT_HEADER = "X-Lgsp-Timeout-Ms"
-_MESSAGE_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+_MESSAGE_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}\Z")
 PRUNE_INTERVAL_S = 600.0
 _ENVELOPE_KEYS = frozenset({"request_id", "correlation_id"})
 """How often a gateway deletes expired request results from the store."""

@@ -64,8 +64,8 @@ NONE: Final = "-"
 OTHER: Final = "other"
 CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
 
-_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
-_CODE_RE = re.compile(r"^[A-Z][A-Z0-9_]{1,63}$")
+_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}\Z")
+_CODE_RE = re.compile(r"^[A-Z][A-Z0-9_]{1,63}\Z")
 
 
 def config_version(config: RoutingConfig) -> str:

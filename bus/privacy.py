@@ -21,6 +21,9 @@ time with offset within ``gateway.max_clock_skew_s`` of now (``INVALID_TIMESTAMP
 
 from __future__ import annotations
 
+import functools
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -164,6 +167,7 @@ class FieldFilter:
         )
         granted = set(consumer.sensitive.get(service_name, ())) if consumer else set()
         self._blocked = frozenset(set(service.sensitive_fields) - granted)
+        self._is_blocked = _blocked_matcher(self._blocked)
 
     @classmethod
     def of(cls, config: RoutingConfig, consumer: str, service: str) -> FieldFilter:
@@ -174,8 +178,51 @@ class FieldFilter:
         """Withhold what the consumer may not see; list leaf paths returned and withheld."""
         returned: set[str] = set()
         withheld: set[str] = set()
-        out = self._object(body, "", returned, withheld)
+        if self._grants is not None:
+            out = self._object(body, "", returned, withheld)
+        elif self._blocked:
+            out = self._ungranted(body, "", returned, withheld)
+        else:  # nothing to withhold: only the leaf paths, for the audit trail
+            out = dict(body)
+            for key, value in body.items():
+                _leaves(value, key, returned)
         return Filtered(out, sorted(returned), sorted(withheld))
+
+    def _ungranted(
+        self, obj: dict[str, Any], path: str, returned: set[str], withheld: set[str]
+    ) -> dict[str, Any]:
+        # _object without field grants (the common case): everything but sensitive keys,
+        # same paths, one pass; tests/test_field_filter_paths.py pins the two together.
+        out: dict[str, Any] = {}
+        is_blocked = self._is_blocked
+        for key, value in obj.items():
+            here = f"{path}.{key}" if path else key
+            if is_blocked(key):
+                withheld.add(here)
+            elif isinstance(value, dict):
+                out[key] = self._ungranted(value, here, returned, withheld)
+            elif isinstance(value, list):
+                out[key] = self._ungranted_list(value, here, returned, withheld)
+            else:
+                returned.add(here)
+                out[key] = value
+        return out
+
+    def _ungranted_list(
+        self, items: list[Any], path: str, returned: set[str], withheld: set[str]
+    ) -> list[Any]:
+        if not items:
+            returned.add(path)
+        out: list[Any] = []
+        for item in items:
+            if isinstance(item, dict):
+                out.append(self._ungranted(item, path, returned, withheld))
+            elif isinstance(item, list):
+                out.append(self._ungranted_list(item, path, returned, withheld))
+            else:
+                returned.add(path)
+                out.append(item)
+        return out
 
     def _covered(self, path: str) -> bool:
         if self._grants is None or path in self._grants:
@@ -191,7 +238,7 @@ class FieldFilter:
         out: dict[str, Any] = {}
         for key, value in obj.items():
             here = f"{path}.{key}" if path else key
-            if self._blocked and sensitive_name(key, self._blocked) is not None:
+            if self._blocked and self._is_blocked(key):
                 withheld.add(here)
                 continue
             if (not path and key in ALWAYS_RETURNED) or self._covered(here):
@@ -219,6 +266,16 @@ class FieldFilter:
             return [self._value(item, path, returned, withheld, whole=whole) for item in value]
         returned.add(path)
         return value
+
+
+@functools.lru_cache(maxsize=256)
+def _blocked_matcher(blocked: frozenset[str]) -> Callable[[str], object]:
+    """``sensitive_name(key, blocked) is not None`` as one regex (≈3× faster per key),
+    compiled once per set of names: a filter is built for every reply."""
+    if not blocked:
+        return lambda key: None
+    alternatives = "|".join(re.escape(name) for name in sorted(blocked))
+    return re.compile(f"(?:{alternatives})(?:_|\\Z)").match
 
 
 def _leaves(value: Any, path: str, into: set[str]) -> None:

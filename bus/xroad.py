@@ -54,9 +54,9 @@ ID = "X-Road-Id"
 USER_ID = "X-Road-UserId"
 REQUEST_HASH = "X-Road-Request-Hash"
 
-XROAD_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{7,63}$")
+XROAD_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{7,63}\Z")
 """``X-Road-Id``: the form of a request id (it must equal one)."""
-XROAD_USER_RE = re.compile(r"^(?:VN)?([0-9]{12})$")
+XROAD_USER_RE = re.compile(r"^(?:VN)?([0-9]{12})\Z")
 """``X-Road-UserId``: the officer's 12-digit ID, optionally with the country prefix."""
 
 

@@ -53,7 +53,7 @@ __all__ = [
 
 OPERATIONS = frozenset({"lookup"})
 _WHAT = "MOJ civil-status DB"
-_PATH_RE = re.compile(r"^/?[A-Za-z0-9._~-]+(?:/[A-Za-z0-9._~-]+)*/?$")
+_PATH_RE = re.compile(r"^/?[A-Za-z0-9._~-]+(?:/[A-Za-z0-9._~-]+)*/?\Z")
 _LONG_DIGITS_RE = re.compile(r"[0-9][0-9./-]{4,}[0-9]")
 _MAX_REASON = 200
 

@@ -32,11 +32,11 @@ __all__ = [
 VN_TZ = timezone(timedelta(hours=7), "ICT")
 """Vietnam's offset (no DST): "today" for future-date checks is today in Vietnam."""
 
-_ISO_RE = re.compile(r"^([0-9]{4})(?:-([0-9]{2})(?:-([0-9]{2}))?)?$")
+_ISO_RE = re.compile(r"^([0-9]{4})(?:-([0-9]{2})(?:-([0-9]{2}))?)?\Z")
 # Day/month of one or two digits, separated by "/" or "."; an optional time part is dropped.
-_DMY_RE = re.compile(r"^([0-9]{1,2})([/.])([0-9]{1,2})\2([0-9]{4})(?:[ T][0-9:.]+)?$")
-_MY_RE = re.compile(r"^([0-9]{1,2})[/.]([0-9]{4})$")
-_COMPACT_RE = re.compile(r"^([0-9]{4})([0-9]{2})?([0-9]{2})?$")
+_DMY_RE = re.compile(r"^([0-9]{1,2})([/.])([0-9]{1,2})\2([0-9]{4})(?:[ T][0-9:.]+)?\Z")
+_MY_RE = re.compile(r"^([0-9]{1,2})[/.]([0-9]{4})\Z")
+_COMPACT_RE = re.compile(r"^([0-9]{4})([0-9]{2})?([0-9]{2})?\Z")
 
 
 class MojDateError(ValueError):

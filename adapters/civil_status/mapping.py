@@ -79,7 +79,7 @@ _SEX_FROM_MOJ = {"1": Sex.M, "2": Sex.F}
 _SEX_TO_MOJ = {Sex.M: 1, Sex.F: 2}
 # Mothers and fathers are female and male by definition; MOJ records rarely say so.
 _SEX_BY_ROLE = {Role.MOTHER: Sex.F, Role.FATHER: Sex.M}
-_TIME_RE = re.compile(r"^([0-9]{1,2})\s*(?::|h|g|giờ)\s*([0-9]{1,2})?\s*(?:p|phút)?$")
+_TIME_RE = re.compile(r"^([0-9]{1,2})\s*(?::|h|g|giờ)\s*([0-9]{1,2})?\s*(?:p|phút)?\Z")
 
 
 class MojFormatError(ValueError):

@@ -47,11 +47,8 @@ __all__ = [
 MIN_YEAR = 1900
 """Dates before this are rejected in requests (DOMAIN.md §6.4 default)."""
 
-_ID_RE = re.compile(r"^(?:[0-9]{12}|[0-9]{9})$")
-_REF_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,31}$")
+_REF_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,31}\Z")
 # Letters (any script is checked by category), combining marks, spaces, apostrophe, hyphen, dot.
-_NAME_OK_CATEGORIES = frozenset({"Lu", "Ll", "Lt", "Lm", "Lo", "Mn", "Mc"})
-_NAME_OK_PUNCT = frozenset(" '-.")
 
 
 class RecordType(StrEnum):
