@@ -10,17 +10,49 @@ entry-point group (each entry point names an :class:`AdapterKind` object).
 from __future__ import annotations
 
 import importlib
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from bus.config import ServiceConfig, UpstreamConfig
+from bus.errors import InvalidRequest
 
-__all__ = ["Adapter", "AdapterKind", "CallContext", "Registry", "registry"]
+__all__ = [
+    "Adapter",
+    "AdapterKind",
+    "CallContext",
+    "Registry",
+    "config_issues",
+    "invalid_request",
+    "registry",
+]
+
+
+_ERROR_CODE_RE = re.compile(r"[A-Z][A-Z0-9_]+")
+
+
+def invalid_request(exc: ValidationError) -> InvalidRequest:
+    """A request that fails its model again at the worker (it crossed the broker)."""
+    first = exc.errors(include_url=False, include_input=False)[0]
+    kind = str(first["type"])
+    code = kind if _ERROR_CODE_RE.fullmatch(kind) else "INVALID_REQUEST"
+    where = ".".join(str(part) for part in first["loc"]) or "request"
+    return InvalidRequest(f"{where}: {first['msg']}", code=code)
+
+
+def config_issues(prefix: str, exc: ValidationError) -> list[str]:
+    """Option errors as ``path: message`` lines for ``lgsp-bus config validate``."""
+    return [
+        f"{prefix}{'.'.join(str(p) for p in err['loc'])}".rstrip(".")
+        + ": "
+        + str(err["msg"]).removeprefix("Value error, ")
+        for err in exc.errors(include_url=False, include_input=False)
+    ]
 
 
 @dataclass(frozen=True, slots=True)

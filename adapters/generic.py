@@ -24,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from adapters.base import config_issues, invalid_request
 from adapters.civil_status.dates import VN_TZ
 from adapters.mapping import MISSING, Rules, get_path, steps_of
 from adapters.reqschema import FieldSpec, request_model
@@ -31,7 +32,6 @@ from adapters.transforms import SAFE_CODE, jsonable, scalar_text
 from bus.canonical import CanonicalRequest
 from bus.config import ServiceConfig
 from bus.errors import (
-    InvalidRequest,
     NotFoundError,
     UpstreamError,
     UpstreamRejected,
@@ -220,15 +220,6 @@ class OperationMapping(BaseModel):
     app_status: AppStatusRule | None = None
 
 
-def invalid_request(exc: ValidationError) -> InvalidRequest:
-    """A request that fails its model again at the worker (it crossed the broker)."""
-    first = exc.errors(include_url=False, include_input=False)[0]
-    kind = str(first["type"])
-    code = kind if re.fullmatch(r"[A-Z][A-Z0-9_]+", kind) else "INVALID_REQUEST"
-    where = ".".join(str(part) for part in first["loc"]) or "request"
-    return InvalidRequest(f"{where}: {first['msg']}", code=code)
-
-
 class _Routed(Protocol):
     @property
     def model(self) -> type[BaseModel]:
@@ -285,13 +276,3 @@ def operation_model(
     """The request model of one operation (accountable by default for personal data)."""
     accountable = service.personal_data if options.accountable is None else options.accountable
     return request_model(f"{service.upstream}-{operation}", options.fields, accountable=accountable)
-
-
-def config_issues(prefix: str, exc: ValidationError) -> list[str]:
-    """Option errors as ``path: message`` lines for ``lgsp-bus config validate``."""
-    return [
-        f"{prefix}{'.'.join(str(p) for p in err['loc'])}".rstrip(".")
-        + ": "
-        + str(err["msg"]).removeprefix("Value error, ")
-        for err in exc.errors(include_url=False, include_input=False)
-    ]

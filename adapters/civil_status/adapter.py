@@ -34,7 +34,7 @@ from typing import Any
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from adapters.base import CallContext
+from adapters.base import CallContext, invalid_request
 from adapters.civil_status.dates import MojDateStyle
 from adapters.civil_status.mapping import DEFAULT_PATHS, MojFormatError, lookup_result, query_params
 from adapters.civil_status.models import CivilStatusLookup, CivilStatusLookupResult, RecordType
@@ -90,14 +90,6 @@ class CivilStatusOptions(BaseModel):
         return self.paths.get(record_type, DEFAULT_PATHS[record_type])
 
 
-def _invalid(exc: ValidationError) -> InvalidRequest:
-    first = exc.errors(include_input=False, include_url=False)[0]
-    kind = str(first["type"])
-    code = kind if kind.isupper() else "INVALID_REQUEST"
-    where = ".".join(str(part) for part in first["loc"]) or "request"
-    return InvalidRequest(f"{where}: {first['msg']}", code=code)
-
-
 def scrub_reason(reason: Any, lookup: CivilStatusLookup) -> str:
     """An upstream's refusal text, safe to show and log: no IDs, dates or the query's names."""
     text = reason if isinstance(reason, str) else ""
@@ -135,7 +127,7 @@ class CivilStatusAdapter:
         try:
             lookup = CivilStatusLookup.model_validate(request)
         except ValidationError as exc:
-            raise _invalid(exc) from None
+            raise invalid_request(exc) from None
         started = time.perf_counter()
         result = await self._http.request(
             "GET",

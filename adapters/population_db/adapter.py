@@ -18,7 +18,7 @@ import structlog
 from pydantic import BaseModel, ValidationError
 
 from adapters.auth import SoapSecurity
-from adapters.base import Adapter, CallContext
+from adapters.base import Adapter, CallContext, config_issues, invalid_request
 from adapters.http import UpstreamHttp
 from adapters.population_db.codec import C06Codec
 from adapters.population_db.mapping import lookup_reply, to_c06, verify_reply
@@ -30,18 +30,11 @@ from adapters.population_db.models import (
     model_for,
 )
 from bus.config import ServiceConfig, UpstreamConfig
-from bus.errors import InvalidRequest, NotFoundError
+from bus.errors import NotFoundError
 
 __all__ = ["KIND", "PopulationDbAdapter", "PopulationDbKind"]
 
 log = structlog.get_logger(__name__)
-
-
-def _issues(prefix: str, exc: ValidationError) -> list[str]:
-    return [
-        f"{prefix}{'.'.join(str(p) for p in err['loc']) or ''}: {err['msg']}"
-        for err in exc.errors(include_url=False, include_input=False)
-    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,8 +91,7 @@ class PopulationDbAdapter:
         try:
             model = route.model.model_validate(request)
         except ValidationError as exc:
-            first = exc.errors(include_url=False, include_input=False)[0]
-            raise InvalidRequest(f"invalid request: {first['msg']}", code=first["type"]) from None
+            raise invalid_request(exc) from None
         payload = self._codec.build(
             route.c06_operation, to_c06(model, self._options, route.options), self._security
         )
@@ -140,12 +132,12 @@ class PopulationDbKind:
         try:
             ServiceOptions.model_validate(service.options)
         except ValidationError as exc:
-            problems += _issues("options.", exc)
+            problems += config_issues("options.", exc)
         for name, op in service.operations.items():
             try:
                 OperationOptions.model_validate(op.options).resolve(name)
             except ValidationError as exc:
-                problems += _issues(f"operations.{name}.options.", exc)
+                problems += config_issues(f"operations.{name}.options.", exc)
             except ValueError as exc:
                 problems.append(str(exc))
         return problems
