@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import aio_pika
@@ -69,6 +69,8 @@ __all__ = ["AmqpBroker"]
 log = structlog.get_logger("bus.broker.amqp")
 
 REPLY_TO = "amq.rabbitmq.reply-to"
+_TRANSIENT, _PERSISTENT = 1, 2
+"""AMQP delivery modes (``aio_pika.DeliveryMode``)."""
 _LAST_ERRORS = 1000
 """Handler errors remembered per message, for the dead letter's ``x-lgsp-last-error``."""
 
@@ -201,7 +203,7 @@ class AmqpBroker:
 
     async def request(self, req: Request) -> Reply:
         """Publish persistently (mandatory, confirmed) and await the reply until the deadline."""
-        _channel, exchange = self._require()
+        channel, exchange = self._require()
         remaining = req.remaining()
         if remaining <= 0:
             raise DeadlineExceeded("deadline passed before the request was sent")
@@ -211,22 +213,23 @@ class AmqpBroker:
         correlation_id = req.correlation_id or uuid.uuid4().hex
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._pending[correlation_id] = future
-        message = aio_pika.Message(
-            body,
-            headers=dict(headers),
+        properties = Basic.Properties(
             content_type="application/json",
+            headers=dict(headers),
+            delivery_mode=_PERSISTENT,
             correlation_id=correlation_id,
-            message_id=req.request_id,
             reply_to=REPLY_TO,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             # Whole milliseconds, at least 1: RabbitMQ drops the message when it expires.
-            expiration=max(0.001, round(remaining, 3)),
-            timestamp=int(time.time()),
+            expiration=str(max(1, round(remaining * 1000))),
+            message_id=req.request_id,
+            timestamp=datetime.now(UTC).replace(microsecond=0),
         )
         try:
             async with asyncio.timeout(remaining):
                 try:
-                    await exchange.publish(message, req.routing_key, mandatory=True)
+                    await _publish(
+                        channel, exchange.name, req.routing_key, body, properties, mandatory=True
+                    )
                 except aiormq.exceptions.PublishError as exc:
                     self._recorder.publish_failed("unroutable")
                     raise BrokerUnavailable(
@@ -362,14 +365,12 @@ class AmqpBroker:
     ) -> None:
         if message.reply_to:
             try:
-                await channel.default_exchange.publish(
-                    aio_pika.Message(
-                        encode_reply(reply),
-                        correlation_id=reply.correlation_id,
-                        content_type="application/json",
-                    ),
-                    routing_key=message.reply_to,
+                properties = Basic.Properties(
+                    content_type="application/json",
+                    delivery_mode=_TRANSIENT,
+                    correlation_id=reply.correlation_id,
                 )
+                await _publish(channel, "", message.reply_to, encode_reply(reply), properties)
             except (aiormq.exceptions.AMQPError, RuntimeError, ConnectionError) as exc:
                 # The requester's channel is gone (it gave up or lost its connection).
                 log.warning("broker.reply_failed", service=service, error=repr(exc))
@@ -425,6 +426,26 @@ class AmqpBroker:
             self._connection = None
             self._channel = None
             self._exchange = None
+
+
+async def _publish(
+    channel: AbstractRobustChannel,
+    exchange: str,
+    routing_key: str,
+    body: bytes,
+    properties: Basic.Properties,
+    *,
+    mandatory: bool = False,
+) -> None:
+    """``Exchange.publish`` without building an ``aio_pika.Message`` (≈ 14 µs a message,
+    ``bench``): the same frames on the robust channel's current underlying channel, the same
+    confirm, return (``PublishError``) and nack (``DeliveryError``) handling."""
+    if channel.is_closed:
+        raise aio_pika.exceptions.ChannelInvalidStateError(f"{channel!r} closed")
+    underlay = await channel.get_underlay_channel()
+    await underlay.basic_publish(
+        body, exchange=exchange, routing_key=routing_key, properties=properties, mandatory=mandatory
+    )
 
 
 async def _quietly(action: Any) -> None:

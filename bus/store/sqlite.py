@@ -20,10 +20,9 @@ from typing import Any, ClassVar
 
 import aiosqlite
 
-from bus.store.base import AuditRecord, ChainConflict, StoredMessage
-from bus.store.schema import AUDIT_COLS, AUDIT_COLUMNS, CHAIN_CONFLICT, audit_row
+from bus.store.base import AuditRecord, StoredMessage
 from bus.store.sql import Conn, SqlStore
-from bus.store.sqlite_batch import MessageBatcher, Op, claim, finish, release
+from bus.store.sqlite_batch import MessageBatcher, Op, append_audit, claim, finish, release
 
 __all__ = ["SqliteStore"]
 
@@ -158,30 +157,11 @@ class SqliteStore(SqlStore):
                 raise
 
     async def audit_append(self, chain: str, holder: str, records: Sequence[AuditRecord]) -> None:
-        """One statement, so one thread hop and one commit per batch (the group commit's
-        fixed cost): the holder is checked in the statement, the head compare-and-set and
-        move by the schema's triggers, atomically (autocommit)."""
-        if not records:
-            return
-        row = f"({', '.join('?' * len(AUDIT_COLUMNS))})"
-        sql = (
-            f"INSERT INTO lgsp_audit_records ({AUDIT_COLS}) "  # noqa: S608 - constants only
-            f"SELECT * FROM (VALUES {', '.join([row] * len(records))}) "
-            "WHERE EXISTS (SELECT 1 FROM lgsp_audit_chains WHERE chain = ? AND holder = ?) "
-            "ORDER BY column2"  # column2: seq, as in AUDIT_COLUMNS
-        )
-        args = [value for rec in records for value in audit_row(rec)] + [chain, holder]
-        async with self._lock:
-            try:
-                # No RETURNING: every returned row would be a separate step, each taking
-                # the GIL back from a busy event loop; rowcount says the same in one step.
-                cursor = await self._conn().execute(sql, args)
-            except sqlite3.IntegrityError as exc:
-                if CHAIN_CONFLICT in str(exc):
-                    raise ChainConflict(f"chain {chain} has moved past this writer") from None
-                raise
-        if cursor.rowcount != len(records):
-            raise ChainConflict(f"chain {chain} is not held by this writer")
+        """One statement in the next group commit, beside the message writes (one thread hop
+        and one fsync for both): the holder is checked in the statement, the head
+        compare-and-set and move by the schema's triggers."""
+        if records:
+            await self._messages.submit(append_audit(chain, holder, records))
 
     @asynccontextmanager
     async def _read(self) -> AsyncIterator[Conn]:

@@ -1,10 +1,11 @@
-"""Group commit of the message-result writes on SQLite (idempotency claims and answers).
+"""Group commit of a gateway's writes on SQLite: idempotency claims and answers, and the
+audit writer's record batches.
 
-Every request writes its message record twice (the claim, then the answer). Done one by
-one, each write is a transaction of three statements, each a hop to aiosqlite's thread,
-and an fsync under ``synchronous=FULL`` — all serialised behind the connection's lock.
-Here the writes that queue up while one batch is being committed go together into the
-next: one hop, one ``BEGIN IMMEDIATE … COMMIT``, one fsync for the lot. Nothing is
+Every request writes its message record twice (the claim, then the answer), and its audit
+record once. Done one by one, each write is a transaction, each a hop to aiosqlite's
+thread and an fsync under ``synchronous=FULL`` — all serialised behind the connection's
+lock. Here the writes that queue up while one batch is being committed go together into
+the next: one hop, one ``BEGIN IMMEDIATE … COMMIT``, one fsync for the lot. Nothing is
 weakened: each caller is answered only after the transaction holding its write has
 committed (same durability as before), the statements are the same, run in arrival order
 in one transaction (so two claims of one key in a batch see each other), and
@@ -22,14 +23,14 @@ import contextlib
 import functools
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from bus.store.base import StoredMessage
-from bus.store.schema import stored_message
+from bus.store.base import AuditRecord, ChainConflict, StoredMessage
+from bus.store.schema import AUDIT_COLS, AUDIT_COLUMNS, CHAIN_CONFLICT, audit_row, stored_message
 from bus.store.sql import MESSAGE_CLAIM, MESSAGE_FINISH, MESSAGE_RELEASE, MESSAGE_SELECT
 
-__all__ = ["MAX_BATCH", "MessageBatcher", "claim", "finish", "release"]
+__all__ = ["MAX_BATCH", "MessageBatcher", "append_audit", "claim", "finish", "release"]
 
 MAX_BATCH = 256
 """Most writes in one transaction (bounds how long the write lock is held)."""
@@ -67,6 +68,34 @@ def release(consumer: str, request_id: str) -> Op:
 
     def op(conn: sqlite3.Connection) -> None:
         conn.execute(MESSAGE_RELEASE, (consumer, request_id))
+
+    return op
+
+
+def append_audit(chain: str, holder: str, records: Sequence[AuditRecord]) -> Op:
+    """:meth:`Store.audit_append` as one write of a batch: one statement, so the whole
+    record batch lands or none of it (SQLite undoes a failed statement). The holder is
+    checked in the statement, the head compare-and-set and move by the schema's triggers;
+    ``rowcount`` says whether the holder still held the chain (no ``RETURNING``: every
+    returned row would be a separate step)."""
+    row = f"({', '.join('?' * len(AUDIT_COLUMNS))})"
+    sql = (
+        f"INSERT INTO lgsp_audit_records ({AUDIT_COLS}) "  # noqa: S608 - constants only
+        f"SELECT * FROM (VALUES {', '.join([row] * len(records))}) "
+        "WHERE EXISTS (SELECT 1 FROM lgsp_audit_chains WHERE chain = ? AND holder = ?) "
+        "ORDER BY column2"  # column2: seq, as in AUDIT_COLUMNS
+    )
+    args = [value for rec in records for value in audit_row(rec)] + [chain, holder]
+
+    def op(conn: sqlite3.Connection) -> None:
+        try:
+            cursor = conn.execute(sql, args)
+        except sqlite3.IntegrityError as exc:
+            if CHAIN_CONFLICT in str(exc):
+                raise ChainConflict(f"chain {chain} has moved past this writer") from None
+            raise
+        if cursor.rowcount != len(records):
+            raise ChainConflict(f"chain {chain} is not held by this writer")
 
     return op
 
