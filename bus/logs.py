@@ -302,10 +302,37 @@ def _mask(value: Any, key: str = "") -> Any:
     return value
 
 
+_STATIC_KEYS = frozenset(
+    {"event", "level", "timestamp", "logger", "service", "operation", "consumer", "code"}
+)
+"""Keys whose values come from code or the routing config (event names, levels, config
+names, error codes), never from a request body: the same value is masked the same way on
+every line, so its masked form is remembered (:data:`_STATIC_MEMO`). ID-like digits and
+free-text names in them are still masked; only the per-request known-PII pass is skipped."""
+_STATIC_MEMO: dict[str, str] = {}
+_STATIC_MEMO_MAX = 4096  # bounded: a poison message's headers can be anything
+
+
+def _mask_static(value: str) -> str:
+    masked = _STATIC_MEMO.get(value)
+    if masked is None:
+        token = _KNOWN.set(None)
+        try:
+            masked = mask_text(value)
+        finally:
+            _KNOWN.reset(token)
+        if len(_STATIC_MEMO) < _STATIC_MEMO_MAX:
+            _STATIC_MEMO[value] = masked
+    return masked
+
+
 def mask_pii(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """structlog processor: mask ID numbers and names in every value of the event."""
     for key, value in event_dict.items():
-        event_dict[key] = _mask(value, "" if key == "event" else key)
+        if type(value) is str and key in _STATIC_KEYS:
+            event_dict[key] = _mask_static(value)
+        else:
+            event_dict[key] = _mask(value, key)
     return event_dict
 
 

@@ -68,6 +68,22 @@ def test_ids_are_masked_wherever_they_are() -> None:
     assert out["number"] == 1234
 
 
+def test_config_and_code_valued_keys_are_still_masked_and_their_memo_is_bounded() -> None:
+    # service/consumer/code/event values are remembered masked (they repeat on every line);
+    # an ID or a free-text name put into one (a poison message's header) is still masked.
+    event = _event(service="001085012345", consumer="Nguyễn Văn An", code="OK")
+    assert event["service"] == "001*******45"
+    assert "Nguyễn" not in event["consumer"]
+    assert "An" not in event["consumer"].split()
+    assert event["code"] == "OK"
+    assert event["event"] == "test.event"
+    for i in range(logs._STATIC_MEMO_MAX + 100):  # hostile variety cannot grow it unbounded
+        _event(service=f"svc-{i}")
+    assert len(logs._STATIC_MEMO) <= logs._STATIC_MEMO_MAX
+    assert _event(service="svc-late")["service"] == "svc-late"  # past the bound: still masked
+    assert _event(service="late 079203001234")["service"] == "late 079*******34"
+
+
 def test_values_of_name_keys_become_initials() -> None:
     assert mask_name("Nguyễn Văn An") == "N*** V*** A***"
     out = _event(
