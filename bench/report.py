@@ -3,7 +3,8 @@
 Per target and concurrency: the median over rounds of requests/s, of each latency
 percentile, of CPU per request and of each process's CPU%; the largest peak RSS; the sum
 of errors; the range of requests/s over rounds (the noise); the most foreign CPU seen.
-Ratios divide by baseline A's median at the same concurrency in the same run.
+Ratios divide by baseline A's median at the same concurrency in the same run; ``×A rd``
+(``rps_vs_A_paired``) is the median of per-round ratios, each against A in the same round.
 
 CPU per request is the CPU time of the processes the harness started for the target (the
 simulator included; RabbitMQ, which is shared, left out — its CPU% is in the per-process
@@ -90,9 +91,10 @@ def summarise_runs(
             "foreign_cpu_pct_max": max(float(r["foreign_cpu_pct"]) for r in runs),
             "processes": processes,
         }
-    for (_target, conc), row in rows.items():
+    for (target, conc), row in rows.items():
         base = rows.get(("A", conc))
         row["rps_vs_A"] = _ratio(row["rps"], base["rps"] if base else None)
+        row["rps_vs_A_paired"] = _paired_ratio(keys[(target, conc)], keys.get(("A", conc), []))
         row["p99_vs_A"] = _ratio(
             row["latency_ms"]["p99"], base["latency_ms"]["p99"] if base else None
         )
@@ -101,6 +103,21 @@ def summarise_runs(
         )
     rank = {t: i for i, t in enumerate(order)}
     return [rows[k] for k in sorted(rows, key=lambda k: (k[1], rank.get(k[0], 99), k[0]))]
+
+
+def _paired_ratio(
+    runs: Sequence[Mapping[str, Any]], base: Sequence[Mapping[str, Any]]
+) -> float | None:
+    """Median over rounds of this round's req/s over baseline A's in the same round.
+
+    Rounds are interleaved (each target once per round, order rotating), so A's figure of
+    the same round was measured within a minute of this one: on a shared machine whose
+    speed drifts over minutes this ratio moves much less than the ratio of the medians."""
+    a_by_round = {r.get("round"): float(r["rps"]) for r in base if r.get("round") is not None}
+    ratios = [
+        float(r["rps"]) / a_by_round[r["round"]] for r in runs if a_by_round.get(r.get("round"))
+    ]
+    return round(statistics.median(ratios), 2) if ratios else None
 
 
 def _round(value: float | None, digits: int = 1) -> float | None:
@@ -122,7 +139,7 @@ def _fmt(value: float | None, spec: str) -> str:
 def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """The main table: throughput and latency, each as a ratio to baseline A."""
     head = (
-        f"{'target':<14} {'c':>4} {'req/s':>8} {'×A':>5} {'p50 ms':>7} {'p90 ms':>7} "
+        f"{'target':<14} {'c':>4} {'req/s':>8} {'×A':>5} {'×A rd':>5} {'p50 ms':>7} {'p90 ms':>7} "
         f"{'p99 ms':>7} {'p99 ×A':>6} {'errors':>6} {'CPU ms/req':>10} {'CPU ×A':>6}"
     )
     lines = [head, "-" * len(head)]
@@ -134,7 +151,8 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
         lat = r["latency_ms"]
         lines.append(
             f"{r['target']:<14} {r['concurrency']:>4} {_fmt(r['rps'], '8.0f')} "
-            f"{_fmt(r['rps_vs_A'], '5.2f')} {_fmt(lat['p50'], '7.1f')} {_fmt(lat['p90'], '7.1f')} "
+            f"{_fmt(r['rps_vs_A'], '5.2f')} {_fmt(r.get('rps_vs_A_paired'), '5.2f')} "
+            f"{_fmt(lat['p50'], '7.1f')} {_fmt(lat['p90'], '7.1f')} "
             f"{_fmt(lat['p99'], '7.1f')} {_fmt(r['p99_vs_A'], '6.2f')} {r['errors']:>6} "
             f"{_fmt(r['cpu_ms_per_request'], '10.2f')} {_fmt(r.get('cpu_vs_A'), '6.2f')}"
         )

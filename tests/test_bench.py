@@ -219,11 +219,30 @@ def test_summary_takes_medians_and_ratios_to_baseline_a() -> None:
     assert bus["errors"] == 3
     assert bus["rps_range"] == [350, 450]
     assert bus["cpu_vs_A"] == 1.0
+    assert bus["rps_vs_A_paired"] is None  # these measurements name no round
     table = format_table(rows)
     assert "req/s" in table
     assert "bus-rest" in table
     assert "0.80" in table
     assert "gw 50%/70" in format_processes(rows)
+
+
+def test_paired_ratio_compares_each_round_with_baseline_a_of_the_same_round() -> None:
+    # The machine slows down over the run: A's median is from a fast round, the bus's from
+    # slow ones, so the ratio of medians says 0.65 while every round says 0.75 or 0.8.
+    a_rps, bus_rps = [1000, 600, 400], [800, 480, 300]
+    runs = []
+    for rnd, (a_value, bus_value) in enumerate(zip(a_rps, bus_rps, strict=True), start=1):
+        for target, rps in (("A", a_value), ("bus-rest", bus_value)):
+            m = _measurement(target, 16, rps, 50)
+            m["round"] = rnd
+            runs.append(m)
+    runs.append({**_measurement("bus-rest", 16, 150, 50), "round": 4})  # no A in round 4
+    a, bus = summarise_runs(runs, ["A", "bus-rest"])
+    assert a["rps_vs_A_paired"] == 1.0
+    assert bus["rps_vs_A_paired"] == 0.8  # median of 0.8, 0.8, 0.75; round 4 unpaired
+    assert bus["rps_vs_A"] == 0.65  # median 390 (of 800, 480, 300, 150) over A's 600
+    assert " 0.65  0.80 " in format_table([a, bus])
 
 
 def test_workload_bodies_and_direct_requests() -> None:
