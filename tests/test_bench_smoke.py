@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from tests.rabbit import TestVhost
+
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["--rounds", "1", "--warmup", "0.2", "--duration", "0.6", "--prime", "0.2", "--retries", "0"]
 ROW_KEYS = {
@@ -86,6 +88,8 @@ def test_run_on_rabbitmq_has_ratios_to_baseline_a(tmp_path: Path) -> None:
     for row in rows.values():
         assert row["errors"] == 0, row["error_kinds"]
         assert row["rps_vs_A"] is not None
+        # one round: the per-round paired ratio is that round's ratio of the two
+        assert row["rps_vs_A_paired"] == round(row["rps"] / rows["A"]["rps"], 2)
         assert "rabbitmq" in row["processes"]
     assert {"bus-gateway", "bus-worker"} <= set(rows["bus-rest"]["processes"])
     assert "sim-population" in rows["bus-soap"]["processes"]
@@ -160,3 +164,20 @@ def test_interrupt_stops_every_process_it_started(tmp_path: Path) -> None:
                 proc.communicate()
     assert not [k for k in kids if _alive(k)]
     assert list(tmp_path.glob("partial-*.json"))  # what was measured is kept
+
+
+@pytest.mark.rabbitmq
+def test_confirm_cost_measures_both_modes(rabbit_vhost: TestVhost) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable, "-m", "bench.confirm_cost", "--url", rabbit_vhost.url(),
+            "--messages", "300", "--rounds", "1",
+        ],
+        cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == ["confirms=on", "confirms=off"]
+    for line in lines:
+        assert "µs/msg" in line
+        assert float(line.split()[-2]) > 0  # msg/s

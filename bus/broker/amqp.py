@@ -10,7 +10,9 @@ expires messages whose deadline passed in the queue. Reply and ack are one step 
 cancellation does not split, so an answered message is never answered again.
 
 Requests are persistent, ``mandatory`` and confirmed, and carry the deadline as message
-expiration. Replies come back over direct reply-to on the publishing channel. The
+expiration. Replies come back over direct reply-to on the publishing channel; workers
+send them on a channel of their own without publisher confirms (the ack that follows on
+the consuming channel keeps them safe; see ``_reply_and_ack``). The
 connection is robust: aio-pika re-declares the topology and re-registers the consumers —
 the service consumers and the reply consumer — after the broker comes back; requests
 in flight when the channel dropped fail at once with ``BROKER_UNAVAILABLE`` (their replies
@@ -91,6 +93,9 @@ class AmqpBroker:
         self._specs: dict[str, QueueSpec] = {}
         self._reply_consumer_ready = False
         self._connect_lock = asyncio.Lock()
+        self._reply_channel: AbstractRobustChannel | None = None
+        """The worker side's channel for replies: without publisher confirms (see
+        :meth:`_reply_and_ack`); opened by the first :meth:`serve`."""
         self._last_errors: OrderedDict[str, str] = OrderedDict()
 
     # -- connection ---------------------------------------------------------------------
@@ -266,6 +271,13 @@ class AmqpBroker:
         if self._connection is None:
             raise BrokerUnavailable("broker is not connected")
         spec = self._specs.get(service)
+        async with self._connect_lock:
+            if self._reply_channel is None:
+                replies = await self._connection.channel(publisher_confirms=False)
+                assert isinstance(replies, aio_pika.RobustChannel)
+                self._reply_channel = replies
+        # Confirms on the consuming channel: a dead letter's copy must be confirmed before
+        # the original is acked (amqp_deadletters.copy_to_dlq).
         channel = await self._connection.channel(publisher_confirms=True)
         assert isinstance(channel, aio_pika.RobustChannel)
         await channel.set_qos(prefetch_count=prefetch)
@@ -363,14 +375,29 @@ class AmqpBroker:
         message: AbstractIncomingMessage,
         reply: Reply,
     ) -> None:
+        # The reply goes out on the reply channel without a publisher confirm, then the ack
+        # on the consuming channel: both frames leave in this order on the one connection.
+        # A confirm would add nothing the ack's order does not give: if the connection
+        # drops before the broker reads the ack, the delivery is requeued and answered again
+        # (the gateway ignores a second reply); a reply to a requester that is gone is
+        # dropped by the broker either way. Without it a reply costs ≈ 40 µs less worker CPU
+        # and ≈ 25 µs less RabbitMQ CPU (bench/confirm_cost.py, quiet machine).
         if message.reply_to:
+            properties = Basic.Properties(
+                content_type="application/json",
+                delivery_mode=_TRANSIENT,
+                correlation_id=reply.correlation_id,
+            )
+            body = encode_reply(reply)
+            replies = self._reply_channel
             try:
-                properties = Basic.Properties(
-                    content_type="application/json",
-                    delivery_mode=_TRANSIENT,
-                    correlation_id=reply.correlation_id,
-                )
-                await _publish(channel, "", message.reply_to, encode_reply(reply), properties)
+                try:
+                    if replies is None:
+                        raise aio_pika.exceptions.ChannelInvalidStateError("no reply channel")
+                    await _publish(replies, "", message.reply_to, body, properties)
+                except aio_pika.exceptions.ChannelInvalidStateError:
+                    # The reply channel is reopening: the consuming channel carries it.
+                    await _publish(channel, "", message.reply_to, body, properties)
             except (aiormq.exceptions.AMQPError, RuntimeError, ConnectionError) as exc:
                 # The requester's channel is gone (it gave up or lost its connection).
                 log.warning("broker.reply_failed", service=service, error=repr(exc))
@@ -421,6 +448,7 @@ class AmqpBroker:
     async def aclose(self) -> None:
         """Close the connection; pending requests fail with ``BrokerUnavailable``."""
         self._on_channel_lost()
+        self._reply_channel = None
         if self._connection is not None:
             await self._connection.close()
             self._connection = None
