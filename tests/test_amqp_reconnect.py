@@ -20,7 +20,7 @@ from bus.envelope import Reply, Request
 from bus.errors import BrokerUnavailable, DeadlineExceeded
 from tests.rabbit import TestVhost
 from tests.tcpproxy import TcpProxy
-from tests.test_broker_contract import echo, fresh_service, make_request
+from tests.test_broker_contract import echo, fresh_service, make_request, serving
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -128,3 +128,28 @@ async def test_publish_while_disconnected_fails_fast(
     proxy.accepting = True
     await wait_ready(client, 10)
     await client.aclose()
+
+
+async def test_replies_fall_back_to_the_consuming_channel_when_the_reply_channel_is_down(
+    rabbit_vhost: TestVhost,
+) -> None:
+    # Workers reply on a channel of their own (no publisher confirms); when it is closed
+    # the reply must still reach the caller, over the consuming channel.
+    broker = AmqpBroker(rabbit_vhost.url(), name="test-replies")
+    await broker.connect()
+    try:
+        service = fresh_service()
+        await broker.declare([QueueSpec(service)])
+        async with serving(broker, service, echo):
+            first = await broker.request(make_request(service, {"n": 1}))
+            replies = broker._reply_channel
+            assert replies is not None
+            await replies.close()  # closed by us: a robust channel does not reopen it
+            assert replies.is_closed
+            second = await broker.request(make_request(service, {"n": 2}, timeout=3))
+    finally:
+        await broker.aclose()
+    assert first.body is not None
+    assert first.body["echo"] == {"n": 1}
+    assert second.body is not None
+    assert second.body["echo"] == {"n": 2}

@@ -13,7 +13,6 @@ import aio_pika
 import pytest
 
 from bus.broker import Broker, QueueSpec
-from bus.broker.amqp import AmqpBroker
 from bus.broker.base import dlq_name, queue_name
 from bus.broker.memory import MemoryBroker
 from bus.envelope import Reply, Request, encode_request
@@ -274,25 +273,3 @@ async def test_stop_finishes_in_flight_work_then_returns(broker: Broker) -> None
     reply = await asyncio.wait_for(pending, 5)
     await asyncio.wait_for(serve, 5)
     assert reply.ok
-
-
-async def test_replies_fall_back_to_the_consuming_channel_when_the_reply_channel_is_down(
-    broker: Broker,
-) -> None:
-    # RabbitMQ only: workers reply on a channel of their own (no publisher confirms); when
-    # it is closed the reply must still reach the caller, over the consuming channel.
-    if not isinstance(broker, AmqpBroker):
-        pytest.skip("the in-memory broker has no channels")
-    service = fresh_service()
-    await broker.declare([QueueSpec(service)])
-    async with serving(broker, service, echo):
-        first = await broker.request(make_request(service, {"n": 1}))
-        replies = broker._reply_channel
-        assert replies is not None
-        await replies.close()  # closed by us: a robust channel does not reopen it
-        assert replies.is_closed
-        second = await broker.request(make_request(service, {"n": 2}, timeout=3))
-    assert first.body is not None
-    assert first.body["echo"] == {"n": 1}
-    assert second.body is not None
-    assert second.body["echo"] == {"n": 2}
