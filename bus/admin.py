@@ -24,11 +24,10 @@ Endpoints (all need an admin key):
 from __future__ import annotations
 
 import hashlib
-import hmac
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 import orjson
 import structlog
@@ -37,6 +36,7 @@ from aiohttp import web
 from bus.config import AdminSettings, RoutingConfig, resolve_secret
 from bus.errors import InvalidRequest, NotFoundError, RequestError, Unauthenticated
 from bus.reload import ConfigReloader
+from bus.security import bearer_key
 
 __all__ = [
     "ADMIN",
@@ -100,17 +100,8 @@ class AdminKeys:
 
     def authenticate(self, authorization: str | None) -> str:
         """The admin's name for an ``Authorization`` value; raises ``Unauthenticated``."""
-        scheme, _, token = (authorization or "").partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token or len(token) > 512:
-            raise Unauthenticated("an admin key is required: Authorization: Bearer <key>")
-        digest = hashlib.sha256(token.encode("utf-8", "replace")).digest()
-        found = self._keys.get(digest)
-        if found is None or not hmac.compare_digest(found.digest, digest):
-            raise Unauthenticated("invalid credentials")
-        if found.expires is not None and found.expires <= datetime.now(UTC):
-            raise Unauthenticated("invalid credentials")
-        return found.name
+        required = "an admin key is required: Authorization: Bearer <key>"
+        return bearer_key(authorization or "", self._keys, malformed=required).name
 
 
 class AdminTarget:

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import structlog
 
@@ -35,8 +36,10 @@ __all__ = [
     "Authenticator",
     "Identity",
     "PeerCertificate",
+    "StoredKey",
     "allowed_operations",
     "authorize",
+    "bearer_key",
     "key_digest",
 ]
 
@@ -86,6 +89,40 @@ class Identity:
     """``api_key`` or ``client_cert``."""
     credential: str
     """The key's label (or ``key-<n>``) or ``cert-<n>``: for logs, never the secret."""
+
+
+class StoredKey(Protocol):
+    """A configured bearer key, kept as the SHA-256 digest of the secret."""
+
+    @property
+    def digest(self) -> bytes: ...
+
+    @property
+    def expires(self) -> datetime | None: ...
+
+
+K = TypeVar("K", bound=StoredKey)
+
+
+def bearer_key(
+    authorization: str, keys: Mapping[bytes, K], *, malformed: str = "invalid credentials"
+) -> K:
+    """The entry of ``keys`` (by digest) that an ``Authorization: Bearer <key>`` value
+    presents; ``Unauthenticated`` with ``malformed`` when the value is not a bearer token of
+    at most 512 characters, with "invalid credentials" for an unknown or expired key."""
+    scheme, _, token = authorization.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token or len(token) > _MAX_TOKEN:
+        raise Unauthenticated(malformed)
+    digest = hashlib.sha256(token.encode("utf-8", "replace")).digest()
+    found = keys.get(digest)
+    # Dict lookup is by digest of the presented key; compare again in constant time
+    # so a timing side channel cannot reveal a stored digest.
+    if found is None or not hmac.compare_digest(found.digest, digest):
+        raise Unauthenticated("invalid credentials")
+    if found.expires is not None and found.expires <= datetime.now(UTC):
+        raise Unauthenticated("invalid credentials")
+    return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,19 +192,7 @@ class Authenticator:
         return self.identify(authorization).consumer
 
     def _api_key(self, authorization: str) -> Identity:
-        scheme, _, token = authorization.partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token or len(token) > _MAX_TOKEN:
-            raise Unauthenticated("invalid credentials")
-        digest = hashlib.sha256(token.encode("utf-8", "replace")).digest()
-        found = self._keys.get(digest)
-        # Dict lookup is by digest of the presented key; compare again in constant time
-        # so a timing side channel cannot reveal a stored digest.
-        if found is None or not hmac.compare_digest(found.digest, digest):
-            raise Unauthenticated("invalid credentials")
-        if found.expires is not None and found.expires <= datetime.now(UTC):
-            raise Unauthenticated("invalid credentials")
-        return found.identity
+        return bearer_key(authorization, self._keys).identity
 
     def _certificate(self, cert: PeerCertificate) -> Identity | None:
         return self._by_fingerprint.get(cert.sha256) or self._by_subject.get(cert.subject)
