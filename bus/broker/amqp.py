@@ -389,13 +389,13 @@ class AmqpBroker:
                 correlation_id=reply.correlation_id,
             )
             body = encode_reply(reply)
-            replies = self._reply_channel
+            replies = self._reply_channel or channel
             try:
                 try:
-                    if replies is None:
-                        raise aio_pika.exceptions.ChannelInvalidStateError("no reply channel")
                     await _publish(replies, "", message.reply_to, body, properties)
                 except aio_pika.exceptions.ChannelInvalidStateError:
+                    if replies is channel:
+                        raise
                     # The reply channel is reopening: the consuming channel carries it.
                     await _publish(channel, "", message.reply_to, body, properties)
             except (aiormq.exceptions.AMQPError, RuntimeError, ConnectionError) as exc:

@@ -1,4 +1,4 @@
-"""Group commit of a gateway's writes on SQLite: idempotency claims and answers, and the
+"""Group commit of a process's writes on SQLite: idempotency claims and answers, and the
 audit writer's record batches.
 
 Every request writes its message record twice (the claim, then the answer), and its audit
