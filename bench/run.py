@@ -27,7 +27,7 @@ from bench.measure import measure
 from bench.procstat import machine_info
 from bench.rabbit import rabbitmq_version
 from bench.report import SHORT, format_processes, format_table, summarise_runs, write_json
-from bench.systems import REPO, TARGETS, LabSettings, Target, open_lab
+from bench.systems import REPO, RESULTS_DIR, TARGETS, BusRunSettings, Target, open_lab
 
 __all__ = [
     "RESULTS_DIR",
@@ -40,12 +40,11 @@ __all__ = [
     "run_benchmark",
 ]
 
-RESULTS_DIR = REPO / "bench" / "results"
 SCHEMA = "lgsp-bus-bench/1"
 
 
 @dataclass
-class RunSettings:
+class RunSettings(BusRunSettings):
     """What one run measures."""
 
     targets: list[str] = field(default_factory=lambda: list(TARGETS))
@@ -54,13 +53,6 @@ class RunSettings:
     warmup_s: float = 1.5
     duration_s: float = 5.0
     prime_s: float = 2.0
-    timeout_s: float = 15.0
-    out_dir: Path = RESULTS_DIR
-    config_path: Path = REPO / "routing.yaml"
-    log_level: str = "info"
-    bus_env: dict[str, str] = field(default_factory=dict)
-    config_overrides: dict[str, Any] = field(default_factory=dict)
-    keep_logs: bool = False
     max_foreign_pct: float = 25.0
     """A measurement during which other work used more of a core than this is retried."""
     retries: int = 2
@@ -144,15 +136,7 @@ async def run_benchmark(settings: RunSettings, argv: Sequence[str]) -> dict[str,
     budget = [settings.retry_budget_s or 0.1 * settings.estimate_s() + 20]
     workdir = Path(tempfile.mkdtemp(prefix="lgsp-bench-"))
     try:
-        lab_settings = LabSettings(
-            targets=settings.targets,
-            workdir=workdir,
-            config_path=settings.config_path,
-            log_level=settings.log_level,
-            bus_env=settings.bus_env,
-            config_overrides=settings.config_overrides,
-        )
-        async with open_lab(lab_settings) as lab:
+        async with open_lab(settings.lab(settings.targets, workdir)) as lab:
             document["bus"] = lab.info
             _log(f"bench: everything answers after {time.monotonic() - started:.0f} s")
             for name in settings.targets:

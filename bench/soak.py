@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,14 +26,14 @@ from bench.measure import run_loadgen
 from bench.procs import Child
 from bench.procstat import cpu_seconds, machine_info, memory_kb
 from bench.report import write_json
-from bench.run import RESULTS_DIR, SCHEMA, code_version, environment, remove_tree
-from bench.systems import REPO, LabSettings, open_lab
+from bench.run import SCHEMA, code_version, environment, remove_tree
+from bench.systems import BusRunSettings, open_lab
 
 __all__ = ["SoakSettings", "print_soak", "run_soak"]
 
 
 @dataclass
-class SoakSettings:
+class SoakSettings(BusRunSettings):
     """What one soak run does."""
 
     minutes: float = 10.0
@@ -41,13 +41,6 @@ class SoakSettings:
     warmup_s: float = 60.0
     paths: str = "both"
     sample_s: float = 10.0
-    timeout_s: float = 15.0
-    out_dir: Path = RESULTS_DIR
-    config_path: Path = REPO / "routing.yaml"
-    log_level: str = "info"
-    bus_env: dict[str, str] = field(default_factory=dict)
-    config_overrides: dict[str, Any] = field(default_factory=dict)
-    keep_logs: bool = False
 
 
 def _sample(procs: dict[str, Child]) -> dict[str, Any]:
@@ -100,15 +93,7 @@ async def run_soak(settings: SoakSettings, argv: Sequence[str]) -> dict[str, Any
         file=sys.stderr,
     )
     try:
-        lab_settings = LabSettings(
-            targets=names,
-            workdir=workdir,
-            config_path=settings.config_path,
-            log_level=settings.log_level,
-            bus_env=settings.bus_env,
-            config_overrides=settings.config_overrides,
-        )
-        async with open_lab(lab_settings) as lab:
+        async with open_lab(settings.lab(names, workdir)) as lab:
             document["bus"] = lab.info
             procs: dict[str, Child] = {}
             lists = [lab.targets[n].requests for n in names]

@@ -49,7 +49,16 @@ from bench.workload import (
     population_bodies,
 )
 
-__all__ = ["REPO", "TARGETS", "Lab", "LabSettings", "Target", "open_lab"]
+__all__ = [
+    "REPO",
+    "RESULTS_DIR",
+    "TARGETS",
+    "BusRunSettings",
+    "Lab",
+    "LabSettings",
+    "Target",
+    "open_lab",
+]
 
 REPO = REPO_ROOT
 
@@ -78,6 +87,34 @@ class LabSettings:
     bus_env: dict[str, str] = field(default_factory=dict)
     config_overrides: dict[str, Any] = field(default_factory=dict)
     ready_timeout_s: float = 90.0
+
+
+RESULTS_DIR = REPO / "bench" / "results"
+
+
+@dataclass
+class BusRunSettings:
+    """What every harness command (``run``, ``soak``) sets the same way: the config the bus
+    runs on and how it logs, the load's request timeout, where results go."""
+
+    timeout_s: float = 15.0
+    out_dir: Path = RESULTS_DIR
+    config_path: Path = REPO / "routing.yaml"
+    log_level: str = "info"
+    bus_env: dict[str, str] = field(default_factory=dict)
+    config_overrides: dict[str, Any] = field(default_factory=dict)
+    keep_logs: bool = False
+
+    def lab(self, targets: Sequence[str], workdir: Path) -> LabSettings:
+        """The lab to start for ``targets`` with these settings."""
+        return LabSettings(
+            targets=targets,
+            workdir=workdir,
+            config_path=self.config_path,
+            log_level=self.log_level,
+            bus_env=self.bus_env,
+            config_overrides=self.config_overrides,
+        )
 
 
 @dataclass
