@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import signal
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -28,7 +29,19 @@ from bus.runner import bound_port, http_site
 from bus.store import Store
 from bus.worker import Worker, open_adapters
 
-__all__ = ["BusStack", "running_bus", "serve_app", "stack_config"]
+__all__ = ["BusStack", "running_bus", "serve_app", "stack_config", "terminate"]
+
+
+async def terminate(proc: asyncio.subprocess.Process, bound_s: float = 20) -> None:
+    """Stop a child process: SIGTERM, then SIGKILL if it is still there after ``bound_s``."""
+    if proc.returncode is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.wait_for(proc.wait(), bound_s)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
 
 
 @asynccontextmanager

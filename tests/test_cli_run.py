@@ -20,6 +20,7 @@ import orjson
 import pytest
 
 from bus.cli import build_parser
+from tests.stack import terminate
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = Path(sys.executable).parent / "lgsp-bus"
@@ -56,13 +57,7 @@ async def started(
                 await asyncio.sleep(0.1)
         yield proc
     finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), 20)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+        await terminate(proc)
 
 
 def routing_for(tmp_path: Path, sim_port: int) -> Path:

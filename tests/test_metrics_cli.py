@@ -29,7 +29,7 @@ from adapters.civil_status.data import sample_registration
 from adapters.civil_status.models import RecordType
 from adapters.civil_status.simulator import build_app as build_sim
 from tests.rabbit import TestVhost
-from tests.stack import new_secret, serve_app
+from tests.stack import new_secret, serve_app, terminate
 from tests.test_e2e_civil_status import lookup
 from tests.test_metrics import check_labels, parse, value
 
@@ -101,13 +101,7 @@ async def lgsp_bus(*args: str, env: dict[str, str]) -> AsyncIterator[Process]:
     try:
         yield child
     finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), 20)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+        await terminate(proc)
         child.reader.cancel()
 
 
