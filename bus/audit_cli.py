@@ -29,7 +29,7 @@ from bus.audit import (
     verify_store,
 )
 from bus.audit_chain import PRUNE_ACTION, ChainVerifier, Pin, canonical_record, record_hash
-from bus.config import ConfigError, RoutingConfig, load_config
+from bus.config import RoutingConfig
 from bus.logs import mask_id
 from bus.store import Store, open_store, store_url_from_env
 from bus.store.base import AuditRecord
@@ -70,16 +70,9 @@ def _record_json(rec: AuditRecord) -> dict[str, Any]:
 
 
 def _load(args: argparse.Namespace) -> RoutingConfig:
-    from bus.cli import default_config_path
+    from bus.cli import load_or_exit
 
-    target = Path(args.config) if args.config else default_config_path()
-    try:
-        return load_config(target)
-    except ConfigError as exc:
-        print(f"{target}: invalid configuration", file=sys.stderr)
-        for issue in exc.issues:
-            print(f"  {issue}", file=sys.stderr)
-        raise SystemExit(2) from None
+    return load_or_exit(args.config)
 
 
 async def _with_store(args: argparse.Namespace, work: Callable[[Store], Awaitable[int]]) -> int:

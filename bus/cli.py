@@ -15,7 +15,7 @@ from typing import Any
 from bus import logs
 from bus.config import ConfigError, RoutingConfig, load_config
 
-__all__ = ["main"]
+__all__ = ["default_config_path", "load_or_exit", "main"]
 
 DEFAULT_CONFIG_ENV = "LGSP_CONFIG"
 CONFIG_HELP = "routing config (default: $LGSP_CONFIG, ./routing.yaml, or the shipped one)"
@@ -39,7 +39,9 @@ def default_config_path() -> Path:
     return Path(__file__).resolve().parent.parent / "routing.yaml"
 
 
-def _load(path: str | None) -> RoutingConfig:
+def load_or_exit(path: str | None) -> RoutingConfig:
+    """The routing config at ``path`` (default :func:`default_config_path`); an invalid one
+    is reported on stderr, issue by issue, and the command exits with 2."""
     target = Path(path) if path else default_config_path()
     try:
         return load_config(target)
@@ -72,7 +74,7 @@ async def _with_signals(role: str, args: argparse.Namespace) -> None:
     amqp_url = os.environ.get("LGSP_AMQP_URL") or None
     metrics = Metrics(role="all" if role == "run" else role)
     if role == "run":
-        config = _load(args.config)
+        config = load_or_exit(args.config)
         check_audit_key(config, role)
         print(f"lgsp-bus: broker {'RabbitMQ' if amqp_url else 'in-memory (embedded)'}")
         async with reloading(args, config, metrics) as reloader:  # SIGHUP, file, /admin
@@ -94,7 +96,7 @@ async def _with_signals(role: str, args: argparse.Namespace) -> None:
             file=sys.stderr,
         )
         raise SystemExit(2)
-    config = _load(args.config)
+    config = load_or_exit(args.config)
     if role == "gateway":
         from bus.audit import audit_trail
 

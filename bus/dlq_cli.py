@@ -10,13 +10,12 @@ import os
 import sys
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import structlog
 
 from bus.broker.deadletters import DeadLetterQueue
-from bus.config import ConfigError, RoutingConfig, load_config
+from bus.config import RoutingConfig
 from bus.dlq import (
     Broker,
     Replayed,
@@ -46,16 +45,9 @@ def _login() -> str:
 
 
 def _config(args: argparse.Namespace) -> RoutingConfig:
-    from bus.cli import default_config_path
+    from bus.cli import load_or_exit
 
-    target = Path(args.config) if args.config else default_config_path()
-    try:
-        return load_config(target)
-    except ConfigError as exc:
-        print(f"{target}: invalid configuration", file=sys.stderr)
-        for issue in exc.issues:
-            print(f"  {issue}", file=sys.stderr)
-        raise SystemExit(2) from None
+    return load_or_exit(args.config)
 
 
 def _services(args: argparse.Namespace, config: RoutingConfig) -> list[str]:
