@@ -14,7 +14,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from bus.canonical import CanonicalRequest, StrictModel
+from adapters.reqschema import AccountableRequest
+from bus.canonical import StrictModel
 from bus.validation import (
     FullName,
     IdType,
@@ -89,22 +90,10 @@ class Subject(StrictModel):
         return self
 
 
-class _PopulationRequest(CanonicalRequest):
+class _PopulationRequest(AccountableRequest):
+    # Accountable: C06 refuses a call without the officer (MaCanBo), and the access log
+    # needs the procedure and dossier the lookup serves (PDP law: a legal basis per call).
     subject: Subject
-
-    @model_validator(mode="after")
-    def _accountable(self) -> _PopulationRequest:
-        # C06 refuses a call without the officer (MaCanBo), and the access log needs the
-        # procedure and dossier the lookup serves (PDP law: a legal basis for every call).
-        if self.caller.officer_id is None:
-            raise PydanticCustomError(
-                "OFFICER_REQUIRED", "caller.officer_id (the officer's 12-digit ID) is required"
-            )
-        if self.purpose.procedure_code is None or self.purpose.dossier_id is None:
-            raise PydanticCustomError(
-                "PURPOSE_REQUIRED", "purpose.procedure_code and purpose.dossier_id are required"
-            )
-        return self
 
 
 class PopulationLookup(_PopulationRequest):
