@@ -29,6 +29,7 @@ from bus.audit.observer import (
     open_auditor,
     verify_store,
 )
+from bus.cli.common import CONFIG_HELP, load_or_exit
 from bus.config import RoutingConfig
 from bus.logs import mask_id
 from bus.store import Store, open_store, store_url_from_env
@@ -70,8 +71,6 @@ def _record_json(rec: AuditRecord) -> dict[str, Any]:
 
 
 def _load(args: argparse.Namespace) -> RoutingConfig:
-    from bus.cli.main import load_or_exit
-
     return load_or_exit(args.config)
 
 
@@ -328,8 +327,6 @@ def _login() -> str:
 
 def register(sub: Any) -> None:
     """Add the ``audit`` command group."""
-    from bus.cli.main import CONFIG_HELP
-
     audit = sub.add_parser(
         "audit",
         help="verify, query, export and prune the audit trail",
