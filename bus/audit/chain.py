@@ -201,7 +201,7 @@ class AuditEntry:
     """A record before it is sealed into a chain: no chain, seq or hashes yet."""
 
     time_us: int
-    kind: Literal["exchange", "admin"]
+    kind: Literal["exchange", "admin", "delivery"]
     request_id: str | None = None
     correlation_id: str | None = None
     consumer: str | None = None

@@ -6,6 +6,9 @@ Contract (checked by ``tests/test_broker_contract.py`` against every implementat
   request's deadline: :class:`~bus.errors.DeadlineExceeded` after it; no queue for the service
   → :class:`~bus.errors.BrokerUnavailable` (code ``NO_ROUTE``) at once; queue full →
   :class:`~bus.errors.Overloaded` at once; broker unreachable → ``BrokerUnavailable``.
+- ``publish``/``consume``/``declare_outbox``/``outbox_counts`` carry one-way sends and
+  events (:mod:`bus.broker.outbox`): confirmed before ``publish`` returns; a handler's
+  disposition acks, requeues in place (order kept) or dead-letters with a reason.
 - ``serve`` hands each request to the handler with at most ``prefetch`` in flight, publishes
   the reply, then acknowledges. A message whose deadline has passed is dropped unhandled. A
   message that cannot be decoded, or whose handler raised ``delivery_limit`` times, is
@@ -16,10 +19,11 @@ Contract (checked by ``tests/test_broker_contract.py`` against every implementat
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from bus.broker.outbox import DeliveryHandler, OutboxSpec
 from bus.config import RoutingConfig
 from bus.envelope import Reply, Request
 
@@ -154,6 +158,44 @@ class Broker(Protocol):
 
     async def message_counts(self, service: str) -> tuple[int, int]:
         """Messages waiting in the service's work queue and in its DLQ (for metrics)."""
+        ...
+
+    # One-way traffic (bus/broker/outbox.py): sends and event subscriptions.
+
+    async def declare_outbox(self, specs: Sequence[OutboxSpec]) -> None:
+        """Declare ``lgsp.sends``, ``lgsp.events``, each outbox queue, its bindings and its
+        DLQ (idempotent)."""
+        ...
+
+    async def publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        headers: Mapping[str, Any],
+        *,
+        message_id: str,
+        mandatory: bool,
+    ) -> None:
+        """Publish persistently and return once the broker has it (publisher confirm; the
+        memory broker: enqueued). ``exchange`` ``""`` is the default exchange (routing key =
+        queue). Unroutable and ``mandatory`` → ``BrokerUnavailable`` ``NO_ROUTE``; a queue
+        full → ``Overloaded``; anything else unconfirmed → ``BrokerUnavailable`` (the
+        message may or may not have been queued)."""
+        ...
+
+    async def consume(
+        self, key: str, handler: DeliveryHandler, *, prefetch: int, stop: asyncio.Event
+    ) -> None:
+        """Hand each message of outbox ``key`` to ``handler`` (at most ``prefetch`` at once;
+        an ordered queue has one active consumer across processes) and do what it answers:
+        ack, requeue in place, or dead-letter to ``lgsp.dlq.<key>`` with the reason. A
+        handler that raises requeues. Until ``stop``; in-flight ones then finish or are
+        cancelled (requeued)."""
+        ...
+
+    async def outbox_counts(self, key: str) -> tuple[int, int]:
+        """Messages waiting in outbox ``key`` and in its DLQ."""
         ...
 
     async def aclose(self) -> None:

@@ -4,7 +4,9 @@ It keeps the AMQP semantics that matter to callers: messages travel encoded (so 
 messages exist here too), queues have a length limit (reject-publish), deliveries are
 redelivered when a handler fails and dead-lettered after the delivery limit, expired
 messages are never handed out, and unacknowledged messages return to the queue when a
-consumer stops. Nothing survives the process — that is what RabbitMQ is for.
+consumer stops. Nothing survives the process — that is what RabbitMQ is for: a one-way
+send or event answered ``202`` on the memory broker is lost if the process stops before
+it is delivered (use it for development and tests only).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import asyncio
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +30,7 @@ from bus.broker.deadletters import (
     dead_letter_from,
     dead_letter_headers,
 )
+from bus.broker.outbox import Delivery, DeliveryHandler, OutboxSpec, outbox_queue
 from bus.envelope import (
     DecodeError,
     Reply,
@@ -69,6 +72,11 @@ class MemoryBroker:
         self._queues: dict[str, _Queue] = {}
         self._pending: dict[str, asyncio.Future[Reply]] = {}
         self._closed = False
+        self._bindings: dict[tuple[str, str], set[str]] = {}
+        """(exchange, routing key) → outbox keys bound."""
+        self._active: dict[str, asyncio.Lock] = {}
+        """Per ordered outbox: held by its single active consumer."""
+        self._ordered: set[str] = set()
 
     async def connect(self) -> None:
         """Nothing to connect to."""
@@ -246,6 +254,114 @@ class MemoryBroker:
         future = self._pending.get(reply.correlation_id)
         if future is not None and not future.done():
             future.set_result(decoded)
+
+    # -- one-way traffic ------------------------------------------------------------------
+
+    async def declare_outbox(self, specs: Sequence[OutboxSpec]) -> None:
+        """Create outbox queues and their bindings (idempotent)."""
+        for spec in specs:
+            self._queues.setdefault(
+                spec.key, _Queue(QueueSpec(spec.key, max_length=spec.max_length))
+            )
+            for binding in spec.bindings:
+                self._bindings.setdefault(binding, set()).add(spec.key)
+            self._bindings.setdefault(("", outbox_queue(spec.key)), set()).add(spec.key)
+            if spec.ordered:
+                self._ordered.add(spec.key)
+
+    async def publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        headers: Mapping[str, Any],
+        *,
+        message_id: str,
+        mandatory: bool,
+    ) -> None:
+        """Enqueue on every bound outbox queue (all or none: a full one refuses first)."""
+        if self._closed:
+            raise BrokerUnavailable("broker is closed")
+        keys = sorted(self._bindings.get((exchange, routing_key), ()))
+        if not keys:
+            if mandatory:
+                self._recorder.publish_failed("unroutable")
+                raise BrokerUnavailable(f"no queue is bound for {routing_key}", code="NO_ROUTE")
+            return
+        queues = [self._queues[k] for k in keys]
+        if any(len(q.ready) >= q.spec.max_length for q in queues):
+            self._recorder.publish_failed("nack")
+            raise Overloaded("an outbox queue is full", retry_after=1.0)
+        for queue in queues:
+            self._enqueue(queue, _Message(body, dict(headers), message_id, float("inf")))
+
+    async def consume(
+        self, key: str, handler: DeliveryHandler, *, prefetch: int, stop: asyncio.Event
+    ) -> None:
+        """Serve outbox ``key`` (an ordered one: one consumer at a time, one message)."""
+        if key not in self._ordered:
+            await self._consume(key, handler, prefetch, stop)
+            return
+        lock = self._active.setdefault(key, asyncio.Lock())
+        acquire = asyncio.ensure_future(lock.acquire())
+        stopper = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({acquire, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        if not acquire.done() or acquire.cancelled():
+            acquire.cancel()
+            return
+        try:
+            await self._consume(key, handler, 1, stop)
+        finally:
+            lock.release()
+
+    async def _consume(
+        self, key: str, handler: DeliveryHandler, prefetch: int, stop: asyncio.Event
+    ) -> None:
+        queue = self._queues[key]
+        slots = asyncio.Semaphore(prefetch)
+        async with asyncio.TaskGroup() as tasks:
+            while not stop.is_set():
+                await slots.acquire()
+                message = await self._next(queue, stop)
+                if message is None:
+                    slots.release()
+                    break
+                tasks.create_task(self._hand_over(queue, message, handler, slots))
+
+    async def _hand_over(
+        self, queue: _Queue, message: _Message, handler: DeliveryHandler, slots: asyncio.Semaphore
+    ) -> None:
+        key = queue.spec.service
+        try:
+            message.delivery_count += 1
+            delivery = Delivery(
+                key,
+                message.body,
+                dict(message.headers),
+                message.correlation_id or "",
+                message.delivery_count > 1,
+            )
+            try:
+                disposition = await handler(delivery)
+            except asyncio.CancelledError:
+                self._requeue(queue, message)
+                raise
+            except Exception as exc:
+                log.error("broker.delivery_handler_failed", key=key, error=repr(exc))
+                self._requeue(queue, message)
+                await asyncio.sleep(0.1)  # no hot loop on a handler bug
+                return
+            if disposition.action == "requeue":
+                self._requeue(queue, message)
+            elif disposition.action == "dead":
+                self._dead_letter(queue, message, disposition.reason, disposition.error)
+        finally:
+            slots.release()
+
+    async def outbox_counts(self, key: str) -> tuple[int, int]:
+        """Messages waiting in outbox ``key`` and in its DLQ."""
+        return await self.message_counts(key)
 
     async def aclose(self) -> None:
         """Fail every pending request."""

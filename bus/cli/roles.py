@@ -27,12 +27,16 @@ from adapters.civil_status.simulator import build_app as build_civil
 from adapters.population_db.simulator import build_app as build_population
 from bus.audit.observer import AuditObserver, Auditor, audit_trail
 from bus.broker import NULL_RECORDER, Broker, BrokerRecorder, open_broker, queue_specs
+from bus.broker.outbox import outbox_specs
 from bus.cli.reloading import follow_gateway, follow_worker
 from bus.config import AuthBearer, AuthC06, RoutingConfig, resolve_secret
+from bus.delivery.recorder import DeliveryReport
+from bus.delivery.runner import Deliveries
 from bus.exchange import ExchangeObserver
 from bus.gateway.app import Gateway, Runtime, build_app, instrument_gateway
 from bus.gateway.server import bound_port, http_site, server_ssl_context
 from bus.observe.accesslog import AccessLogObserver
+from bus.observe.deliveries import sample_outbox
 from bus.observe.health import WorkerStatus, build_worker_app, sample_queues
 from bus.observe.metrics import Metrics, MetricsObserver
 from bus.reload.reloader import ConfigReloader
@@ -119,6 +123,7 @@ async def connected_broker(
     await broker.connect()
     try:
         await broker.declare(queue_specs(config))
+        await broker.declare_outbox(outbox_specs(config))  # sends and events (bus/delivery)
         yield broker
     finally:
         await broker.aclose()
@@ -186,6 +191,7 @@ async def run_worker(
     http: tuple[str, int] | None = None,
     readiness: list[Callable[[], dict[str, Any]]] | None = None,
     reloader: ConfigReloader | None = None,
+    auditor: Auditor | None = None,
 ) -> None:
     """Serve the worker until ``stop``; then drain within the grace.
 
@@ -217,10 +223,29 @@ async def run_worker(
             log.info("worker.http_listening", url=f"http://{http[0]}:{bound_port(site)}")
         elif reloader is not None:
             follow_worker(reloader, worker, services)
+        specs = outbox_specs(config)
+        if specs and auditor is None:  # sends and events need the store and the audit trail
+            auditor = await stack.enter_async_context(audit_trail(config))
         async with asyncio.TaskGroup() as tasks:
             if metrics is not None:
                 metrics.config_applied(config, time.time())
                 tasks.create_task(sample_queues(broker, names, metrics, stop))
+            if specs and auditor is not None:
+                report = DeliveryReport(
+                    metrics.deliveries if metrics is not None else DeliveryReport().metrics,
+                    auditor,
+                )
+                deliveries = Deliveries(
+                    config,
+                    broker,
+                    auditor.store,
+                    worker.handle,
+                    report=report,
+                    drain_s=config.gateway.shutdown_grace_s,
+                )
+                tasks.create_task(deliveries.run(stop))
+                if metrics is not None:
+                    tasks.create_task(sample_outbox(broker, specs, metrics.deliveries, stop))
             await worker.run(stop)
 
 
@@ -259,6 +284,7 @@ async def run_all(
                     metrics=metrics,
                     readiness=readiness,
                     reloader=reloader,
+                    auditor=auditor,
                 )
             )
             gateway = tasks.create_task(

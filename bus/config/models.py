@@ -33,6 +33,7 @@ from bus.config.access import (
     parse_expiry,
     security_problems,
 )
+from bus.config.delivery import DeliverySettings, EventType, Redelivery, Subscription
 from bus.config.source import ConfigError
 
 __all__ = [
@@ -162,6 +163,18 @@ class OperationConfig(_Model):
     options: dict[str, Any] = Field(
         default_factory=dict, description="adapter-specific settings of this operation"
     )
+    mode: Literal["call", "send"] = Field(
+        "call",
+        description="call: the caller waits for the answer; send: 202 once the message is "
+        "durably queued, a worker delivers it (GET /v1/messages/<id> for its state)",
+    )
+    deliver_within_s: float = Field(
+        3 * 86_400.0, ge=1, le=30 * 86_400, description="send: after this it is dead-lettered"
+    )
+    order_by: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.]*$")] | None = Field(
+        None, description="send: messages with the same value here are delivered in order"
+    )
+    redelivery: Redelivery = Field(Redelivery(), description="send: spacing of delivery rounds")
 
     @model_validator(mode="after")
     def _retry_within_timeout(self) -> OperationConfig:
@@ -361,6 +374,12 @@ class ConsumerConfig(_Model):
     xroad_client: Annotated[str, Field(pattern=XROAD_CLIENT_RE.pattern)] | None = Field(
         None, description="this consumer's X-Road client id (INSTANCE/CLASS/MEMBER/SUBSYSTEM)"
     )
+    publish: list[str] = Field(
+        default_factory=list, description="event types this consumer may publish"
+    )
+    subscriptions: dict[Name, Subscription] = Field(
+        default_factory=dict, description="events this consumer receives (webhook or pull)"
+    )
 
 
 class GatewayTls(_Model):
@@ -482,10 +501,14 @@ class RoutingConfig(_Model):
     services: dict[Name, ServiceConfig] = Field(default_factory=dict)
     admin: AdminSettings = AdminSettings()
     audit: AuditSettings = AuditSettings()
+    delivery: DeliverySettings = DeliverySettings()
+    events: dict[str, EventType] = Field(
+        default_factory=dict, description="event types: name (e.g. citizen.record.changed)"
+    )
 
     @model_validator(mode="after")
     def _references(self) -> RoutingConfig:
-        problems: list[str] = []
+        problems: list[str] = _event_problems(self)
         for name, svc in self.services.items():
             if svc.upstream not in self.upstreams:
                 problems.append(f"services.{name}.upstream names unknown upstream {svc.upstream!r}")
@@ -510,3 +533,26 @@ class RoutingConfig(_Model):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+
+def _event_problems(config: RoutingConfig) -> list[str]:
+    """Event types named by grants and subscriptions must be declared."""
+    from bus.config.delivery import EVENT_TYPE_RE
+
+    problems = [
+        f"events.{name} is not a valid event type name (e.g. citizen.record.changed)"
+        for name in config.events
+        if not EVENT_TYPE_RE.fullmatch(name)
+    ]
+    for cname, consumer in config.consumers.items():
+        for event in consumer.publish:
+            if event not in config.events:
+                problems.append(f"consumers.{cname}.publish names unknown event type {event!r}")
+        for sname, sub in consumer.subscriptions.items():
+            for event in sub.events:
+                if event not in config.events:
+                    problems.append(
+                        f"consumers.{cname}.subscriptions.{sname} names unknown event "
+                        f"type {event!r}"
+                    )
+    return problems

@@ -33,6 +33,7 @@ import orjson
 import structlog
 from aiohttp import web
 
+from bus.broker.outbox import send_stream
 from bus.canonical import exchange_id
 from bus.config.access import allowed_operations
 from bus.envelope import Request
@@ -45,6 +46,7 @@ from bus.errors import (
 )
 from bus.exchange import Exchange
 from bus.gateway import pipeline
+from bus.gateway.events import publish_event, pull_events
 from bus.gateway.idempotency import (
     STALE_GRACE_S,
     Background,
@@ -54,6 +56,7 @@ from bus.gateway.idempotency import (
     prefers_async,
     prune_forever,
 )
+from bus.gateway.oneway import accept_send, status_body
 from bus.gateway.openapi import openapi_document
 from bus.gateway.pipeline import ADMITTED, CORRELATION_ID, REQUEST_ID, xroad_reply_headers
 from bus.gateway.reply import error_body, render_reply, replayed_fields
@@ -80,8 +83,9 @@ BACKGROUND = web.AppKey("background", Background)
 EXCHANGE = web.RequestKey("exchange", Exchange)
 RUNTIME = web.RequestKey("runtime", Runtime)
 """The runtime a request started with (read once, by :func:`observe_middleware`)."""
-_CALL, _MESSAGE = "call", "message"
+_CALL, _MESSAGE, _EVENT, _PULL = "call", "message", "event", "pull"
 """Route names: the observed routes (the in-flight bound applies to calls only)."""
+_OBSERVED = (_CALL, _MESSAGE, _EVENT, _PULL)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -149,7 +153,7 @@ async def in_flight_middleware(request: web.Request, handler: Handler) -> web.St
 async def observe_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """The exchange of an observed route; every observer is told how it ended."""
     name = _route_name(request)
-    if name not in (_CALL, _MESSAGE):
+    if name not in _OBSERVED:
         return await handler(request)
     rt = request[RUNTIME] = request.app[GATEWAY].runtime
     exchange = Exchange(correlation_id=request[CORRELATION_ID])
@@ -187,6 +191,12 @@ async def call_operation(request: web.Request) -> web.Response:
     """``POST /v1/{service}/{operation}``: the pipeline, then the exchange over the broker."""
     gateway, rt, exchange = request.app[GATEWAY], request[RUNTIME], request[EXCHANGE]
     req = await pipeline.run(request, gateway, rt, exchange)
+    if rt.config.services[req.service].operations[req.operation].mode == "send":
+        response = await accept_send(gateway, rt, req)  # one-way (bus/gateway/oneway.py)
+        response.headers.update(
+            {"X-Request-Id": request[CORRELATION_ID], **xroad_reply_headers(request)}
+        )
+        return response
     exchanged = functools.partial(_exchange, gateway, rt, exchange, req, request[CORRELATION_ID])
     if gateway.store is None:  # no store: no idempotency, and async mode is not offered
         return _respond(request, await exchanged())
@@ -253,6 +263,9 @@ async def get_message(request: web.Request) -> web.Response:
     exchange.request_id = request_id
     if gateway.store is None:
         raise NotFoundError("this gateway keeps no answers", code="MESSAGE_NOT_FOUND")
+    send = await gateway.store.delivery_get(send_stream(consumer), request_id)
+    if send is not None:  # a one-way send: where its delivery stands
+        return _json(status_body(send), headers={"X-Request-Id": request[CORRELATION_ID]})
     longest = max(
         (op.timeout_s for svc in rt.config.services.values() for op in svc.operations.values()),
         default=0.0,
@@ -307,6 +320,16 @@ async def list_services(request: web.Request) -> web.Response:
     return _json({"consumer": consumer, "services": services})
 
 
+async def _publish_event(request: web.Request) -> web.Response:
+    """``POST /v1/events/{event_type}`` (bus/gateway/events.py)."""
+    return await publish_event(request, request.app[GATEWAY], request[RUNTIME], request[EXCHANGE])
+
+
+async def _pull_events(request: web.Request) -> web.Response:
+    """``GET /v1/events`` (bus/gateway/events.py)."""
+    return await pull_events(request, request.app[GATEWAY], request[RUNTIME], request[EXCHANGE])
+
+
 async def healthz(request: web.Request) -> web.Response:
     """Process alive."""
     return _json({"status": "ok"})
@@ -345,6 +368,9 @@ def build_app(gateway: Gateway) -> web.Application:
     app[GATEWAY] = gateway
     app[BACKGROUND] = Background()
     app.cleanup_ctx.append(_background_ctx)
+    # Before the call route, which would take /v1/events/<type> for a service "events".
+    app.router.add_post("/v1/events/{event_type}", _publish_event, name=_EVENT)
+    app.router.add_get("/v1/events", _pull_events, name=_PULL)
     app.router.add_post("/v1/{service}/{operation}", call_operation, name=_CALL)
     app.router.add_get("/v1/services", list_services)
     app.router.add_get("/v1/messages/{request_id}", get_message, name=_MESSAGE)

@@ -35,6 +35,7 @@ from prometheus_client import (
 
 from bus.config import RoutingConfig
 from bus.exchange import Exchange
+from bus.observe.deliveries import DeliveryGauges
 
 __all__ = [
     "BREAKER_STATES",
@@ -122,6 +123,7 @@ class Metrics:
         self._adapter = _Bounded(_NAME_RE)
         self._code = _Bounded(_CODE_RE)
         ProcessCollector(namespace="lgsp", registry=r)
+        self.deliveries = DeliveryGauges(r)  # one-way sends and events (bus/observe/deliveries)
         Info("lgsp_build", "Version of the running bus", registry=r).info(
             {"version": _package_version(), "python": platform.python_version(), "role": role}
         )

@@ -17,6 +17,8 @@ __all__ = [
     "AuditRecord",
     "ChainConflict",
     "ChainHead",
+    "DeliveryState",
+    "LoggedEvent",
     "MessageState",
     "Store",
     "StoredMessage",
@@ -96,6 +98,39 @@ class ChainHead:
     lease_until: float
 
 
+DeliveryPhase = Literal["ACCEPTING", "QUEUED", "DELIVERING", "DELIVERED", "DEAD"]
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryState:
+    """Where one one-way message stands (a send, or one subscription's copy of an event).
+
+    ``stream`` names the queue of messages it belongs to: ``send:<consumer>`` for a send
+    (``msg_id`` is the caller's request_id), ``sub:<consumer>.<subscription>`` for an event
+    (``msg_id`` is the event_id). ``ACCEPTING`` while the gateway waits for the broker's
+    confirm; ``QUEUED`` once confirmed; ``DELIVERING`` after a failed attempt (the next one
+    not before ``next_at``); ``DELIVERED`` / ``DEAD`` at the end."""
+
+    stream: str
+    msg_id: str
+    body_hash: str
+    state: DeliveryPhase
+    attempts: int
+    last_error: str | None
+    next_at: float
+    created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedEvent:
+    """One event in a pull subscription's log, as the subscriber gets it."""
+
+    seq: int
+    event_id: str
+    body: bytes
+
+
 class ChainConflict(Exception):
     """The chain is not where the writer thinks: another holder took it or wrote to it."""
 
@@ -138,6 +173,57 @@ class Store(Protocol):
 
     async def messages_prune(self, now: float) -> int:
         """Delete records whose ``expires_at`` has passed; returns how many."""
+        ...
+
+    # One-way deliveries (bus/store/deliveries.py).
+
+    async def delivery_begin(
+        self, stream: str, msg_id: str, body_hash: str, state: str, ttl_s: float
+    ) -> DeliveryState | None:
+        """Create the record in ``state`` (attempts 0); ``None`` if this call created it,
+        else the existing live record — atomically, across processes."""
+        ...
+
+    async def delivery_set(
+        self,
+        stream: str,
+        msg_id: str,
+        state: str,
+        *,
+        attempts: int | None = None,
+        last_error: str | None = None,
+        next_at: float = 0.0,
+    ) -> None:
+        """Move the record to ``state`` (``attempts``, ``last_error`` replaced when given)."""
+        ...
+
+    async def delivery_get(self, stream: str, msg_id: str) -> DeliveryState | None:
+        """The live record, if any."""
+        ...
+
+    async def delivery_forget(self, stream: str, msg_id: str) -> None:
+        """Delete the record (the message was never accepted)."""
+        ...
+
+    async def deliveries_prune(self, now: float) -> int:
+        """Delete expired delivery records; returns how many."""
+        ...
+
+    async def event_append(self, subscription: str, event_id: str, body: bytes) -> int | None:
+        """Append to a pull subscription's log (one writer per subscription); the new seq,
+        or ``None`` if ``event_id`` is already in the log."""
+        ...
+
+    async def events_after(self, subscription: str, after: int, limit: int) -> list[LoggedEvent]:
+        """Up to ``limit`` events of the log with seq > ``after``, by seq."""
+        ...
+
+    async def cursor_get(self, subscription: str) -> int:
+        """The subscriber's acknowledged position (0 if it never acknowledged)."""
+        ...
+
+    async def cursor_set(self, subscription: str, position: int) -> None:
+        """Acknowledge up to ``position`` (never moves backwards)."""
         ...
 
     # The audit trail. Records are append-only; each writer (process) holds one chain,

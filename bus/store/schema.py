@@ -7,6 +7,10 @@ Tables (prefixed ``lgsp_`` so the bus can share a database):
   key + time, time, and request id; UPDATE is refused by a trigger (append-only; prune
   deletes only whole chain prefixes);
 * ``lgsp_audit_chains`` — one row per writer chain: head, prune anchor, lease holder;
+* ``lgsp_deliveries`` — state of one-way sends and event deliveries (attempts, next
+  attempt, last error); ``lgsp_event_log`` + ``lgsp_cursors`` — pull subscriptions' logs
+  and each subscriber's acknowledged position (added in place: version 1 databases get
+  them at connect, ``CREATE … IF NOT EXISTS``);
 * ``lgsp_schema`` — the schema version (a database of another version is refused).
 
 JSON columns (purpose, fields, detail) are text, not ``jsonb``: the text read back parses
@@ -105,6 +109,20 @@ def schema_statements(dialect: str) -> list[str]:
             head_seq BIGINT NOT NULL, head_hash TEXT NOT NULL,
             anchor_seq BIGINT NOT NULL, anchor_hash TEXT NOT NULL,
             holder TEXT, lease_until DOUBLE PRECISION NOT NULL)""",
+        """CREATE TABLE IF NOT EXISTS lgsp_deliveries (
+            stream TEXT NOT NULL, msg_id TEXT NOT NULL, body_hash TEXT NOT NULL,
+            state TEXT NOT NULL, attempts INTEGER NOT NULL, last_error TEXT,
+            next_at DOUBLE PRECISION NOT NULL, created_at DOUBLE PRECISION NOT NULL,
+            updated_at DOUBLE PRECISION NOT NULL, expires_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (stream, msg_id))""",
+        "CREATE INDEX IF NOT EXISTS lgsp_deliveries_expiry ON lgsp_deliveries (expires_at)",
+        f"""CREATE TABLE IF NOT EXISTS lgsp_event_log (
+            subscription TEXT NOT NULL, seq BIGINT NOT NULL, event_id TEXT NOT NULL,
+            body {blob} NOT NULL, created_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (subscription, seq), UNIQUE (subscription, event_id))""",
+        """CREATE TABLE IF NOT EXISTS lgsp_cursors (
+            subscription TEXT PRIMARY KEY, position BIGINT NOT NULL,
+            updated_at DOUBLE PRECISION NOT NULL)""",
     ]
     if dialect == "sqlite":
         stmts += [

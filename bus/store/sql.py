@@ -19,6 +19,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any, ClassVar
 
 from bus.store.base import GENESIS_HASH, AuditRecord, ChainConflict, ChainHead, StoredMessage
+from bus.store.deliveries import DeliverySql
 from bus.store.schema import (
     AUDIT_COLS,
     CHAIN_COLUMNS,
@@ -69,7 +70,7 @@ MESSAGE_RELEASE = (
 """Forget the pending claim of (consumer, request_id)."""
 
 
-class SqlStore:
+class SqlStore(DeliverySql):
     """Every Store method, in SQL; subclasses supply connections."""
 
     backend: ClassVar[str] = "sql"

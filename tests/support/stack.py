@@ -21,7 +21,10 @@ from aiohttp import web
 from adapters.base import parse_routing, request_models
 from bus.audit.observer import AuditObserver, Auditor
 from bus.broker import NULL_RECORDER, Broker, open_broker, queue_specs
+from bus.broker.outbox import outbox_specs
 from bus.config import RoutingConfig
+from bus.delivery.recorder import NULL_METRICS, DeliveryReport
+from bus.delivery.runner import Deliveries
 from bus.exchange import ExchangeObserver
 from bus.gateway.app import Gateway, Runtime, build_app, instrument_gateway
 from bus.gateway.server import bound_port, http_site
@@ -161,11 +164,27 @@ async def running_bus(
         worker = Worker(config, worker_broker, adapters, drain_s=5, metrics=worker_metrics)
         stack.push_async_callback(worker.aclose)
         stop = asyncio.Event()
-        task = asyncio.create_task(worker.run(stop))
+        tasks = [asyncio.create_task(worker.run(stop))]
+        specs = outbox_specs(config)
+        delivery_store = store if store is not None else auditor.store if auditor else None
+        if specs:
+            await gateway_broker.declare_outbox(specs)
+            await worker_broker.declare_outbox(specs)
+        if specs and delivery_store is not None:  # sends and events, as `lgsp-bus worker`
+            metrics = worker_metrics.deliveries if worker_metrics is not None else NULL_METRICS
+            deliveries = Deliveries(
+                config,
+                worker_broker,
+                delivery_store,
+                worker.handle,
+                report=DeliveryReport(metrics, auditor),
+                drain_s=5,
+            )
+            tasks.append(asyncio.create_task(deliveries.run(stop)))
 
         async def stop_worker() -> None:
             stop.set()
-            await asyncio.wait_for(task, 15)
+            await asyncio.wait_for(asyncio.gather(*tasks), 15)
 
         stack.push_async_callback(stop_worker)
         observers: list[ExchangeObserver] = (

@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import uuid
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -42,6 +42,7 @@ from aio_pika.abc import (
 from pamqp.commands import Basic
 
 from bus.broker.amqp.deadletters import claim_dead_letters, copy_to_dlq, purge_dead_letters
+from bus.broker.amqp.outbox import consume_outbox, declare_outbox
 from bus.broker.base import (
     DLX,
     NULL_RECORDER,
@@ -55,6 +56,7 @@ from bus.broker.base import (
     queue_name,
 )
 from bus.broker.deadletters import MAX_SCAN, ClaimedLetter, scrub_error
+from bus.broker.outbox import DeliveryHandler, OutboxSpec, outbox_queue
 from bus.envelope import (
     DecodeError,
     Reply,
@@ -231,36 +233,99 @@ class AmqpBroker:
         )
         try:
             async with asyncio.timeout(remaining):
-                try:
-                    await _publish(
-                        channel, exchange.name, req.routing_key, body, properties, mandatory=True
-                    )
-                except aiormq.exceptions.PublishError as exc:
-                    self._recorder.publish_failed("unroutable")
-                    raise BrokerUnavailable(
-                        f"no queue is bound for {req.routing_key}", code="NO_ROUTE"
-                    ) from exc
-                except aiormq.exceptions.DeliveryError as exc:
-                    nacked = isinstance(exc.frame, Basic.Nack)
-                    self._recorder.publish_failed("nack" if nacked else "error")
-                    if nacked:
-                        raise Overloaded(
-                            f"queue for {req.service} is full", retry_after=1.0
-                        ) from exc
-                    raise BrokerUnavailable("broker refused the message") from exc
-                except (
-                    aiormq.exceptions.AMQPError,
-                    aio_pika.exceptions.ChannelInvalidStateError,
-                    ConnectionError,
-                    RuntimeError,
-                ) as exc:
-                    self._recorder.publish_failed("error")
-                    raise BrokerUnavailable(f"cannot publish to the broker: {exc!r}") from exc
+                await self._confirmed(
+                    channel, exchange.name, req.routing_key, body, properties, mandatory=True
+                )
                 return await future
         except TimeoutError:
             raise DeadlineExceeded("no reply before the deadline") from None
         finally:
             self._pending.pop(correlation_id, None)
+
+    async def _confirmed(
+        self,
+        channel: AbstractRobustChannel,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        properties: Basic.Properties,
+        *,
+        mandatory: bool,
+    ) -> None:
+        """Publish and wait for the confirm; failures as :mod:`bus.errors`."""
+        try:
+            await _publish(channel, exchange, routing_key, body, properties, mandatory=mandatory)
+        except aiormq.exceptions.PublishError as exc:
+            self._recorder.publish_failed("unroutable")
+            raise BrokerUnavailable(
+                f"no queue is bound for {routing_key}", code="NO_ROUTE"
+            ) from exc
+        except aiormq.exceptions.DeliveryError as exc:
+            nacked = isinstance(exc.frame, Basic.Nack)
+            self._recorder.publish_failed("nack" if nacked else "error")
+            if nacked:
+                raise Overloaded(f"queue for {routing_key} is full", retry_after=1.0) from exc
+            raise BrokerUnavailable("broker refused the message") from exc
+        except (
+            aiormq.exceptions.AMQPError,
+            aio_pika.exceptions.ChannelInvalidStateError,
+            ConnectionError,
+            RuntimeError,
+        ) as exc:
+            self._recorder.publish_failed("error")
+            raise BrokerUnavailable(f"cannot publish to the broker: {exc!r}") from exc
+
+    # -- one-way traffic (bus/broker/amqp/outbox.py) -------------------------------------
+
+    async def declare_outbox(self, specs: Sequence[OutboxSpec]) -> None:
+        """Exchanges, outbox queues, bindings, DLQs (on the robust channel: restored after
+        a reconnect)."""
+        channel, _exchange = self._require()
+        await declare_outbox(channel, specs)
+
+    async def publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        headers: Mapping[str, Any],
+        *,
+        message_id: str,
+        mandatory: bool,
+    ) -> None:
+        """Persistent, confirmed publish (see the Broker protocol)."""
+        channel, _exchange = self._require()
+        if not self.ready:
+            raise BrokerUnavailable("broker connection is down; try again shortly")
+        properties = Basic.Properties(
+            content_type="application/json",
+            headers=dict(headers),
+            delivery_mode=_PERSISTENT,
+            message_id=message_id,
+            timestamp=datetime.now(UTC).replace(microsecond=0),
+        )
+        try:
+            async with asyncio.timeout(10):
+                await self._confirmed(
+                    channel, exchange, routing_key, body, properties, mandatory=mandatory
+                )
+        except TimeoutError:
+            self._recorder.publish_failed("error")
+            raise BrokerUnavailable("the broker did not confirm the message in time") from None
+
+    async def consume(
+        self, key: str, handler: DeliveryHandler, *, prefetch: int, stop: asyncio.Event
+    ) -> None:
+        """Consume outbox ``key`` until ``stop`` (see the Broker protocol)."""
+        if self._connection is None:
+            raise BrokerUnavailable("broker is not connected")
+        await consume_outbox(
+            self._connection, key, handler, prefetch=prefetch, stop=stop, recorder=self._recorder
+        )
+
+    async def outbox_counts(self, key: str) -> tuple[int, int]:
+        """Ready messages in outbox ``key`` and its DLQ."""
+        return await self._counts(key, outbox_queue(key))
 
     # -- worker side --------------------------------------------------------------------
 
@@ -428,6 +493,9 @@ class AmqpBroker:
 
     async def message_counts(self, service: str) -> tuple[int, int]:
         """Ready messages in the service's queue and its DLQ (passive declares, own channel)."""
+        return await self._counts(service, queue_name(service))
+
+    async def _counts(self, service: str, work_queue: str) -> tuple[int, int]:
         if self._connection is None or not self.ready:
             raise BrokerUnavailable("broker is not connected")
         counts: list[int] = []
@@ -435,7 +503,7 @@ class AmqpBroker:
             async with asyncio.timeout(5):
                 channel = await self._connection.channel(publisher_confirms=False)
                 try:
-                    for name in (queue_name(service), dlq_name(service)):
+                    for name in (work_queue, dlq_name(service)):
                         # robust=False: a sampling declare must not join the reconnect set.
                         queue = await channel.declare_queue(name, passive=True, robust=False)
                         counts.append(queue.declaration_result.message_count or 0)

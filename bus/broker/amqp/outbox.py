@@ -1,0 +1,158 @@
+"""One-way traffic on RabbitMQ (see :mod:`bus.broker.outbox` for the topology): declaring
+the outbox queues, and consuming one with a delivery handler.
+
+Outbox queues are quorum queues without ``x-delivery-limit`` (attempts are counted by the
+delivery policy in the store, and a message held for its next attempt is handed back with
+``nack(requeue=True)``, which a limit would count); ordered ones have
+``x-single-active-consumer`` (one consumer across every worker process, the others stand
+by) and are consumed with prefetch 1. A quorum queue returns a requeued message to its
+place, so a handed-back message is the next one delivered: order per partition holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from typing import Any
+
+import aio_pika
+import aiormq
+import structlog
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustConnection
+
+from bus.broker.amqp.deadletters import copy_to_dlq
+from bus.broker.base import DLX, BrokerRecorder, dlq_name
+from bus.broker.outbox import (
+    EVENTS_EXCHANGE,
+    SENDS_EXCHANGE,
+    Delivery,
+    DeliveryHandler,
+    OutboxSpec,
+    outbox_queue,
+)
+from bus.errors import BrokerUnavailable
+
+__all__ = ["consume_outbox", "declare_outbox", "outbox_arguments"]
+
+log = structlog.get_logger("bus.broker.amqp.outbox")
+
+_ERRORS = (aiormq.exceptions.AMQPError, RuntimeError, ConnectionError)
+
+
+def outbox_arguments(spec: OutboxSpec) -> dict[str, Any]:
+    """Arguments of an outbox queue."""
+    args: dict[str, Any] = {
+        "x-queue-type": "quorum",
+        "x-max-length": spec.max_length,
+        "x-overflow": "reject-publish",
+        "x-dead-letter-exchange": DLX,
+        "x-dead-letter-routing-key": spec.key,
+    }
+    if spec.ordered:
+        args["x-single-active-consumer"] = True
+    return args
+
+
+async def declare_outbox(channel: AbstractRobustChannel, specs: Sequence[OutboxSpec]) -> None:
+    """Exchanges, queues, bindings and DLQs of ``specs`` (idempotent)."""
+    await channel.declare_exchange(SENDS_EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True)
+    await channel.declare_exchange(EVENTS_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True)
+    await channel.declare_exchange(DLX, aio_pika.ExchangeType.DIRECT, durable=True)
+    for spec in specs:
+        dlq = await channel.declare_queue(
+            dlq_name(spec.key),
+            durable=True,
+            arguments={"x-queue-type": "quorum", "x-message-ttl": spec.dlq_ttl_s * 1000},
+        )
+        await dlq.bind(DLX, routing_key=spec.key)
+        queue = await channel.declare_queue(
+            outbox_queue(spec.key), durable=True, arguments=outbox_arguments(spec)
+        )
+        for exchange, routing_key in spec.bindings:
+            await queue.bind(exchange, routing_key=routing_key)
+
+
+async def consume_outbox(
+    connection: AbstractRobustConnection,
+    key: str,
+    handler: DeliveryHandler,
+    *,
+    prefetch: int,
+    stop: asyncio.Event,
+    recorder: BrokerRecorder,
+) -> None:
+    """Consume outbox ``key`` on a channel of its own until ``stop``, then drain."""
+    channel = await connection.channel(publisher_confirms=True)  # DLQ copies are confirmed
+    assert isinstance(channel, aio_pika.RobustChannel)
+    try:
+        queue = await channel.declare_queue(outbox_queue(key), passive=True)
+    except aiormq.exceptions.ChannelNotFoundEntity as exc:
+        raise BrokerUnavailable(f"no outbox queue {key}", code="NO_ROUTE") from exc
+    await channel.set_qos(prefetch_count=prefetch)
+    in_flight: set[asyncio.Task[None]] = set()
+    drained = asyncio.Event()
+    drained.set()
+
+    async def on_message(message: AbstractIncomingMessage) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        in_flight.add(task)
+        drained.clear()
+        try:
+            await _hand_over(channel, key, message, handler, recorder)
+        finally:
+            in_flight.discard(task)
+            if not in_flight:
+                drained.set()
+
+    tag = await queue.consume(on_message)
+    log.info("broker.outbox_consuming", key=key)
+    try:
+        await stop.wait()
+    finally:
+        with contextlib.suppress(TimeoutError, *_ERRORS):
+            await asyncio.wait_for(queue.cancel(tag), timeout=5)
+        try:
+            await drained.wait()
+        finally:
+            await channel.close()  # unacknowledged deliveries return to the queue
+
+
+async def _hand_over(
+    channel: AbstractRobustChannel,
+    key: str,
+    message: AbstractIncomingMessage,
+    handler: DeliveryHandler,
+    recorder: BrokerRecorder,
+) -> None:
+    headers = dict(message.headers or {})
+    delivery = Delivery(
+        key, message.body, headers, message.message_id or "", bool(message.redelivered)
+    )
+    try:
+        disposition = await handler(delivery)
+    except asyncio.CancelledError:
+        await _quietly(message.nack(requeue=True))
+        raise
+    except Exception as exc:
+        log.error("broker.delivery_handler_failed", key=key, error=repr(exc))
+        await asyncio.sleep(0.1)  # no hot loop on a handler bug
+        await _quietly(message.nack(requeue=True))
+        return
+    if disposition.action == "ack":
+        await _quietly(message.ack())
+    elif disposition.action == "requeue":
+        await _quietly(message.nack(requeue=True))
+    else:
+        attempts = headers.get("x-delivery-count")
+        count = attempts + 1 if isinstance(attempts, int) else 1
+        await copy_to_dlq(channel, key, message, disposition.reason, disposition.error, count)
+        recorder.dead_lettered(key, disposition.reason)
+
+
+async def _quietly(action: Any) -> None:
+    try:
+        await action
+    except _ERRORS as exc:
+        log.warning("broker.ack_failed", error=repr(exc))
