@@ -12,6 +12,7 @@ it is delivered (use it for development and tests only).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections import deque
@@ -62,6 +63,21 @@ class _Queue:
     ready: deque[_Message] = field(default_factory=deque)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
     dead: list[DeadLetter] = field(default_factory=list)
+
+
+async def _acquired(slots: asyncio.Semaphore, stop: asyncio.Event) -> bool:
+    """A slot, unless ``stop`` comes first."""
+    acquire = asyncio.ensure_future(slots.acquire())
+    stopper = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({acquire, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    stopper.cancel()
+    if acquire.done() and not acquire.cancelled():
+        if stop.is_set():
+            slots.release()
+            return False
+        return True
+    acquire.cancel()
+    return False
 
 
 class MemoryBroker:
@@ -320,44 +336,60 @@ class MemoryBroker:
     ) -> None:
         queue = self._queues[key]
         slots = asyncio.Semaphore(prefetch)
-        async with asyncio.TaskGroup() as tasks:
-            while not stop.is_set():
-                await slots.acquire()
-                message = await self._next(queue, stop)
-                if message is None:
-                    slots.release()
-                    break
-                tasks.create_task(self._hand_over(queue, message, handler, slots))
+        released: list[_Message] = []  # unacknowledged: back at the head when this stops
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                while not stop.is_set():
+                    if not await _acquired(slots, stop):
+                        break
+                    message = await self._next(queue, stop)
+                    if message is None:
+                        slots.release()
+                        break
+                    tasks.create_task(
+                        self._hand_over(queue, message, handler, slots, stop, released)
+                    )
+        finally:
+            queue.ready.extendleft(reversed(released))
+            if released:
+                queue.arrived.set()
 
     async def _hand_over(
-        self, queue: _Queue, message: _Message, handler: DeliveryHandler, slots: asyncio.Semaphore
+        self,
+        queue: _Queue,
+        message: _Message,
+        handler: DeliveryHandler,
+        slots: asyncio.Semaphore,
+        stop: asyncio.Event,
+        released: list[_Message],
     ) -> None:
         key = queue.spec.service
+        message.delivery_count += 1
+        delivery = Delivery(
+            key,
+            message.body,
+            dict(message.headers),
+            message.correlation_id or "",
+            message.delivery_count > 1,
+        )
+        disposition = None
         try:
-            message.delivery_count += 1
-            delivery = Delivery(
-                key,
-                message.body,
-                dict(message.headers),
-                message.correlation_id or "",
-                message.delivery_count > 1,
-            )
-            try:
-                disposition = await handler(delivery)
-            except asyncio.CancelledError:
-                self._requeue(queue, message)
-                raise
-            except Exception as exc:
-                log.error("broker.delivery_handler_failed", key=key, error=repr(exc))
-                self._requeue(queue, message)
-                await asyncio.sleep(0.1)  # no hot loop on a handler bug
-                return
-            if disposition.action == "requeue":
-                self._requeue(queue, message)
-            elif disposition.action == "dead":
-                self._dead_letter(queue, message, disposition.reason, disposition.error)
-        finally:
-            slots.release()
+            while disposition is None and not stop.is_set():
+                try:
+                    disposition = await handler(delivery)
+                except Exception as exc:  # asked again, as on RabbitMQ (never to the back)
+                    log.error("broker.delivery_handler_failed", key=key, error=repr(exc))
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), 1.0)
+        except asyncio.CancelledError:
+            released.append(message)
+            raise
+        if disposition is None or disposition.action == "requeue":
+            released.append(message)  # holds its slot, as an unacked AMQP delivery does
+            return
+        if disposition.action == "dead":
+            self._dead_letter(queue, message, disposition.reason, disposition.error)
+        slots.release()
 
     async def outbox_counts(self, key: str) -> tuple[int, int]:
         """Messages waiting in outbox ``key`` and in its DLQ."""

@@ -192,10 +192,3 @@ class DeliverySettings(_Model):
     prefetch: int = Field(
         16, ge=1, le=1000, description="deliveries in flight per unordered send queue"
     )
-    hold_max_s: float = Field(
-        600.0,
-        ge=1,
-        le=1500,
-        description="longest a worker holds one message between attempts before handing it "
-        "back to its queue (below RabbitMQ's consumer_timeout, 30 min by default)",
-    )

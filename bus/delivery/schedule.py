@@ -7,9 +7,9 @@ record (store) keeps ``attempts``, ``last_error`` and ``next_at``. Whatever stop
 worker SIGKILL, broker restart, store restart — the message comes back to a worker (the
 broker requeues unacknowledged ones in place), which reads the record and waits until
 ``next_at`` before the next attempt; ``deliver_within`` counts from the message's own
-accepted/published time (or its replay). A worker hands a message back to its queue
-(``requeue``) after holding it :attr:`~bus.config.delivery.DeliverySettings.hold_max_s`
-(RabbitMQ's ``consumer_timeout`` would otherwise close the channel), and on ``stop``.
+accepted/published time (or its replay). On ``stop`` a held message is released
+(``requeue``): it goes back to the head of its queue (see :mod:`bus.broker.amqp.outbox`
+for how, and for RabbitMQ's ``consumer_timeout``).
 
 Why not delay queues (per-delay TTL queues dead-lettering back): a retried message would
 leave its queue and let later messages of its key overtake it; holding it keeps order per
@@ -62,7 +62,6 @@ class Schedule:
     msg_id: str
     deadline: float
     redelivery: Redelivery
-    hold_max_s: float
     record_exists: bool
     """The record was made before the first attempt (sends): every state is written.
     Else (events) it is made at the first failure only, so a first-time success costs no
@@ -91,7 +90,7 @@ async def run_schedule(
     attempts = record.attempts if record is not None else 0
     next_at = record.next_at if record is not None else 0.0
     last_error = record.last_error if record is not None else None
-    held_since, last = time.time(), None
+    last: Attempt | None = None
     while True:
         now = time.time()
         if now >= plan.deadline:
@@ -101,9 +100,6 @@ async def run_schedule(
             return dead, last, attempts
         wait = min(next_at - now, plan.deadline - now)
         if wait > 0:
-            if now - held_since + wait > plan.hold_max_s:
-                await _sleep(max(0.0, plan.hold_max_s - (now - held_since)), stop)
-                return REQUEUE, last, attempts  # back to its place; the next hold continues
             if await _sleep(wait, stop):
                 return REQUEUE, last, attempts
             continue

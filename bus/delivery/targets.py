@@ -99,7 +99,6 @@ class SendTarget:
             req.request_id,
             accepted + op.deliver_within_s,
             op.redelivery,
-            self.config.delivery.hold_max_s,
             record_exists=True,
         )
 
@@ -186,7 +185,6 @@ class _EventTarget:
             event_id,
             _clock(delivery.headers, PUBLISHED_AT) + self.sub.deliver_within_s,
             self.sub.redelivery,
-            self.config.delivery.hold_max_s,
             record_exists=False,
         )
 

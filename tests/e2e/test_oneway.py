@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import aio_pika
-import orjson
 import pytest
 from aiohttp import web
 
@@ -20,6 +19,7 @@ from adapters.base import parse_routing
 from bus.broker.outbox import EVENTS_EXCHANGE, partition, subscription_key
 from bus.config import RoutingConfig
 from bus.store import open_store
+from tests.support.polling import until
 from tests.support.stack import BusStack, running_bus, serve_app
 from tests.support.subscriber import Subscriber
 
@@ -197,12 +197,6 @@ async def bus(
             await store.aclose()
 
 
-async def until(check: Any, bound_s: float = 30.0) -> None:
-    async with asyncio.timeout(bound_s):
-        while not await check():
-            await asyncio.sleep(0.05)
-
-
 @pytest.mark.rabbitmq
 async def test_a_subscriber_down_gets_everything_after_once_and_in_order_per_key(
     rabbit_vhost: Any, tmp_path: Path
@@ -299,7 +293,8 @@ async def test_refusing_slow_and_poison_go_to_the_dlq_with_why_and_the_rest_flow
         assert "rejected:the event is not JSON" in reasons["good"]
         assert any(r.startswith("refused:HTTP_400") for r in reasons["refusing"])
         assert any(r.startswith("deliver_within:") and "TIMEOUT" in r for r in reasons["slow"])
-        assert refusing.received == [] and good.unique().keys() == {ev["event_id"]}
+        assert refusing.received == []
+        assert good.unique().keys() == {ev["event_id"]}
         slow.pause_s = 0.0
         for s in (refusing, slow, good):
             await s.stop()
@@ -351,7 +346,8 @@ async def test_sends_are_accepted_delivered_once_in_order_and_report_their_state
         first = await state(ids[0])
         assert (first["state"], first["attempts"]) == ("DELIVERED", 2)
         dead = await state(refused)
-        assert dead["state"] == "DEAD" and dead["last_error"].startswith("UPSTREAM")
+        assert dead["state"] == "DEAD"
+        assert dead["last_error"].startswith("UPSTREAM")
 
 
 @pytest.mark.parametrize(
@@ -363,7 +359,7 @@ async def test_bad_events_are_refused_with_a_code_and_nothing_is_published(
     url = request.getfixturevalue("rabbit_vhost").url() if broker_kind == "amqp" else None
     listener = Subscriber(SECRET.encode())
     subs = {"watcher": hook(listener), "puller": {"kind": "pull", "events": [TYPE]}}
-    async with bus(subs, url, tmp_path) as (stack, _, cfg):
+    async with bus(subs, url, tmp_path) as (stack, _, _cfg):
         await listener.start()
         cases: list[tuple[str, Any, str | None, int, str]] = [
             ("citizen.record.unknown", event(1, 1), None, 404, "UNKNOWN_EVENT_TYPE"),
@@ -403,6 +399,7 @@ async def test_pull_subscribers_page_with_a_durable_cursor(tmp_path: Path) -> No
         for ev in sent:
             assert (await stack.post(f"/v1/events/{TYPE}", ev))[0] == 202
         store = stack.gateway.store
+        assert store is not None
         await until(lambda: _logged(store, 5))
 
         async def pull(query: str, key: str = KEY + "-puller") -> tuple[int, dict[str, Any]]:

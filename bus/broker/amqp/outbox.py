@@ -2,11 +2,16 @@
 the outbox queues, and consuming one with a delivery handler.
 
 Outbox queues are quorum queues without ``x-delivery-limit`` (attempts are counted by the
-delivery policy in the store, and a message held for its next attempt is handed back with
-``nack(requeue=True)``, which a limit would count); ordered ones have
-``x-single-active-consumer`` (one consumer across every worker process, the others stand
-by) and are consumed with prefetch 1. A quorum queue returns a requeued message to its
-place, so a handed-back message is the next one delivered: order per partition holds.
+delivery policy in the store); ordered ones have ``x-single-active-consumer`` (one
+consumer across every worker process, the others stand by) and are consumed with
+prefetch 1. A message is never ``nack``-ed back (RabbitMQ 3.10's quorum queues put a
+requeued message at the *back*, behind later messages of its key): a message the handler
+releases (``requeue``: the worker is stopping) or a handler that keeps raising leaves it
+unacknowledged, and closing the channel returns it to the *head* of its queue — as a
+worker that dies does. A message held between attempts longer than RabbitMQ's
+``consumer_timeout`` (30 min by default) makes RabbitMQ close the channel: it returns to
+the head too, the robust channel reopens and the next attempt follows the stored
+schedule (``deploy/rabbitmq`` raises the timeout so this is rare).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from bus.broker.outbox import (
     SENDS_EXCHANGE,
     Delivery,
     DeliveryHandler,
+    Disposition,
     OutboxSpec,
     outbox_queue,
 )
@@ -38,6 +44,7 @@ __all__ = ["consume_outbox", "declare_outbox", "outbox_arguments"]
 log = structlog.get_logger("bus.broker.amqp.outbox")
 
 _ERRORS = (aiormq.exceptions.AMQPError, RuntimeError, ConnectionError)
+HANDLER_RETRY_S = 1.0
 
 
 def outbox_arguments(spec: OutboxSpec) -> dict[str, Any]:
@@ -100,7 +107,7 @@ async def consume_outbox(
         in_flight.add(task)
         drained.clear()
         try:
-            await _hand_over(channel, key, message, handler, recorder)
+            await _hand_over(channel, key, message, handler, recorder, stop)
         finally:
             in_flight.discard(task)
             if not in_flight:
@@ -125,30 +132,38 @@ async def _hand_over(
     message: AbstractIncomingMessage,
     handler: DeliveryHandler,
     recorder: BrokerRecorder,
+    stop: asyncio.Event,
 ) -> None:
     headers = dict(message.headers or {})
     delivery = Delivery(
         key, message.body, headers, message.message_id or "", bool(message.redelivered)
     )
-    try:
-        disposition = await handler(delivery)
-    except asyncio.CancelledError:
-        await _quietly(message.nack(requeue=True))
-        raise
-    except Exception as exc:
-        log.error("broker.delivery_handler_failed", key=key, error=repr(exc))
-        await asyncio.sleep(0.1)  # no hot loop on a handler bug
-        await _quietly(message.nack(requeue=True))
-        return
+    disposition = await _handled(key, delivery, handler, stop)
+    if disposition is None or disposition.action == "requeue":
+        return  # left unacknowledged: back at the head of its queue when the channel closes
     if disposition.action == "ack":
         await _quietly(message.ack())
-    elif disposition.action == "requeue":
-        await _quietly(message.nack(requeue=True))
     else:
         attempts = headers.get("x-delivery-count")
         count = attempts + 1 if isinstance(attempts, int) else 1
         await copy_to_dlq(channel, key, message, disposition.reason, disposition.error, count)
         recorder.dead_lettered(key, disposition.reason)
+
+
+async def _handled(
+    key: str, delivery: Delivery, handler: DeliveryHandler, stop: asyncio.Event
+) -> Disposition | None:
+    """The handler's answer; a handler that raises is asked again (after a pause) until
+    ``stop`` — never nacked, which would send the message to the back of its queue."""
+    while True:
+        try:
+            return await handler(delivery)
+        except Exception as exc:
+            log.error("broker.delivery_handler_failed", key=key, error=repr(exc))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), HANDLER_RETRY_S)
+        if stop.is_set():
+            return None
 
 
 async def _quietly(action: Any) -> None:
