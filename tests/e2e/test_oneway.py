@@ -73,6 +73,11 @@ def hook(sub: Subscriber, **extra: Any) -> dict[str, Any]:
 
 
 def config(subs: dict[str, dict[str, Any]], receiver_url: str) -> RoutingConfig:
+    return parse_routing(config_data(subs, receiver_url))
+
+
+def config_data(subs: dict[str, dict[str, Any]], receiver_url: str) -> dict[str, Any]:
+    """The routing.yaml of these tests: one send route, one event type, ``subs``."""
     consumers: dict[str, Any] = {
         "portal": {
             "api_keys": [{"key": "env:LGSP_TEST_ONEWAY_KEY"}],
@@ -87,51 +92,49 @@ def config(subs: dict[str, dict[str, Any]], receiver_url: str) -> RoutingConfig:
             "api_keys": [{"key": f"env:LGSP_TEST_SUB_KEY_{name.upper()}"}],
             "subscriptions": {"main": sub},
         }
-    return parse_routing(
-        {
-            "version": 1,
-            "gateway": {"shutdown_grace_s": 2},
-            "delivery": {"partitions": 3},
-            "events": {
-                TYPE: {
-                    "schema": SCHEMA,
-                    "order_by": "subject.personal_id_hmac",
-                    "sensitive_fields": ["cause_ref"],
-                    "max_bytes": 2048,
-                }
-            },
-            "consumers": consumers,
-            "upstreams": {"receiver": {"url": receiver_url, "allow_plain_http": True}},
-            "services": {
-                "dossier-status": {
-                    "adapter": "rest",
-                    "upstream": "receiver",
-                    "personal_data": False,
-                    "operations": {
-                        "push": {
-                            "mode": "send",
-                            "order_by": "dossier_id",
-                            "deliver_within_s": 20,
-                            "redelivery": FAST,
-                            "timeout_s": 3,
-                            "retry": {"attempts": 1},
-                            "options": {
-                                "method": "POST",
-                                "path": "status",
-                                "fields": {
-                                    "dossier_id": {"type": "string", "required": True},
-                                    "seq": {"type": "integer", "required": True},
-                                },
-                                "headers": {"Idempotency-Key": "request_id"},
-                                "body": {"dossier_id": "dossier_id", "seq": "seq"},
-                                "app_status": {"path": "status", "ok": ["1", "ALREADY"]},
+    return {
+        "version": 1,
+        "gateway": {"shutdown_grace_s": 2},
+        "delivery": {"partitions": 3},
+        "events": {
+            TYPE: {
+                "schema": SCHEMA,
+                "order_by": "subject.personal_id_hmac",
+                "sensitive_fields": ["cause_ref"],
+                "max_bytes": 2048,
+            }
+        },
+        "consumers": consumers,
+        "upstreams": {"receiver": {"url": receiver_url, "allow_plain_http": True}},
+        "services": {
+            "dossier-status": {
+                "adapter": "rest",
+                "upstream": "receiver",
+                "personal_data": False,
+                "operations": {
+                    "push": {
+                        "mode": "send",
+                        "order_by": "dossier_id",
+                        "deliver_within_s": 20,
+                        "redelivery": FAST,
+                        "timeout_s": 3,
+                        "retry": {"attempts": 1},
+                        "options": {
+                            "method": "POST",
+                            "path": "status",
+                            "fields": {
+                                "dossier_id": {"type": "string", "required": True},
+                                "seq": {"type": "integer", "required": True},
                             },
-                        }
-                    },
-                }
-            },
-        }
-    )
+                            "headers": {"Idempotency-Key": "request_id"},
+                            "body": {"dossier_id": "dossier_id", "seq": "seq"},
+                            "app_status": {"path": "status", "ok": ["1", "ALREADY"]},
+                        },
+                    }
+                },
+            }
+        },
+    }
 
 
 class Receiver:
@@ -142,11 +145,14 @@ class Receiver:
         self.order: list[tuple[str, int]] = []
         self.fail_first: set[str] = set()
         self.attempts: dict[str, int] = {}
+        self.pause_s = 0.0
 
     async def status(self, request: web.Request) -> web.Response:
         key = request.headers["Idempotency-Key"]
         body = await request.json()
         self.attempts[key] = self.attempts.get(key, 0) + 1
+        if self.pause_s:
+            await asyncio.sleep(self.pause_s)
         if body["dossier_id"] == "REFUSE":
             return web.json_response({"status": "0"}, status=400)
         if key in self.fail_first and self.attempts[key] == 1:
@@ -178,13 +184,18 @@ def event(subject: int, version: int, **extra: Any) -> dict[str, Any]:
     }
 
 
+def set_secrets() -> None:
+    """The keys and the webhook secret the config refers to (also for subprocesses)."""
+    os.environ["LGSP_TEST_ONEWAY_KEY"] = KEY
+    os.environ["LGSP_TEST_ONEWAY_KEY_2"] = KEY + "-2"
+    os.environ["LGSP_TEST_WEBHOOK_SECRET"] = SECRET
+
+
 @asynccontextmanager
 async def bus(
     subs: dict[str, dict[str, Any]], broker_url: str | None, tmp_path: Path
 ) -> AsyncIterator[tuple[BusStack, Receiver, RoutingConfig]]:
-    os.environ["LGSP_TEST_ONEWAY_KEY"] = KEY
-    os.environ["LGSP_TEST_ONEWAY_KEY_2"] = KEY + "-2"
-    os.environ["LGSP_TEST_WEBHOOK_SECRET"] = SECRET
+    set_secrets()
     receiver = Receiver()
     async with serve_app(receiver.app()) as receiver_url:
         cfg = config(subs, receiver_url)
