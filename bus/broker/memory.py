@@ -67,17 +67,15 @@ class _Queue:
 
 async def _acquired(slots: asyncio.Semaphore, stop: asyncio.Event) -> bool:
     """A slot, unless ``stop`` comes first."""
-    acquire = asyncio.ensure_future(slots.acquire())
-    stopper = asyncio.ensure_future(stop.wait())
+    acquire, stopper = asyncio.ensure_future(slots.acquire()), asyncio.ensure_future(stop.wait())
     await asyncio.wait({acquire, stopper}, return_when=asyncio.FIRST_COMPLETED)
     stopper.cancel()
-    if acquire.done() and not acquire.cancelled():
-        if stop.is_set():
-            slots.release()
-            return False
-        return True
-    acquire.cancel()
-    return False
+    if not acquire.done() or acquire.cancelled():
+        acquire.cancel()
+        return False
+    if stop.is_set():
+        slots.release()
+    return not stop.is_set()
 
 
 class MemoryBroker:
@@ -88,10 +86,8 @@ class MemoryBroker:
         self._queues: dict[str, _Queue] = {}
         self._pending: dict[str, asyncio.Future[Reply]] = {}
         self._closed = False
-        self._bindings: dict[tuple[str, str], set[str]] = {}
-        """(exchange, routing key) → outbox keys bound."""
-        self._active: dict[str, asyncio.Lock] = {}
-        """Per ordered outbox: held by its single active consumer."""
+        self._bindings: dict[tuple[str, str], set[str]] = {}  # (exchange, key) → outbox keys
+        self._active: dict[str, asyncio.Lock] = {}  # ordered outbox: its one active consumer
         self._ordered: set[str] = set()
 
     async def connect(self) -> None:
@@ -319,8 +315,7 @@ class MemoryBroker:
             await self._consume(key, handler, prefetch, stop)
             return
         lock = self._active.setdefault(key, asyncio.Lock())
-        acquire = asyncio.ensure_future(lock.acquire())
-        stopper = asyncio.ensure_future(stop.wait())
+        acquire, stopper = asyncio.ensure_future(lock.acquire()), asyncio.ensure_future(stop.wait())
         await asyncio.wait({acquire, stopper}, return_when=asyncio.FIRST_COMPLETED)
         stopper.cancel()
         if not acquire.done() or acquire.cancelled():

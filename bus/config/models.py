@@ -33,7 +33,13 @@ from bus.config.access import (
     parse_expiry,
     security_problems,
 )
-from bus.config.delivery import DeliverySettings, EventType, Redelivery, Subscription
+from bus.config.delivery import (
+    EVENT_TYPE_RE,
+    DeliverySettings,
+    EventType,
+    Redelivery,
+    Subscription,
+)
 from bus.config.source import ConfigError
 
 __all__ = [
@@ -537,9 +543,12 @@ class RoutingConfig(_Model):
 
 def _event_problems(config: RoutingConfig) -> list[str]:
     """Event types named by grants and subscriptions must be declared."""
-    from bus.config.delivery import EVENT_TYPE_RE
-
     problems = [
+        f"services.{name}: the name is reserved for /v1/{name}"
+        for name in config.services
+        if name in ("events", "messages", "services")
+    ]
+    problems += [
         f"events.{name} is not a valid event type name (e.g. citizen.record.changed)"
         for name in config.events
         if not EVENT_TYPE_RE.fullmatch(name)
