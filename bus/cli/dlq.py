@@ -25,9 +25,11 @@ from bus.admin.deadletters import (
     summary,
 )
 from bus.admin.deadletters import __doc__ as dlq_doc
+from bus.admin.outbox import replay_outbox
 from bus.audit.observer import audit_trail
 from bus.broker.amqp.broker import AmqpBroker
 from bus.broker.deadletters import DeadLetterQueue
+from bus.broker.outbox import outbox_specs
 from bus.cli.common import CONFIG_HELP, load_or_exit
 from bus.config import RoutingConfig
 from bus.errors import BusError
@@ -52,6 +54,14 @@ def _config(args: argparse.Namespace) -> RoutingConfig:
 
 
 def _services(args: argparse.Namespace, config: RoutingConfig) -> list[str]:
+    if args.outbox:  # sends and subscriptions: every partition of each stream named
+        keys = [s.key for s in outbox_specs(config)]
+        chosen = [k for k in keys if any(k.startswith(f"{o}.") for o in args.outbox)]
+        missing = [o for o in args.outbox if not any(k.startswith(f"{o}.") for k in keys)]
+        if missing:
+            print(f"dlq: unknown outbox stream(s): {', '.join(missing)}", file=sys.stderr)
+            raise SystemExit(2)
+        return chosen
     unknown = [s for s in args.service or () if s not in config.services]
     if unknown:
         print(f"dlq: unknown service(s): {', '.join(unknown)}", file=sys.stderr)
@@ -187,6 +197,15 @@ async def _replay(
 ) -> int:
     ids, reason = _selection(args)
     await record({"services": services, "ids": sorted(ids or ()), "reason": reason})
+    if args.outbox:
+        count = 0
+        for key in services:
+            assert isinstance(broker, AmqpBroker)  # the command's broker (publish + DLQ)
+            replayed = await replay_outbox(broker, key, ids, reason)
+            count += len(replayed)
+            log.info("dlq.replayed", actor=args.actor, outbox=key, letters=len(replayed))
+            print(f"{key}: {len(replayed)} back in the queue")
+        return 1 if ids is not None and count < len(ids) else 0
 
     done: list[Replayed] = []
     for service in services:
@@ -242,6 +261,13 @@ def register(sub: Any) -> None:
         )
         p.add_argument("--actor", default=_login(), help="who runs this (default: login name)")
         p.add_argument("--store", help="store of the audit trail (default: $LGSP_STORE_URL)")
+        p.add_argument(
+            "--outbox",
+            action="append",
+            metavar="STREAM",
+            help="a send route (send.<service>.<operation>) or subscription "
+            "(sub.<consumer>.<name>) instead of services: every partition's DLQ (repeatable)",
+        )
         p.set_defaults(handler=_handler)
 
     ls = dsub.add_parser("list", help="what is in the DLQs, and why")
@@ -263,7 +289,9 @@ def register(sub: Any) -> None:
         p.add_argument("ids", nargs="*", help="dead-letter IDs (from list)")
         p.add_argument("--all", action="store_true", help="every dead letter selected")
         p.add_argument(
-            "--reason", choices=["rejected", "delivery_limit", "expired"], help="only these"
+            "--reason",
+            choices=["rejected", "delivery_limit", "expired", "refused", "deliver_within"],
+            help="only these (refused, deliver_within: outbox dead letters)",
         )
         if name == "replay":
             p.add_argument(

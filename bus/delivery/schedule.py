@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import structlog
 
@@ -66,6 +66,8 @@ class Schedule:
     """The record was made before the first attempt (sends): every state is written.
     Else (events) it is made at the first failure only, so a first-time success costs no
     store write."""
+    replayed_at: float = 0.0
+    """When ``dlq replay`` sent it back (0: never)."""
 
 
 async def _sleep(seconds: float, stop: asyncio.Event) -> bool:
@@ -84,6 +86,8 @@ async def run_schedule(
     """Try until delivered, refused for good, past the deadline, held too long or stopped.
     Returns the disposition, the last attempt (if one ran now) and the attempt count."""
     record = await store.delivery_get(plan.stream, plan.msg_id)
+    if record is not None and record.state == "DEAD" and plan.replayed_at >= record.updated_at:
+        record = replace(record, state="DELIVERING", next_at=0.0)  # `dlq replay`: once more
     if record is not None and record.state in ("DELIVERED", "DEAD"):
         return ACK, None, record.attempts  # a copy redelivered after it was settled
     exists = plan.record_exists or record is not None

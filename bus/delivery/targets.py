@@ -100,6 +100,7 @@ class SendTarget:
             accepted + op.deliver_within_s,
             op.redelivery,
             record_exists=True,
+            replayed_at=_ms(delivery.headers, REPLAYED_AT) or 0.0,
         )
 
         async def attempt(number: int) -> Attempt:
@@ -186,6 +187,7 @@ class _EventTarget:
             _clock(delivery.headers, PUBLISHED_AT) + self.sub.deliver_within_s,
             self.sub.redelivery,
             record_exists=False,
+            replayed_at=_ms(delivery.headers, REPLAYED_AT) or 0.0,
         )
 
         async def attempt(number: int) -> Attempt:

@@ -9,13 +9,14 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aio_pika
 import pytest
 from aiohttp import web
 
 from adapters.base import parse_routing
+from bus.admin.outbox import OutboxBroker, replay_outbox
 from bus.broker.outbox import EVENTS_EXCHANGE, partition, subscription_key
 from bus.config import RoutingConfig
 from bus.store import open_store
@@ -306,6 +307,16 @@ async def test_refusing_slow_and_poison_go_to_the_dlq_with_why_and_the_rest_flow
         assert any(r.startswith("deliver_within:") and "TIMEOUT" in r for r in reasons["slow"])
         assert refusing.received == []
         assert good.unique().keys() == {ev["event_id"]}
+        # `dlq replay --outbox`: the refusing subscriber is fixed; only it gets the event again.
+        refusing.status = 200
+        dlq = cast(OutboxBroker, broker)
+        replayed = await replay_outbox(
+            dlq, subscription_key("refusing", "main", p), None, "refused"
+        )
+        assert len(replayed) == 1
+        await refusing.wait_for(1)
+        assert [e["event_id"] for e in refusing.received] == [ev["event_id"]]
+        assert len(good.received) == 1
         slow.pause_s = 0.0
         for s in (refusing, slow, good):
             await s.stop()

@@ -101,17 +101,14 @@ async def test_nothing_acknowledged_is_lost_through_worker_kill_and_broker_cut(
 
         async def send(i: int) -> None:
             rid = f"rq-{uuid.uuid4().hex[:16]}"
-            body = {"request_id": rid, "dossier_id": f"D{i % 4}", "seq": i}
+            dossier = f"D{i % 4}"
+            body = {"request_id": rid, "dossier_id": dossier, "seq": i}
             hdrs = {"Authorization": f"Bearer {KEY}"}
             try:
                 async with session.post(
                     f"{url}v1/dossier-status/push", json=body, headers=hdrs
                 ) as r:
-                    (
-                        accepted.append((rid, body["dossier_id"], i))
-                        if r.status == 202
-                        else refused.append(rid)
-                    )
+                    (accepted.append((rid, dossier, i)) if r.status == 202 else refused.append(rid))
             except aiohttp.ClientError:
                 refused.append(rid)
 

@@ -5,6 +5,7 @@ be slow (answer after a pause)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +38,7 @@ class Subscriber:
     bad_signatures: int = 0
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
     _runner: web.AppRunner | None = None
+    _closing: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def url(self) -> str:
@@ -55,7 +57,8 @@ class Subscriber:
             self.bad_signatures += 1
             return web.Response(status=401)
         if self.pause_s:
-            await asyncio.sleep(self.pause_s)
+            with contextlib.suppress(TimeoutError):  # a slow subscriber; woken by stop()
+                await asyncio.wait_for(self._closing.wait(), self.pause_s)
         if self.status < 300:
             self.received.append(orjson.loads(body))
             self.arrived.set()
@@ -63,6 +66,7 @@ class Subscriber:
 
     async def start(self) -> None:
         """Listen (again, on the same port)."""
+        self._closing.clear()
         app = web.Application()
         app.router.add_post("/hook", self._hook)
         self._runner = web.AppRunner(app, shutdown_timeout=0.5)
@@ -71,6 +75,7 @@ class Subscriber:
 
     async def stop(self) -> None:
         """Close the port (connections refused until :meth:`start`)."""
+        self._closing.set()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
