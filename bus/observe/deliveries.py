@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from collections.abc import Sequence
 
@@ -30,6 +31,7 @@ __all__ = ["LAG_BUCKETS", "DeliveryGauges", "sample_outbox", "stream_of_key"]
 
 LAG_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 30, 60, 300, 1800, 3600, 6 * 3600, 24 * 3600, 72 * 3600)
 """Seconds; from a prompt webhook to a three-day outage."""
+_CODE = re.compile(r"[A-Z][A-Z0-9_]{0,40}")
 
 
 def stream_of_key(key: str) -> str:
@@ -75,11 +77,10 @@ class DeliveryGauges:
             registry=registry,
         )
         self._holding: dict[str, float] = {}
-        self.oldest.clear()
 
     def delivery_attempted(self, stream: str, outcome: str, lag_s: float | None) -> None:
-        """One attempt ended."""
-        self.total.labels(stream, outcome).inc()
+        """One attempt ended (an outcome that is not a code is counted as ``OTHER``)."""
+        self.total.labels(stream, outcome if _CODE.fullmatch(outcome) else "OTHER").inc()
         if lag_s is not None:
             self.lag.labels(stream).observe(max(0.0, lag_s))
 

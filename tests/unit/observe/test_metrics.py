@@ -49,7 +49,8 @@ LABEL_VALUES = {
     "consumer": BOUNDED,
     "upstream": BOUNDED,
     "code": rf"^(?:{CODE}|{OTHER})$",
-    "outcome": r"^(?:ok|rejected|failed)$",
+    "outcome": rf"^(?:ok|rejected|failed|{CODE})$",  # deliveries: DELIVERED, DEAD, codes
+    "subscription": r"^(?:sub:[a-z][a-z0-9_-]*\.[a-z][a-z0-9_-]*|send\.[a-z][a-z0-9_-]*\.[a-z][a-z0-9_-]*)$",
     "reason": r"^(?:nack|unroutable|error|rejected|delivery_limit|expired|other)$",
     "state": r"^(?:closed|half_open|open)$",
     "result": r"^(?:success|failure)$",
@@ -77,6 +78,11 @@ ALLOWED_LABELS: dict[str, set[str]] = {
     "lgsp_config_info": {"version"},
     "lgsp_config_reloads": {"result"},
     "lgsp_service_info": {"service", "upstream", "adapter"},
+    "lgsp_deliveries": {"subscription", "outcome"},
+    "lgsp_delivery_lag_seconds": {"subscription"},
+    "lgsp_delivery_backlog": {"subscription"},
+    "lgsp_delivery_dead": {"subscription"},
+    "lgsp_delivery_oldest_seconds": {"subscription"},
 }
 """Label names per metric family; a family not listed here may have no labels at all."""
 
