@@ -14,11 +14,14 @@ from typing import Any, cast
 import aio_pika
 import pytest
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
 from adapters.base import parse_routing
 from bus.admin.outbox import OutboxBroker, replay_outbox
+from bus.audit.observer import open_auditor
 from bus.broker.outbox import EVENTS_EXCHANGE, partition, subscription_key
 from bus.config import RoutingConfig
+from bus.observe.metrics import Metrics
 from bus.store import open_store
 from tests.support.polling import until
 from tests.support.stack import BusStack, running_bus, serve_app
@@ -147,6 +150,8 @@ class Receiver:
         self.fail_first: set[str] = set()
         self.attempts: dict[str, int] = {}
         self.pause_s = 0.0
+        self.metrics: Metrics | None = None
+        """The worker's metrics in this test's bus."""
 
     async def status(self, request: web.Request) -> web.Response:
         key = request.headers["Idempotency-Key"]
@@ -202,8 +207,14 @@ async def bus(
         cfg = config(subs, receiver_url)
         store = open_store(f"sqlite:///{tmp_path / 'store.sqlite3'}")
         await store.connect()
+        receiver.metrics = Metrics(CollectorRegistry(), role="worker")
         try:
-            async with running_bus(cfg, broker_url, KEY, store=store) as stack:
+            async with (
+                open_auditor(cfg, store) as auditor,
+                running_bus(
+                    cfg, broker_url, KEY, auditor=auditor, worker_metrics=receiver.metrics
+                ) as stack,
+            ):
                 yield stack, receiver, cfg
         finally:
             await store.aclose()
@@ -367,6 +378,21 @@ async def test_sends_are_accepted_delivered_once_in_order_and_report_their_state
             assert seqs == sorted(seqs)  # one dossier's updates never overtake each other
         first = await state(ids[0])
         assert (first["state"], first["attempts"]) == ("DELIVERED", 2)
+        # Every attempt is measured and audited (publish → the call's exchange record).
+        assert receiver.metrics is not None
+        stream = "send.dossier-status.push"
+        counted = receiver.metrics.deliveries.total
+        assert counted.labels(stream, "DELIVERED")._value.get() == len(ids)
+        assert counted.labels(stream, "UPSTREAM_UNAVAILABLE")._value.get() == len(ids[::3])
+        assert stack.gateway.store is not None
+        await asyncio.sleep(0.5)  # the audit writer's group commit (fail_open records)
+        trail = await stack.gateway.store.audit_find(request_id=ids[0])
+        sends = [
+            (r.outcome, r.status) for r in trail if r.operation == "push" and r.kind == "exchange"
+        ]
+        assert sends == [("OK", 202), ("OK", 202), ("IDEMPOTENCY_CONFLICT", 409)]
+        attempts = [(r.outcome, r.detail["attempt"]) for r in trail if r.kind == "delivery"]
+        assert attempts == [("UPSTREAM_UNAVAILABLE", 1), ("DELIVERED", 2)]
         dead = await state(refused)
         assert dead["state"] == "DEAD"
         assert dead["last_error"].startswith("UPSTREAM")

@@ -43,6 +43,7 @@ from tests.support.stack import BusStack, new_secret, running_bus, serve_app, st
 NAME = r"[a-z][a-z0-9_-]{0,62}"
 CODE = r"[A-Z][A-Z0-9_]{1,63}"
 BOUNDED = rf"^(?:{NAME}|{re.escape(NONE)}|{OTHER})$"
+NAME = r"[a-z][a-z0-9_-]*"
 LABEL_VALUES = {
     "service": BOUNDED,
     "operation": BOUNDED,
@@ -50,7 +51,7 @@ LABEL_VALUES = {
     "upstream": BOUNDED,
     "code": rf"^(?:{CODE}|{OTHER})$",
     "outcome": rf"^(?:ok|rejected|failed|{CODE})$",  # deliveries: DELIVERED, DEAD, codes
-    "subscription": r"^(?:sub:[a-z][a-z0-9_-]*\.[a-z][a-z0-9_-]*|send\.[a-z][a-z0-9_-]*\.[a-z][a-z0-9_-]*)$",
+    "subscription": rf"^(?:sub:{NAME}\.{NAME}|send\.{NAME}\.{NAME})$",
     "reason": r"^(?:nack|unroutable|error|rejected|delivery_limit|expired|other)$",
     "state": r"^(?:closed|half_open|open)$",
     "result": r"^(?:success|failure)$",
