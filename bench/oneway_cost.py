@@ -212,8 +212,11 @@ async def main(args: argparse.Namespace) -> None:
               f"{delivered:8.0f} delivered/s ({delivered / baseline:.3f} × bare)")  # fmt: skip
         for n in args.fanout:
             accepted, delivered = await scenario(vhost.url, n, args.events, 0)
-            print(f"fan-out to {n:2d}: {accepted:8.0f} events/s published ({accepted / baseline:.3f} × bare), "
-                  f"{delivered:8.0f} deliveries/s ({delivered / baseline:.3f} × bare)")  # fmt: skip
+            print(
+                f"fan-out to {n:2d}: {accepted:8.0f} events/s published "
+                f"({accepted / baseline:.3f} × bare), "
+                f"{delivered:8.0f} deliveries/s ({delivered / baseline:.3f} × bare)"
+            )
     finally:
         await vhost.delete()
 
