@@ -50,6 +50,7 @@ from adapters.civil_status.data import (
     Dataset,
     build_dataset,
 )
+from adapters.civil_status.ltks import add_routes
 from adapters.civil_status.models import RecordType
 from adapters.common.dates import MojDateError, from_moj
 
@@ -155,6 +156,7 @@ def build_app(
     for path, record_type in PATHS.items():
         app.router.add_get(path, _lookup_handler(record_type))
     app.router.add_get("/_sim/stats", _stats)
+    add_routes(app, token)  # interlinked dossiers (adapters/civil_status/ltks.py)
     app.on_startup.append(_load_data)
     app.on_shutdown.append(_release_hangs)
     return app

@@ -25,7 +25,7 @@ from aiohttp import web
 from adapters.base import request_models
 from adapters.civil_status.simulator import build_app as build_civil
 from adapters.population_db.simulator import build_app as build_population
-from bus.audit.observer import AuditObserver, Auditor, audit_trail
+from bus.audit.observer import AuditObserver, Auditor, audit_trail, load_subject_key
 from bus.broker import NULL_RECORDER, Broker, BrokerRecorder, open_broker, queue_specs
 from bus.broker.outbox import outbox_specs
 from bus.cli.reloading import follow_gateway, follow_worker
@@ -224,13 +224,14 @@ async def run_worker(
         elif reloader is not None:
             follow_worker(reloader, worker, services)
         specs = outbox_specs(config)
-        if specs and auditor is None:  # sends and events need the store and the audit trail
+        one_way = bool(specs or config.sources)
+        if one_way and auditor is None:  # sends and events need the store and the audit trail
             auditor = await stack.enter_async_context(audit_trail(config))
         async with asyncio.TaskGroup() as tasks:
             if metrics is not None:
                 metrics.config_applied(config, time.time())
                 tasks.create_task(sample_queues(broker, names, metrics, stop))
-            if specs and auditor is not None:
+            if one_way and auditor is not None:
                 report = DeliveryReport(
                     metrics.deliveries if metrics is not None else DeliveryReport().metrics,
                     auditor,
@@ -242,6 +243,7 @@ async def run_worker(
                     worker.handle,
                     report=report,
                     drain_s=config.gateway.shutdown_grace_s,
+                    subject_key=load_subject_key(config),
                 )
                 tasks.create_task(deliveries.run(stop))
                 if metrics is not None:

@@ -174,8 +174,9 @@ class SourceConfig(_Model):
     items: DottedPath = Field("items", description="where the list reply holds the items")
     item_id: DottedPath = Field("id", description="the field that names an item")
     event: Annotated[str, Field(pattern=EVENT_TYPE_RE.pattern)]
-    mapping: str = Field(
-        description="how an item becomes an event: a mapping name the source kind knows"
+    mapping: Literal["ltks_dossier"] = Field(
+        description="how an item becomes an event: ltks_dossier (an MOJ interlinked "
+        "birth/death dossier → citizen.record.changed)"
     )
 
 

@@ -38,6 +38,7 @@ from bus.config.delivery import (
     DeliverySettings,
     EventType,
     Redelivery,
+    SourceConfig,
     Subscription,
 )
 from bus.config.source import ConfigError
@@ -511,6 +512,9 @@ class RoutingConfig(_Model):
     events: dict[str, EventType] = Field(
         default_factory=dict, description="event types: name (e.g. citizen.record.changed)"
     )
+    sources: dict[Name, SourceConfig] = Field(
+        default_factory=dict, description="scheduled pulls: an upstream list polled into events"
+    )
 
     @model_validator(mode="after")
     def _references(self) -> RoutingConfig:
@@ -553,6 +557,21 @@ def _event_problems(config: RoutingConfig) -> list[str]:
         for name in config.events
         if not EVENT_TYPE_RE.fullmatch(name)
     ]
+    for name, src in config.sources.items():
+        svc = config.services.get(src.service)
+        ops = [src.list_operation, *([src.get_operation] if src.get_operation else [])]
+        if svc is None:
+            problems.append(f"sources.{name}.service names unknown service {src.service!r}")
+        else:
+            problems += [
+                f"sources.{name} names unknown operation {op!r} of {src.service}"
+                for op in ops
+                if op not in svc.operations
+            ]
+        if src.event not in config.events:
+            problems.append(f"sources.{name}.event names unknown event type {src.event!r}")
+        if src.consumer not in config.consumers:
+            problems.append(f"sources.{name}.consumer names unknown consumer {src.consumer!r}")
     for cname, consumer in config.consumers.items():
         for event in consumer.publish:
             if event not in config.events:

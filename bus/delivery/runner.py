@@ -28,6 +28,7 @@ from bus.broker.outbox import (
 )
 from bus.config import RoutingConfig
 from bus.delivery.recorder import DeliveryReport
+from bus.delivery.sources import SourcePoller
 from bus.delivery.targets import PullTarget, SendTarget, WebhookTarget
 from bus.store.base import Store
 
@@ -48,12 +49,15 @@ class Deliveries:
         *,
         report: DeliveryReport | None = None,
         drain_s: float = 15.0,
+        subject_key: bytes | None = None,
     ) -> None:
         self.config, self.broker, self.store = config, broker, store
         self.send_handler = send_handler
         self.report = report or DeliveryReport()
         self.drain_s = drain_s
         self.specs = outbox_specs(config)
+        self.subject_key = subject_key
+        """The audit key: scheduled pulls name citizens by its HMAC (no key: no sources)."""
 
     def _target(
         self, spec: OutboxSpec, session: aiohttp.ClientSession, stop: asyncio.Event
@@ -86,7 +90,7 @@ class Deliveries:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Declare the outbox topology, consume every queue until ``stop``, then drain."""
-        if not self.specs:
+        if not self.specs and not self.config.sources:
             return
         await self.broker.declare_outbox(self.specs)
         consumers_stop = asyncio.Event()  # held messages let go at once on stop
@@ -110,6 +114,19 @@ class Deliveries:
                         )
                     )
                 )
+            if self.config.sources and (self.subject_key is None or self.send_handler is None):
+                log.error("delivery.sources_disabled", reason="no audit.subject_key")
+            elif self.send_handler is not None and self.subject_key is not None:
+                for name in self.config.sources:
+                    poller = SourcePoller(
+                        name,
+                        self.config,
+                        self.store,
+                        self.broker,
+                        self.send_handler,
+                        self.subject_key,
+                    )
+                    tasks.append(asyncio.create_task(poller.run(consumers_stop)))
             log.info("delivery.started", queues=len(tasks))
             await stop.wait()
             consumers_stop.set()

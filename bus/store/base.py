@@ -226,6 +226,14 @@ class Store(Protocol):
         """Acknowledge up to ``position`` (never moves backwards)."""
         ...
 
+    async def source_seen(self, source: str, item_id: str) -> bool:
+        """Whether the scheduled pull ``source`` has handled ``item_id``."""
+        ...
+
+    async def source_mark(self, source: str, item_id: str) -> None:
+        """Remember that ``source`` has handled ``item_id`` (idempotent)."""
+        ...
+
     # The audit trail. Records are append-only; each writer (process) holds one chain,
     # claimed with a lease, so writers never contend on one chain.
 

@@ -180,3 +180,22 @@ class DeliverySql:
                 position,
                 time.time(),
             )
+
+    async def source_seen(self, source: str, item_id: str) -> bool:
+        """Whether the scheduled pull ``source`` has handled ``item_id``."""
+        async with self._read() as conn:
+            rows = await conn.fetch(
+                "SELECT 1 FROM lgsp_source_seen WHERE source = ? AND item_id = ?", source, item_id
+            )
+        return bool(rows)
+
+    async def source_mark(self, source: str, item_id: str) -> None:
+        """Remember that ``source`` has handled ``item_id`` (idempotent)."""
+        async with self._tx() as conn:
+            await conn.execute(
+                "INSERT INTO lgsp_source_seen (source, item_id, seen_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (source, item_id) DO NOTHING",
+                source,
+                item_id,
+                time.time(),
+            )

@@ -9,7 +9,8 @@ Tables (prefixed ``lgsp_`` so the bus can share a database):
 * ``lgsp_audit_chains`` — one row per writer chain: head, prune anchor, lease holder;
 * ``lgsp_deliveries`` — state of one-way sends and event deliveries (attempts, next
   attempt, last error); ``lgsp_event_log`` + ``lgsp_cursors`` — pull subscriptions' logs
-  and each subscriber's acknowledged position (added in place: version 1 databases get
+  and each subscriber's acknowledged position; ``lgsp_source_seen`` — the items each
+  scheduled pull has turned into events (added in place: version 1 databases get
   them at connect, ``CREATE … IF NOT EXISTS``);
 * ``lgsp_schema`` — the schema version (a database of another version is refused).
 
@@ -120,6 +121,9 @@ def schema_statements(dialect: str) -> list[str]:
             subscription TEXT NOT NULL, seq BIGINT NOT NULL, event_id TEXT NOT NULL,
             body {blob} NOT NULL, created_at DOUBLE PRECISION NOT NULL,
             PRIMARY KEY (subscription, seq), UNIQUE (subscription, event_id))""",
+        """CREATE TABLE IF NOT EXISTS lgsp_source_seen (
+            source TEXT NOT NULL, item_id TEXT NOT NULL, seen_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (source, item_id))""",
         """CREATE TABLE IF NOT EXISTS lgsp_cursors (
             subscription TEXT PRIMARY KEY, position BIGINT NOT NULL,
             updated_at DOUBLE PRECISION NOT NULL)""",

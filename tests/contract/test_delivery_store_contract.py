@@ -85,3 +85,12 @@ async def test_a_cursor_starts_at_zero_and_never_moves_back(store: Store) -> Non
     assert await store.cursor_get(sub) == 4
     await store.cursor_set(sub, 7)
     assert await store.cursor_get(sub) == 7
+
+
+async def test_a_source_remembers_what_it_has_seen(store: Store) -> None:
+    source = name()
+    assert not await store.source_seen(source, "LT1")
+    await store.source_mark(source, "LT1")
+    await store.source_mark(source, "LT1")  # idempotent
+    assert await store.source_seen(source, "LT1")
+    assert not await store.source_seen(name(), "LT1")

@@ -19,7 +19,7 @@ import aiohttp
 from aiohttp import web
 
 from adapters.base import parse_routing, request_models
-from bus.audit.observer import AuditObserver, Auditor
+from bus.audit.observer import AuditObserver, Auditor, load_subject_key
 from bus.broker import NULL_RECORDER, Broker, open_broker, queue_specs
 from bus.broker.outbox import outbox_specs
 from bus.config import RoutingConfig
@@ -170,7 +170,7 @@ async def running_bus(
         if specs:
             await gateway_broker.declare_outbox(specs)
             await worker_broker.declare_outbox(specs)
-        if specs and delivery_store is not None:  # sends and events, as `lgsp-bus worker`
+        if (specs or config.sources) and delivery_store is not None:  # as `lgsp-bus worker`
             metrics = worker_metrics.deliveries if worker_metrics is not None else NULL_METRICS
             deliveries = Deliveries(
                 config,
@@ -179,6 +179,7 @@ async def running_bus(
                 worker.handle,
                 report=DeliveryReport(metrics, auditor),
                 drain_s=5,
+                subject_key=load_subject_key(config),
             )
             tasks.append(asyncio.create_task(deliveries.run(stop)))
 

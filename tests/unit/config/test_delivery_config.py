@@ -108,3 +108,21 @@ def test_redelivery_backs_off_up_to_its_cap() -> None:
     assert [policy.wait_s(n) for n in range(1, 5)] == [1, 3, 9, 10]
     with pytest.raises(ValueError, match="initial_s"):
         Redelivery(initial_s=5, max_s=1)
+
+
+def test_a_source_names_what_exists() -> None:
+    data = cfg(
+        sources={
+            "s": {
+                "service": "nope",
+                "list_operation": "list",
+                "consumer": "ghost",
+                "event": "b.changed",
+                "mapping": "ltks_dossier",
+            }
+        }
+    )
+    text = refused(data)
+    assert "unknown service 'nope'" in text
+    assert "unknown event type 'b.changed'" in text
+    assert "unknown consumer 'ghost'" in text
