@@ -4,18 +4,23 @@
 
     admin:
       api_keys:
-        - {name: ops-hanh, key: env:LGSP_ADMIN_KEY}     # or sha256: <hex digest>
+        - {name: ops-hanh, key: env:LGSP_ADMIN_KEY, role: operator}   # or sha256: <hex>
+        - {name: tra-mai, key: env:LGSP_AUDITOR_KEY, role: auditor}
       host: 127.0.0.1      # optional: serve /admin/* here instead of on the gateway's port
       port: 9090
 
 Without ``api_keys`` every ``/admin/*`` path answers ``404 ADMIN_DISABLED``. A key is
 presented as ``Authorization: Bearer <key>``; a wrong, expired or consumer's key gets
-``401 UNAUTHENTICATED``. The key's ``name`` is the actor recorded in the audit trail.
+``401 UNAUTHENTICATED``. The key's ``name`` is the actor recorded in the audit trail; its
+``role`` (``viewer``, ``operator``, ``auditor``; default ``operator``, which can do all
+that a key could before roles existed) says what it may do (:mod:`bus.console.roles`): a
+call beyond it gets ``403 FORBIDDEN_ROLE``. The operators' web console and its JSON API
+(``/admin/console/``, ``/admin/api/…``) are :mod:`bus.console`.
 
 Endpoints (all need an admin key):
 
-* ``POST /admin/reload`` — reload routing.yaml now: ``200`` with the result, or ``422
-  CONFIG_REJECTED`` with every error (the running config stays);
+* ``POST /admin/reload`` (operator) — reload routing.yaml now: ``200`` with the result, or
+  ``422 CONFIG_REJECTED`` with every error (the running config stays);
 * ``GET /admin/config`` — the version in force and the last reload's result;
 * ``GET /admin/explain?consumer=&service=&operation=`` — ``config explain`` on the config
   in force.
@@ -27,13 +32,13 @@ import hashlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 import orjson
 import structlog
 from aiohttp import web
 
-from bus.config import AdminSettings, RoutingConfig, resolve_secret
+from bus.config import AdminRole, AdminSettings, RoutingConfig, resolve_secret
 from bus.errors import InvalidRequest, NotFoundError, RequestError, Unauthenticated
 from bus.reload import ConfigReloader
 from bus.security import bearer_key
@@ -42,8 +47,12 @@ __all__ = [
     "ADMIN",
     "AdminDisabled",
     "AdminKeys",
+    "AdminState",
     "AdminTarget",
     "ConfigRejected",
+    "Principal",
+    "admin_state",
+    "authorised",
     "build_admin_app",
     "mount_admin",
     "serve_admin",
@@ -66,9 +75,17 @@ class ConfigRejected(RequestError):
 
 
 @dataclass(frozen=True, slots=True)
+class Principal:
+    """Who an admin key (or a console session) is: the key's name and role."""
+
+    name: str
+    role: AdminRole
+
+
+@dataclass(frozen=True, slots=True)
 class _AdminKey:
     digest: bytes
-    name: str
+    principal: Principal
     expires: datetime | None
 
 
@@ -91,7 +108,7 @@ class AdminKeys:
                 hexdigest = str(entry.sha256)
             digest = bytes.fromhex(hexdigest)
             expires = parse_expiry(entry.expires) if entry.expires else None
-            self._keys[digest] = _AdminKey(digest, entry.name, expires)
+            self._keys[digest] = _AdminKey(digest, Principal(entry.name, entry.role), expires)
 
     @property
     def enabled(self) -> bool:
@@ -100,8 +117,19 @@ class AdminKeys:
 
     def authenticate(self, authorization: str | None) -> str:
         """The admin's name for an ``Authorization`` value; raises ``Unauthenticated``."""
+        return self.identify(authorization).name
+
+    def current(self, digest: bytes) -> Principal | None:
+        """Who the key with this SHA-256 digest is now (``None``: gone or expired)."""
+        found = self._keys.get(digest)
+        if found is None or (found.expires is not None and found.expires <= datetime.now(UTC)):
+            return None
+        return found.principal
+
+    def identify(self, authorization: str | None) -> Principal:
+        """The admin (name, role) for an ``Authorization`` value; raises ``Unauthenticated``."""
         required = "an admin key is required: Authorization: Bearer <key>"
-        return bearer_key(authorization or "", self._keys, malformed=required).name
+        return bearer_key(authorization or "", self._keys, malformed=required).principal
 
 
 class AdminTarget:
@@ -133,34 +161,51 @@ class _KeysSwap:
 
 
 @dataclass
-class _Admin:
+class AdminState:
+    """What /admin/* works with: the reloader (config, handles, auditor) and the keys."""
+
     reloader: ConfigReloader
     target: AdminTarget
 
 
-ADMIN = web.AppKey("admin", _Admin)
+ADMIN = web.AppKey("admin", AdminState)
 
 
 def _json(data: object, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
 
 
-def _authorised(request: web.Request) -> tuple[_Admin, str]:
+def admin_state(request: web.Request) -> AdminState:
+    """The app's admin state; ``AdminDisabled`` without admin keys."""
     admin = request.app[ADMIN]
     if not admin.target.keys.enabled:
         raise AdminDisabled("/admin/* is off: no admin.api_keys in routing.yaml")
+    return admin
+
+
+def authorised(request: web.Request) -> tuple[AdminState, Principal]:
+    """The admin state and the caller of ``request`` by its bearer key."""
+    admin = admin_state(request)
     try:
-        name = admin.target.keys.authenticate(request.headers.get("Authorization"))
+        principal = admin.target.keys.identify(request.headers.get("Authorization"))
     except Unauthenticated:
         log.warning("admin.auth_failed", path=request.path, peer=request.remote)
         raise
-    return admin, name
+    return admin, principal
+
+
+def _authorised(request: web.Request) -> tuple[AdminState, str]:
+    admin, principal = authorised(request)
+    return admin, principal.name
 
 
 async def reload_config(request: web.Request) -> web.Response:
     """``POST /admin/reload``."""
-    admin, name = _authorised(request)
-    result = await admin.reloader.reload("admin", actor=name)
+    from bus.console.roles import require
+
+    admin, principal = authorised(request)
+    require(principal, "config.apply")
+    result = await admin.reloader.reload("admin", actor=principal.name)
     if result.outcome == "rejected":
         raise ConfigRejected(
             f"{len(result.errors)} error(s) in the routing file; the running config stays",
@@ -191,10 +236,13 @@ def mount_admin(app: web.Application, reloader: ConfigReloader) -> None:
     """Add ``/admin/*`` to ``app`` (before it starts); its keys follow reloads."""
     target = AdminTarget(reloader.config)
     reloader.attach(target)
-    app[ADMIN] = _Admin(reloader, target)
+    app[ADMIN] = AdminState(reloader, target)
     app.router.add_post("/admin/reload", reload_config)
     app.router.add_get("/admin/config", config_status)
     app.router.add_get("/admin/explain", explain_call)
+    from bus.console import mount_console
+
+    mount_console(app)
 
 
 def build_admin_app(reloader: ConfigReloader) -> web.Application:

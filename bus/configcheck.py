@@ -12,6 +12,7 @@ when it failed, so one run of ``config validate`` shows every error at once.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -26,14 +27,16 @@ from bus.config import (
     RoutingConfig,
     resolve_secret,
 )
-from bus.yamlsource import ConfigIssue, PathKey, YamlDocument
+from bus.yamlsource import ConfigError, ConfigIssue, PathKey, YamlDocument
 
 __all__ = [
+    "Validation",
     "config_errors",
     "config_warnings",
     "retry_waits",
     "secret_errors",
     "secret_references",
+    "validate_text",
     "with_reference_errors",
 ]
 
@@ -392,3 +395,26 @@ def _raw_timeouts(
                 )
             )
     return found
+
+
+@dataclass(frozen=True)
+class Validation:
+    """What ``config validate`` finds in one file: the config if valid, errors, warnings."""
+
+    config: RoutingConfig | None
+    errors: list[ConfigIssue] = field(default_factory=list)
+    warnings: list[ConfigIssue] = field(default_factory=list)
+
+
+def validate_text(text: str, source: str, *, secrets: bool = False) -> Validation:
+    """Validate routing.yaml text as ``config validate`` does (and the console): every
+    error located; warnings when valid; with ``secrets``, unresolvable references too."""
+    from bus.config import parse_config  # bus.config runs these rules on every load
+
+    try:
+        doc = YamlDocument.from_text(text, source)
+        config = parse_config(doc.data, doc)
+    except ConfigError as exc:
+        return Validation(None, exc.issues)
+    errors = secret_errors(config, doc) if secrets else []
+    return Validation(config, errors, config_warnings(config, doc))

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from bus.config import ConfigError, RoutingConfig, load_config
-from bus.yamlsource import ConfigIssue, YamlDocument
+from bus.configcheck import Validation, validate_text
+from bus.yamlsource import ConfigIssue
 
 __all__ = ["SCHEMA_URI", "diff", "explain", "register", "routing_schema", "schema", "validate"]
 
@@ -50,23 +51,14 @@ def _load_or_report(path: Path) -> RoutingConfig | None:
 
 def validate(args: argparse.Namespace) -> int:
     """``config validate [FILE]``: every error with its YAML path and line; exit 1 on any."""
-    from bus.configcheck import config_warnings, secret_errors
-
     target = _target(args.file)
-    errors: list[ConfigIssue] = []
-    warnings: list[ConfigIssue] = []
-    config: RoutingConfig | None = None
     try:
-        doc = YamlDocument.from_file(target)
-        from bus.config import parse_config
-
-        config = parse_config(doc.data, doc)
-    except ConfigError as exc:
-        errors = exc.issues
+        text = target.read_text(encoding="utf-8")
+    except OSError as exc:
+        found = Validation(None, [ConfigIssue((), f"cannot read {target}: {exc.strerror}")])
     else:
-        warnings = config_warnings(config, doc)
-        if args.secrets:
-            errors = secret_errors(config, doc)
+        found = validate_text(text, str(target), secrets=args.secrets)
+    config, errors, warnings = found.config, found.errors, found.warnings
     failed = bool(errors) or (args.strict and bool(warnings))
     if args.json:
         report = {
