@@ -4,8 +4,8 @@ Every console and ``/admin/api`` response carries a strict Content-Security-Poli
 and styles only from the console's own static files, no inline script or style, no
 framing, forms post only to the console), ``X-Frame-Options: DENY``,
 ``X-Content-Type-Options: nosniff``, ``Referrer-Policy: same-origin`` (so a browser sends
-``Origin`` on our own forms, and nothing to other sites) and ``Cache-Control: no-store``. Callers are found either by a bearer admin key (the API, for
-scripts) or by the session cookie (the browser). Every state change made with a session
+``Origin`` on our own forms, and nothing to other sites) and ``Cache-Control: no-store``.
+Callers are found either by a bearer admin key (the API, for scripts) or by the session cookie (the browser). Every state change made with a session
 needs its CSRF token (the form field ``csrf`` or the header ``X-CSRF-Token``) and, when
 the browser sends one, an ``Origin`` of this very host; a bearer key needs neither
 (a browser never adds it by itself). Bodies are read here, bounded by :data:`MAX_BODY`
