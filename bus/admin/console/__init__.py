@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from bus.admin.api import ADMIN
+from bus.admin.access import ADMIN
 
 from .api import add_api_routes
 from .pages import add_page_routes

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Any, cast
 
-from bus.admin.api import Principal
+from bus.admin.access import Principal
 from bus.admin.deadletters import Broker as DlqBroker
 from bus.admin.deadletters import answer_keeper, detail, list_letters, purge, replay, summary
 from bus.audit.writer import Auditor, AuditUnavailable

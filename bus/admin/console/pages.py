@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from bus.admin.api import admin_state
+from bus.admin.access import admin_state
 from bus.errors import BusError, Unauthenticated
 
 from . import letters, proposal, trail, views

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from adapters.base import registry
-from bus.admin.api import ConfigRejected, Principal
+from bus.admin.access import ConfigRejected, Principal
 from bus.config.diff import diff_configs, needs_restart
 from bus.config.load import validate_text
 from bus.config.source import ConfigIssue

@@ -17,7 +17,7 @@ from typing import Any
 import jinja2
 from aiohttp import web
 
-from bus.admin.api import Principal
+from bus.admin.access import Principal
 
 from .i18n import LANGUAGES, translate
 from .roles import may

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from bus.admin.api import Principal
+from bus.admin.access import Principal
 from bus.errors import Forbidden
 
 __all__ = ["ACTIONS", "ForbiddenRole", "may", "require"]

@@ -18,7 +18,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from bus.admin.api import Principal
+from bus.admin.access import Principal
 
 __all__ = ["COOKIE", "MAX_SESSIONS", "Session", "Sessions"]
 

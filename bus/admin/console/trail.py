@@ -21,7 +21,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from bus.admin.api import Principal
+from bus.admin.access import Principal
 from bus.audit.evidence import evidence_bundle, record_json
 from bus.audit.observer import verify_store
 from bus.errors import InvalidRequest, NotFoundError

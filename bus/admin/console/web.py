@@ -23,7 +23,7 @@ from urllib.parse import parse_qsl, urlsplit
 import orjson
 from aiohttp import web
 
-from bus.admin.api import AdminState, Principal, admin_state, authorised
+from bus.admin.access import AdminState, Principal, admin_state, authorised
 from bus.errors import Forbidden, PayloadTooLarge, Unauthenticated, UnsupportedMediaType
 
 from .sessions import COOKIE, Session, Sessions
