@@ -24,7 +24,13 @@ import orjson
 from aiohttp import web
 
 from bus.admin.access import AdminState, Principal, admin_state, authorised
-from bus.errors import Forbidden, PayloadTooLarge, Unauthenticated, UnsupportedMediaType
+from bus.errors import (
+    Forbidden,
+    InvalidRequest,
+    PayloadTooLarge,
+    Unauthenticated,
+    UnsupportedMediaType,
+)
 
 from .sessions import COOKIE, Session, Sessions
 from .traffic import TrafficHistory
@@ -136,7 +142,7 @@ async def read_body(request: web.Request) -> dict[str, Any]:
         except orjson.JSONDecodeError:
             data = None
         if not isinstance(data, dict):
-            raise UnsupportedMediaType("the body is not a JSON object", code="MALFORMED_JSON")
+            raise InvalidRequest("the body is not a JSON object", code="MALFORMED_JSON")
         return data
     if kind == "application/x-www-form-urlencoded":
         text = raw.decode("utf-8", "replace")
