@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 import requests
+from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
@@ -82,10 +83,22 @@ def letters(bus: ConsoleBus) -> dict[str, str]:
 
 
 def submit(driver: WebDriver, element: WebElement) -> None:
-    """Click a button that loads a page, and wait until the new page is there."""
-    old = driver.find_element(By.TAG_NAME, "html")
+    """Click a button that loads a page, and wait until the new page has loaded (the old
+    page's window carried a mark the new one has not)."""
+    driver.execute_script("window.__lgspOld = true")
     element.click()
-    WebDriverWait(driver, 30).until(expected_conditions.staleness_of(old))
+
+    def loaded(d: Any) -> bool:
+        try:
+            return bool(
+                d.execute_script(
+                    "return window.__lgspOld === undefined && document.readyState === 'complete'"
+                )
+            )
+        except WebDriverException:  # between two documents
+            return False
+
+    WebDriverWait(driver, 30).until(loaded)
 
 
 def shot(driver: WebDriver, name: str) -> None:
@@ -95,6 +108,11 @@ def shot(driver: WebDriver, name: str) -> None:
 
 def login(driver: WebDriver, bus: ConsoleBus, role: str) -> None:
     driver.get(bus.admin + "admin/console/login")
+    # The page's own stylesheet and script loaded, and the CSP blocked nothing: the browser
+    # logged no error (a favicon the admin port does not serve aside).
+    assert driver.execute_script("return getComputedStyle(document.body).margin") == "0px"
+    errors = [e for e in driver.get_log("browser") if "favicon" not in e["message"]]
+    assert not errors, errors
     driver.find_element(By.ID, "key").send_keys(bus.keys[role])
     submit(driver, driver.find_element(By.ID, "login"))
     assert driver.find_element(By.ID, "who").text.startswith(ROLES[role])
@@ -361,6 +379,7 @@ def test_forged_posts_fail(driver: WebDriver, bus: ConsoleBus) -> None:
         login(driver, bus, "operator")
         driver.get(f"http://127.0.0.1:{forger.server_port}/")
         WebDriverWait(driver, 30).until(expected_conditions.url_to_be(_Forger.target))
+        WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.ID, "error"))
         assert "CSRF_FAILED" in driver.find_element(By.ID, "error").text
         go(driver, bus, "deadletters")
         assert letter_row(driver, target)

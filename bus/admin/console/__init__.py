@@ -11,7 +11,7 @@ behind the same admin keys, each with a role (:mod:`bus.admin.console.roles`):
 Modules: :mod:`~bus.admin.console.views` (read-only data), :mod:`~bus.admin.console.letters` (DLQ),
 :mod:`~bus.admin.console.trail` (audit), :mod:`~bus.admin.console.proposal` (config check/apply),
 :mod:`~bus.admin.console.traffic` (the hour of counters behind the charts),
-:mod:`~bus.admin.console.sessions`, :mod:`~bus.admin.console.web` (headers, CSRF, bodies),
+:mod:`~bus.admin.console.sessions`, :mod:`~bus.admin.console.guard` (headers, CSRF, bodies),
 :mod:`~bus.admin.console.render` and :mod:`~bus.admin.console.i18n` (templates, catalogue).
 It sits in the admin layer: it may use everything below it, nothing imports it but
 :mod:`bus.admin.api`.
@@ -29,7 +29,7 @@ from .api import add_api_routes
 from .pages import add_page_routes
 from .render import STATIC, static_file
 from .traffic import TrafficHistory
-from .web import CONSOLE, Console, secure
+from .guard import CONSOLE, Console, secure
 
 __all__ = ["mount_console"]
 

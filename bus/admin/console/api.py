@@ -20,7 +20,7 @@ from bus.gateway.reply import error_body
 
 from . import letters, proposal, trail, views
 from .roles import ACTIONS, may, require
-from .web import CONSOLE, Caller, api_caller, read_body, secure
+from .guard import CONSOLE, Caller, api_caller, read_body, secure
 
 __all__ = ["add_api_routes", "ids_of", "text_field"]
 

@@ -23,7 +23,7 @@ from .api import ids_of, text_field
 from .render import Page, language, render
 from .roles import require
 from .sessions import COOKIE
-from .web import CONSOLE, check_csrf, read_body, secure, session_of
+from .guard import CONSOLE, check_csrf, read_body, secure, session_of
 
 __all__ = ["add_page_routes"]
 

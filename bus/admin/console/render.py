@@ -22,7 +22,7 @@ from bus.admin.access import Principal
 from .i18n import LANGUAGES, translate
 from .roles import may
 from .sessions import Session
-from .web import secure
+from .guard import secure
 
 __all__ = ["LANG_COOKIE", "STATIC", "Page", "language", "render", "static_file"]
 

@@ -200,6 +200,9 @@ async def test_each_role_may_do_its_part_only(console: _Console) -> None:
         await console.api("viewer", "deadletters"),
     ]:
         assert status == 200, data
+    for name, kind in (("console.css", "text/css"), ("console.js", "text/javascript")):
+        async with console.bus.session.get(console.bus.url + f"admin/console/static/{name}") as r:
+            assert (r.status, r.content_type) == (200, kind), await r.text()
     status, access = await console.api("viewer", "access")
     portal = next(c for c in access["consumers"] if c["consumer"] == "portal")
     assert portal["grants"] == [True]
