@@ -26,10 +26,10 @@ from aiohttp import web
 from bus.admin.access import ADMIN
 
 from .api import add_api_routes
+from .guard import CONSOLE, Console, secure
 from .pages import add_page_routes
 from .render import STATIC, static_file
 from .traffic import TrafficHistory
-from .guard import CONSOLE, Console, secure
 
 __all__ = ["mount_console"]
 

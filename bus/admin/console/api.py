@@ -19,8 +19,8 @@ from bus.gateway.openapi import admin_paths
 from bus.gateway.reply import error_body
 
 from . import letters, proposal, trail, views
-from .roles import ACTIONS, may, require
 from .guard import CONSOLE, Caller, api_caller, read_body, secure
+from .roles import ACTIONS, may, require
 
 __all__ = ["add_api_routes", "ids_of", "text_field"]
 

@@ -70,10 +70,10 @@ _PAIRS: Final[dict[str, tuple[str, str]]] = {
     "ov.chart": ("Biểu đồ", "Chart"),
     "ov.chart_label": ("Lưu lượng của {service}", "Traffic of {service}"),
     "ov.chart_hint": (
-        "Đường xanh: số yêu cầu mỗi phút; đường đỏ: lỗi máy chủ (5xx). Số liệu của tiến "
-        "trình này kể từ khi khởi động.",
-        "Blue: requests per minute; red: server errors (5xx). This process's counts "
-        "since it started.",
+        "Mỗi cột là một phút: chiều cao là số yêu cầu, phần đỏ là lỗi máy chủ (5xx); cột "
+        "cuối là phút hiện tại. Số liệu của tiến trình này kể từ khi khởi động.",
+        "One bar per minute: its height the requests, its red part server errors (5xx); "
+        "the last bar is the minute under way. This process's counts since it started.",
     ),
     "ov.requests": ("Yêu cầu", "Requests"),
     "ov.errors": ("Lỗi 5xx", "5xx errors"),

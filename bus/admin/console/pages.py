@@ -20,10 +20,10 @@ from bus.errors import BusError, Unauthenticated
 
 from . import letters, proposal, trail, views
 from .api import ids_of, text_field
+from .guard import CONSOLE, check_csrf, read_body, secure, session_of
 from .render import Page, language, render
 from .roles import require
 from .sessions import COOKIE
-from .guard import CONSOLE, check_csrf, read_body, secure, session_of
 
 __all__ = ["add_page_routes"]
 

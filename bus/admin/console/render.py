@@ -19,10 +19,10 @@ from aiohttp import web
 
 from bus.admin.access import Principal
 
+from .guard import secure
 from .i18n import LANGUAGES, translate
 from .roles import may
 from .sessions import Session
-from .guard import secure
 
 __all__ = ["LANG_COOKIE", "STATIC", "Page", "language", "render", "static_file"]
 

@@ -1,10 +1,11 @@
-"""The last hour of traffic per service, from the bus's own counters, as small SVG charts.
+"""The last hour of traffic per service, from the bus's own counters, as small bar charts.
 
 Every :data:`SAMPLE_S` seconds the console reads ``lgsp_requests`` (the gateway's answers
 by service and outcome) from this process's :class:`~bus.metrics.Metrics` and keeps the
 totals in a ring of :data:`SLOTS` samples per service (one hour at the default; a few KB
-of memory). A chart shows requests and server errors (5xx) per interval, the last point
-being the interval under way (read live). Counts are this process's: behind a load
+of memory). A chart (inline SVG, drawn from these numbers in the template) has a bar per interval:
+its height the requests, its red part the server errors (5xx); the last bar is the
+interval under way (read live). Counts are this process's: behind a load
 balancer each gateway's console shows its own share (Prometheus/Grafana has the sum).
 """
 
@@ -21,7 +22,7 @@ from typing import Any
 
 from bus.observe.metrics import Metrics
 
-__all__ = ["SAMPLE_S", "SLOTS", "Chart", "TrafficHistory", "chart"]
+__all__ = ["SAMPLE_S", "SLOTS", "Bar", "Chart", "TrafficHistory", "chart"]
 
 SAMPLE_S = 60.0
 SLOTS = 60
@@ -101,12 +102,23 @@ class TrafficHistory:
                 await task
 
 
+@dataclass(frozen=True, slots=True)
+class Bar:
+    """One interval's bar: requests (full height) and the 5xx part of it, in pixels."""
+
+    x: float
+    width: float
+    y: float
+    height: float
+    error_y: float
+    error_height: float
+
+
 @dataclass(frozen=True)
 class Chart:
-    """One sparkline: SVG polyline points (numbers only) and what they add up to."""
+    """One small bar chart: a bar per interval (numbers only) and what they add up to."""
 
-    requests: str
-    errors: str
+    bars: tuple[Bar, ...]
     total: int
     failed: int
     peak: int
@@ -118,26 +130,33 @@ class Chart:
         return {"requests": self.total, "errors_5xx": self.failed, "peak_per_interval": self.peak}
 
 
-def _points(values: list[float], peak: float, width: int, height: int, slots: int) -> str:
-    step = width / max(slots - 1, 1)
-    start = width - step * (len(values) - 1)
-    return " ".join(
-        f"{start + i * step:.1f},{height - 2 - (height - 4) * v / peak:.1f}"
-        for i, v in enumerate(values)
-    )
-
-
 def chart(
     requests: list[float], errors: list[float], *, width: int = 240, height: int = 48
 ) -> Chart:
-    """A chart of one service's series (right-aligned: the newest interval at the right)."""
-    values = requests or [0.0]
-    bad = errors or [0.0]
-    peak = max(max(values), 1.0)
-    slots = max(SLOTS, len(values))
+    """A chart of one service's series, right-aligned (the newest interval at the right),
+    one slot per interval of the hour; heights relative to the busiest interval."""
+    slots = max(SLOTS, len(requests))
+    step = width / slots
+    peak = max([*requests, 1.0])
+    room = height - 2
+    bars = []
+    start = width - step * len(requests)
+    for i, (n, bad) in enumerate(zip(requests, errors, strict=True)):
+        tall = room * n / peak
+        red = room * bad / peak
+        x = start + i * step
+        bars.append(
+            Bar(
+                round(x, 1),
+                round(max(step - 1, 1), 1),
+                round(height - tall, 1),
+                round(tall, 1),
+                round(height - red, 1),
+                round(red, 1),
+            )
+        )
     return Chart(
-        requests=_points(values, peak, width, height, slots),
-        errors=_points(bad, peak, width, height, slots),
+        bars=tuple(bars),
         total=int(sum(requests)),
         failed=int(sum(errors)),
         peak=int(peak),

@@ -112,8 +112,12 @@ def test_the_traffic_ring_counts_requests_and_server_errors_per_interval() -> No
     assert errors == [0, 1, 0]
     drawn = chart(requests, errors, width=100, height=20)
     assert (drawn.total, drawn.failed, drawn.peak) == (7, 1, 4)
-    xs = [float(p.split(",")[0]) for p in drawn.requests.split()]
-    assert xs[-1] == 100.0  # right-aligned: the newest at the right edge
+    last = drawn.bars[-1]
+    assert abs(last.x + 100 / 60 - 100) < 0.1  # right-aligned: the newest at the right edge
+    heights = [b.height for b in drawn.bars]
+    assert heights.index(max(heights)) == 1
+    assert max(heights) == 18
+    assert [b.error_height > 0 for b in drawn.bars] == [False, True, False]
     assert history.series("population") == ([0.0], [0.0])  # no traffic: one empty interval
 
 
