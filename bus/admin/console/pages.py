@@ -13,10 +13,11 @@ import secrets
 from typing import Any
 
 import orjson
+import structlog
 from aiohttp import web
 
 from bus.admin.access import admin_state
-from bus.errors import BusError, Unauthenticated
+from bus.errors import BusError, InvalidRequest, Unauthenticated
 
 from . import letters, proposal, trail, views
 from .api import ids_of, text_field
@@ -26,6 +27,8 @@ from .roles import require
 from .sessions import COOKIE
 
 __all__ = ["add_page_routes"]
+
+log = structlog.get_logger("bus.admin.console")
 
 BASE = "/admin/console"
 LOGIN_COOKIE = "lgsp_console_login"
@@ -106,7 +109,7 @@ async def _letter(request: web.Request, page: Page, body: dict[str, Any]) -> web
 async def _act(request: web.Request, page: Page, body: dict[str, Any]) -> web.StreamResponse:
     action = text_field(body, "action")
     if action not in ("replay", "purge"):
-        raise web.HTTPBadRequest(text="unknown action")
+        raise InvalidRequest("action: replay or purge")
     service, ids = text_field(body, "service"), ids_of(body)
     reloader = admin_state(request).reloader
     if body.get("confirm") != "1":
@@ -204,13 +207,18 @@ async def _login(request: web.Request) -> web.StreamResponse:
     try:
         principal = admin.target.keys.identify(f"Bearer {key}")
     except Unauthenticated as exc:
+        log.warning("console.login_failed", peer=request.remote)
         return render(request, "login.html", page, {"token": token, "error": exc}, 401)
-    session_id, _ = request.app[CONSOLE].sessions.open(principal, key)
     auditor = admin.reloader.auditor
-    if auditor is not None:
-        await auditor.admin_action(
-            "console.login", principal.name, {"role": principal.role}, outcome="OK"
-        )
+    try:
+        if auditor is not None:  # recorded before the session exists, or no session
+            await auditor.admin_action(
+                "console.login", principal.name, {"role": principal.role}, outcome="OK"
+            )
+    except BusError as exc:
+        return render(request, "login.html", page, {"token": token, "error": exc}, exc.status)
+    session_id, _ = request.app[CONSOLE].sessions.open(principal, key)
+    log.info("console.login", admin=principal.name, role=principal.role)
     response = web.Response(status=303, headers={"Location": f"{BASE}/"})
     response.set_cookie(
         COOKIE,
