@@ -15,6 +15,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -204,7 +205,10 @@ def dead_letter(bus: ConsoleBus, body: dict[str, Any], error: str) -> str:
                 routing_key=dlq_name("civil-status"),
             )
 
-    asyncio.run(publish())
+    # On a thread of its own: asyncio.run here would leave this thread's event loop state
+    # changed for the async tests that run after this module.
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, publish()).result(60)
     return str(dead["x-lgsp-dead-id"])
 
 
