@@ -283,7 +283,7 @@ def test_operator_replays_in_the_browser_and_it_reaches_the_upstream(
 
 
 def test_operator_sees_a_config_error_at_its_line_then_applies_a_revocation(
-    driver: WebDriver, bus: ConsoleBus
+    driver: WebDriver, bus: ConsoleBus, tmp_path: Path
 ) -> None:
     running = bus.config_path.read_text(encoding="utf-8")
     lines = running.splitlines()
@@ -293,7 +293,14 @@ def test_operator_sees_a_config_error_at_its_line_then_applies_a_revocation(
     login(driver, bus, "operator")
     go(driver, bus, "config")
     version = driver.find_element(By.ID, "config-version").text
-    _paste(driver, "\n".join(broken) + "\n")
+    # Uploaded as a file: the console's script reads it into the text area.
+    upload = tmp_path / "proposed.yaml"
+    upload.write_text("\n".join(broken) + "\n", encoding="utf-8")
+    driver.find_element(By.ID, "upload").send_keys(str(upload))
+    area = driver.find_element(By.ID, "text")
+    WebDriverWait(driver, 30).until(lambda d: area.get_attribute("value"))
+    assert area.get_attribute("value") == upload.read_text(encoding="utf-8")
+    submit(driver, driver.find_element(By.ID, "check"))
     error = driver.find_element(By.CSS_SELECTOR, "#errors tr.config-error")
     assert error.find_element(By.CSS_SELECTOR, ".where").text.startswith(f"{timeout_line + 1}:")
     marked = driver.find_element(By.ID, f"line-{timeout_line + 1}")
