@@ -27,6 +27,9 @@ _pip_progress() {
           echo "  fetched $collected packages (latest: $name)" >&2
         fi
         ;;
+      "  Installing build dependencies: started")
+        [ "$tty" = 1 ] && printf '\r\033[K  preparing the build (hatchling)…' >&2
+        ;;
       "Installing collected packages: "*)
         name="${line#Installing collected packages: }"
         [ "$tty" = 1 ] && printf '\r\033[K' >&2
