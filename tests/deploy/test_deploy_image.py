@@ -95,8 +95,12 @@ def copy_context(stage: BuildStage, target: Path) -> Path:
     return workdir
 
 
-def run(argv: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, capture_output=True, text=True, timeout=540, check=False, **kwargs)  # type: ignore[call-overload,no-any-return]
+def run(
+    argv: list[str], env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        argv, capture_output=True, text=True, timeout=540, check=False, env=env, cwd=cwd
+    )
 
 
 def build_wheel(source: Path, out: Path) -> Path:
