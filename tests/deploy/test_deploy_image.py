@@ -111,7 +111,7 @@ def build_wheel(source: Path, out: Path) -> Path:
     return wheel
 
 
-def wheelhouse(cache: pytest.Cache, wheel: Path, extras: str) -> Path:
+def wheelhouse(cache: Path, wheel: Path, extras: str) -> Path:
     """Wheels of every dependency of ``wheel[extras]``, built once per dependency set."""
     with zipfile.ZipFile(wheel) as zf:
         meta = next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))
@@ -121,7 +121,8 @@ def wheelhouse(cache: pytest.Cache, wheel: Path, extras: str) -> Path:
     key = hashlib.sha256(
         "\n".join([*requires, extras, sys.version, platform.platform()]).encode()
     ).hexdigest()[:16]
-    house = cache.mkdir(f"wheelhouse-{key}")
+    house = cache / f"wheelhouse-{key}"
+    house.mkdir(parents=True, exist_ok=True)
     if not (house / ".complete").exists():
         result = run([*PIP, "wheel", "-w", str(house), f"{wheel}{extras}"])
         assert result.returncode == 0, result.stdout + result.stderr
@@ -134,12 +135,14 @@ def wheelhouse(cache: pytest.Cache, wheel: Path, extras: str) -> Path:
 @pytest.fixture(scope="module")
 def image_venv(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config) -> Path:
     """A fresh venv holding the wheel built from the Containerfile's build context."""
-    assert pytestconfig.cache is not None
     stage = build_stage(CONTAINERFILE.read_text(encoding="utf-8"))
     tmp = tmp_path_factory.mktemp("image")
     source = copy_context(stage, tmp / "context")
     wheel = build_wheel(source, tmp / "dist")
-    house = wheelhouse(pytestconfig.cache, wheel, stage.extras)
+    # pytest's cache outlives the session; without it (-p no:cacheprovider), this session's.
+    store: pytest.Cache | None = getattr(pytestconfig, "cache", None)
+    cache = store.mkdir("lgsp-image") if store is not None else tmp / "cache"
+    house = wheelhouse(cache, wheel, stage.extras)
     venv = tmp / "venv"
     result = run([sys.executable, "-m", "venv", "--without-pip", str(venv)])
     assert result.returncode == 0, result.stderr
