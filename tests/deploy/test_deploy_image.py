@@ -12,6 +12,7 @@ only the first run downloads; later runs install offline (``--no-index``).
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import hashlib
 import json
 import os
@@ -158,6 +159,21 @@ def test_build_stage_reads_the_containerfile() -> None:
     assert {"pyproject.toml", "bus", "adapters"} <= sources
     assert stage.workdir == "/src"
     assert stage.extras == "[fast]"
+
+
+def test_the_context_ignore_file_keeps_what_the_build_copies() -> None:
+    patterns = [
+        ln.strip()
+        for ln in (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
+        if ln.strip() and not ln.startswith("#")
+    ]
+    assert ".venv" in patterns
+    assert ".git" in patterns
+    stage = build_stage(CONTAINERFILE.read_text(encoding="utf-8"))
+    for sources, _ in stage.copies:
+        for source in sources:
+            for pattern in patterns:
+                assert not fnmatch.fnmatch(source, pattern.removeprefix("**/")), (source, pattern)
 
 
 def test_build_context_copy_follows_copy_semantics(tmp_path: Path) -> None:
