@@ -10,8 +10,11 @@ network and runs as CI runs it: no terminal, no stdin.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from pathlib import Path
+
+import pytest
 
 from tests.support.paths import REPO
 
@@ -114,3 +117,19 @@ def test_a_failing_install_shows_pips_error_and_stops(tmp_path: Path) -> None:
     assert retried.returncode == 0, retried.stderr
     assert "[3/3]" not in retried.stderr, "the venv exists: no first-run numbering"
     assert "lgsp-bus: installing lgsp-bus" in retried.stderr
+
+
+def test_the_default_stores_side_files_are_not_tracked() -> None:
+    """``lgsp-bus run`` keeps ./lgsp-bus.sqlite3 in WAL mode: its -wal and -shm files too."""
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    names = ["lgsp-bus.sqlite3", "lgsp-bus.sqlite3-wal", "lgsp-bus.sqlite3-shm", "x.db-wal"]
+    result = subprocess.run(
+        ["git", "check-ignore", "--no-index", *names],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert sorted(result.stdout.split()) == sorted(names)
