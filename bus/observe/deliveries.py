@@ -44,7 +44,8 @@ def stream_of_key(key: str) -> str:
 class DeliveryGauges:
     """The delivery metrics; implements ``bus.delivery.recorder.DeliveryMetrics``."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry | None) -> None:
+        """On ``registry`` (``None``: recorded, never exposed — another role's process)."""
         self.total = Counter(
             "lgsp_deliveries",
             "Delivery attempts of sends and events, by stream and outcome",

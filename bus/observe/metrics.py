@@ -113,7 +113,7 @@ class Metrics:
         self._adapter = BoundedLabel(NAME_RE)
         self._code = BoundedLabel(CODE_RE)
         ProcessCollector(namespace="lgsp", registry=r)
-        self.deliveries = DeliveryGauges(r)  # one-way sends and events (bus/observe/deliveries)
+        self.deliveries = DeliveryGauges(wk)  # worker: sends and events (bus/observe/deliveries)
         Info("lgsp_build", "Version of the running bus", registry=r).info(
             {"version": _package_version(), "python": platform.python_version(), "role": role}
         )
