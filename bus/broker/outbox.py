@@ -35,6 +35,7 @@ __all__ = [
     "EVENT_TYPE",
     "PUBLISHED_AT",
     "PUBLISHER",
+    "PUBLISH_TIMEOUT_S",
     "REPLAYED_AT",
     "REQUEUE",
     "SENDS_EXCHANGE",
@@ -58,8 +59,12 @@ OUTBOX_MAX_LENGTH = 1_000_000
 RabbitMQ's memory/disk alarms are the real bound (named in the README)."""
 
 
-ACCEPT_GRACE_S = 30.0
-"""How long a worker waits for a send's ``ACCEPTING`` record to become ``QUEUED``."""
+PUBLISH_TIMEOUT_S = 10.0
+"""Bound on one confirmed publish (then ``BROKER_UNAVAILABLE``)."""
+ACCEPT_GRACE_S = PUBLISH_TIMEOUT_S + 2.0
+"""A send's record still ``ACCEPTING`` this long after it was made belongs to a gateway
+that died between publish and answer: its publish is over either way. A worker holding
+the message then delivers it; a repeat of the request publishes it again."""
 ACCEPTED_AT = "x-lgsp-accepted-at-ms"
 """Header: when the gateway accepted a send (its ``deliver_within`` clock starts)."""
 PUBLISHED_AT = "x-lgsp-published-at-ms"

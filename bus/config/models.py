@@ -177,7 +177,11 @@ class OperationConfig(_Model):
         "durably queued, a worker delivers it (GET /v1/messages/<id> for its state)",
     )
     deliver_within_s: float = Field(
-        3 * 86_400.0, ge=1, le=30 * 86_400, description="send: after this it is dead-lettered"
+        3 * 86_400.0,
+        ge=60,
+        le=30 * 86_400,
+        description="send: after this it is dead-lettered (at least 60 s: longer than a "
+        "dead gateway's accept grace)",
     )
     order_by: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.]*$")] | None = Field(
         None, description="send: messages with the same value here are delivered in order"

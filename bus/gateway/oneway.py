@@ -13,9 +13,13 @@ send is accepted in three steps, so that ``202`` means *durably queued* and an e
 
 If the publish fails the record is deleted and the caller gets the error: a worker that
 receives a message without a record drops it (the broker may have kept a message whose
-confirm was lost). A worker that sees ``ACCEPTING`` waits for step 3 up to
-:data:`ACCEPT_GRACE_S`; after that (the gateway died between confirm and step 3, the
-caller saw no answer) it delivers.
+confirm was lost). A worker that sees ``ACCEPTING`` waits for step 3 until
+:data:`~bus.broker.outbox.ACCEPT_GRACE_S` after the record was made (the publish timeout
+plus 2 s); after that (the gateway died between confirm and step 3, the caller saw no
+answer) it delivers. A repeat of the request meanwhile waits as long, then publishes again
+(one copy is delivered, the other finds the record settled). Limit: a gateway whose
+publish failed and which then cannot delete the record (the store down too) leaves it
+``ACCEPTING``, and that message, if the broker kept it, is delivered.
 """
 
 from __future__ import annotations
@@ -46,7 +50,6 @@ from bus.store.base import DeliveryState
 
 __all__ = ["accept_send", "shown_state", "status_body"]
 
-_REPEAT_WAIT_S = 10.0
 T = TypeVar("T")
 
 
@@ -130,11 +133,11 @@ async def accept_send(gateway: Gateway, rt: Runtime, req: Request) -> web.Respon
 
 
 async def _settled(gateway: Gateway, stream: str, record: DeliveryState) -> DeliveryState | None:
-    """Wait (bounded) for a repeat's first copy to leave ``ACCEPTING``."""
+    """Wait for a repeat's first copy to leave ``ACCEPTING``, at most until
+    :data:`ACCEPT_GRACE_S` after it was made (then its publish is over either way)."""
     assert gateway.store is not None
-    end = time.time() + _REPEAT_WAIT_S
     current: DeliveryState | None = record
-    while current is not None and current.state == "ACCEPTING" and time.time() < end:
+    while current is not None and current.state == "ACCEPTING":
         if time.time() - current.created_at > ACCEPT_GRACE_S:
             return current
         await asyncio.sleep(0.1)

@@ -119,7 +119,7 @@ def config_data(subs: dict[str, dict[str, Any]], receiver_url: str) -> dict[str,
                     "push": {
                         "mode": "send",
                         "order_by": "dossier_id",
-                        "deliver_within_s": 20,
+                        "deliver_within_s": 60,
                         "redelivery": FAST,
                         "timeout_s": 3,
                         "retry": {"attempts": 1},

@@ -29,6 +29,7 @@ from tests.e2e.test_oneway import KEY, Receiver, config_data, set_secrets
 from tests.support.polling import until
 from tests.support.rabbit import TestVhost
 from tests.support.stack import serve_app
+from tests.support.subscriber import free_port
 from tests.support.tcpproxy import TcpProxy
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.timeout(150)]
@@ -142,3 +143,92 @@ async def test_nothing_acknowledged_is_lost_through_worker_kill_and_broker_cut(
             assert seqs == sorted(seqs)
         second.send_signal(signal.SIGTERM)
         await asyncio.wait_for(second.wait(), 30)
+
+
+@asynccontextmanager
+async def gateway_process(
+    routing: Path, amqp_url: str, store_url: str, port: int, log: Path
+) -> AsyncIterator[Any]:
+    env = {**os.environ, "LGSP_AMQP_URL": amqp_url, "LGSP_STORE_URL": store_url}
+    with log.open("ab") as out:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bus.cli.main", "--log-format", "json", "gateway",
+            "--config", str(routing), "--no-watch", "--host", "127.0.0.1", "--port", str(port),
+            stdout=out, stderr=out, env=env,
+        )  # fmt: skip
+    try:
+        async with aiohttp.ClientSession() as probe:
+
+            async def up() -> bool:
+                try:
+                    async with probe.get(f"http://127.0.0.1:{port}/readyz") as r:
+                        return r.status == 200
+                except aiohttp.ClientError:
+                    return False
+
+            await until(up, 30)
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+
+
+async def test_a_gateway_killed_mid_stream_loses_no_202_and_a_retry_delivers_once(
+    rabbit_vhost: TestVhost, tmp_path: Path
+) -> None:
+    set_secrets()
+    receiver = Receiver()
+    store_url = f"sqlite:///{tmp_path / 'store.sqlite3'}"
+    answers: dict[str, int] = {}  # request_id → HTTP status (0: no answer, connection lost)
+    bodies: dict[str, dict[str, Any]] = {}
+    async with AsyncExitStack() as stack:
+        receiver_url = await stack.enter_async_context(serve_app(receiver.app()))
+        routing = tmp_path / "routing.yaml"
+        routing.write_text(yaml.safe_dump(config_data({}, receiver_url)), encoding="utf-8")
+        log = tmp_path / "procs.log"
+        await stack.enter_async_context(worker(routing, rabbit_vhost.url(), store_url, log))
+        port = free_port()
+        gw = await stack.enter_async_context(
+            gateway_process(routing, rabbit_vhost.url(), store_url, port, log)
+        )
+        session = await stack.enter_async_context(aiohttp.ClientSession())
+        hdrs = {"Authorization": f"Bearer {KEY}"}
+
+        async def send(rid: str) -> None:
+            try:
+                async with session.post(
+                    f"http://127.0.0.1:{port}/v1/dossier-status/push",
+                    json=bodies[rid],
+                    headers=hdrs,
+                ) as r:
+                    answers[rid] = r.status
+            except aiohttp.ClientError:
+                answers[rid] = 0
+
+        ids = [f"rq-{uuid.uuid4().hex[:16]}" for _ in range(40)]
+        for i, rid in enumerate(ids):
+            bodies[rid] = {"request_id": rid, "dossier_id": f"D{i % 4}", "seq": i}
+        first = [asyncio.create_task(send(rid)) for rid in ids[:30]]
+        await asyncio.sleep(0.05)
+        gw.send_signal(signal.SIGKILL)  # with requests in flight
+        await asyncio.gather(*first)
+        await stack.enter_async_context(
+            gateway_process(routing, rabbit_vhost.url(), store_url, port, log)
+        )
+        lost = [rid for rid in ids[:30] if answers[rid] == 0]
+        for rid in [*lost, *ids[30:]]:  # the callers repeat what got no answer, same ids
+            await send(rid)
+        ok = {rid for rid, status in answers.items() if status == 202}
+        errors = {rid for rid, status in answers.items() if status not in (0, 202)}
+
+        async def settled() -> bool:
+            return set(receiver.seen) >= ok
+
+        await until(settled, 60)
+        await asyncio.sleep(0.5)
+        assert ok == set(ids)  # every send was accepted, at first or on its repeat
+        assert not errors
+        assert set(receiver.seen) == ok  # none lost
+        assert all(n >= 1 for n in receiver.attempts.values())
+        assert len(receiver.order) == len(ok)  # each accepted once by the upstream

@@ -56,7 +56,7 @@ from bus.broker.base import (
     queue_name,
 )
 from bus.broker.deadletters import MAX_SCAN, ClaimedLetter, scrub_error
-from bus.broker.outbox import DeliveryHandler, OutboxSpec, outbox_queue
+from bus.broker.outbox import PUBLISH_TIMEOUT_S, DeliveryHandler, OutboxSpec, outbox_queue
 from bus.envelope import (
     DecodeError,
     Reply,
@@ -305,7 +305,7 @@ class AmqpBroker:
             timestamp=datetime.now(UTC).replace(microsecond=0),
         )
         try:
-            async with asyncio.timeout(10):
+            async with asyncio.timeout(PUBLISH_TIMEOUT_S):
                 await self._confirmed(
                     channel, exchange, routing_key, body, properties, mandatory=mandatory
                 )
