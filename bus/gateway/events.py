@@ -57,7 +57,18 @@ from bus.exchange import Exchange
 from bus.gateway import pipeline
 from bus.gateway.runtime import Gateway, Runtime
 
-__all__ = ["publish_event", "pull_events"]
+__all__ = ["EVENT_ERROR_CODES", "publish_event", "pull_events"]
+
+EVENT_ERROR_CODES: dict[str, str] = {
+    "UNKNOWN_EVENT_TYPE": "404: POST /v1/events/{type}: no such event type",
+    "FORBIDDEN_EVENT_TYPE": "403: the consumer may not publish this event type",
+    "INVALID_EVENT": "400: the event fails its type's JSON Schema (detail.errors: paths, rules)",
+    "RAW_PERSONAL_ID": "400: a value looks like a citizen ID; events carry its HMAC only",
+    "UNKNOWN_SUBSCRIPTION": "404: GET /v1/events: not one of the caller's pull subscriptions",
+    "INVALID_CURSOR": "400: GET /v1/events: after is not a position of the log",
+    "INVALID_LIMIT": "400: GET /v1/events: limit is 1..1000",
+}
+"""The codes of the event endpoints (part of ``bus.gateway.openapi.ERROR_CODES``)."""
 
 _RAW_ID = re.compile(r"^\d{9}$|^\d{12}$")
 _MAX_ERRORS = 20

@@ -9,6 +9,7 @@ from pydantic import BaseModel
 
 from bus.config import RoutingConfig
 from bus.config.access import XROAD_CLIENT_RE, XROAD_SERVICE_RE
+from bus.gateway.events import EVENT_ERROR_CODES
 from bus.xroad import XROAD_ID_RE, XROAD_USER_RE
 
 __all__ = ["ERROR_CODES", "admin_paths", "openapi_document"]
@@ -90,13 +91,7 @@ ERROR_CODES: dict[str, str] = {
     "MESSAGE_NOT_FOUND": "404: GET /v1/messages/{id}: no answer kept for this request_id "
     "(never sent by this consumer, refused before it was accepted, or expired)",
     "STORE_UNAVAILABLE": "503: the store of request results is unreachable (retryable)",
-    "UNKNOWN_EVENT_TYPE": "404: POST /v1/events/{type}: no such event type",
-    "FORBIDDEN_EVENT_TYPE": "403: the consumer may not publish this event type",
-    "INVALID_EVENT": "400: the event fails its type's JSON Schema (detail.errors: paths, rules)",
-    "RAW_PERSONAL_ID": "400: a value looks like a citizen ID; events carry its HMAC only",
-    "UNKNOWN_SUBSCRIPTION": "404: GET /v1/events: not one of the caller's pull subscriptions",
-    "INVALID_CURSOR": "400: GET /v1/events: after is not a position of the log",
-    "INVALID_LIMIT": "400: GET /v1/events: limit is 1..1000",
+    **EVENT_ERROR_CODES,  # POST /v1/events/{type}, GET /v1/events (bus/gateway/events.py)
     "BUS_UNAVAILABLE": "503: the gateway stopped before the answer arrived; send the request "
     "again with the same request_id (retryable)",
 }
