@@ -18,7 +18,9 @@ Endpoints (all need an admin key):
   CONFIG_REJECTED`` with every error (the running config stays);
 * ``GET /admin/config`` — the version in force and the last reload's result;
 * ``GET /admin/explain?consumer=&service=&operation=`` — ``config explain`` on the config
-  in force.
+  in force;
+* ``GET /admin/reports/access|breach|dpia|stats``, ``POST /admin/reports/subject`` — the
+  data-protection reports (:mod:`bus.adminreports`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import orjson
 import structlog
 from aiohttp import web
 
+from bus.adminreports import mount_reports
 from bus.config import AdminSettings, RoutingConfig, resolve_secret
 from bus.errors import InvalidRequest, NotFoundError, RequestError, Unauthenticated
 from bus.reload import ConfigReloader
@@ -195,6 +198,12 @@ def mount_admin(app: web.Application, reloader: ConfigReloader) -> None:
     app.router.add_post("/admin/reload", reload_config)
     app.router.add_get("/admin/config", config_status)
     app.router.add_get("/admin/explain", explain_call)
+
+    def authorise(request: web.Request) -> tuple[RoutingConfig, object, str]:
+        admin, name = _authorised(request)
+        return admin.reloader.config, admin.reloader.auditor, name
+
+    mount_reports(app, authorise)
 
 
 def build_admin_app(reloader: ConfigReloader) -> web.Application:

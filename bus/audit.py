@@ -21,7 +21,7 @@ logs may be sampled, records are not.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -32,7 +32,7 @@ from bus.audit_writer import LEASE_S, Auditor, AuditRecorder, AuditUnavailable
 from bus.config import AuditPolicy, RoutingConfig, resolve_secret
 from bus.exchange import Exchange
 from bus.store import open_store, store_url_from_env
-from bus.store.base import ChainHead, Store
+from bus.store.base import AuditRecord, ChainHead, Store
 
 __all__ = [
     "LEASE_S",
@@ -128,6 +128,8 @@ def exchange_entry(auditor: Auditor, exchange: Exchange) -> AuditEntry:
         outcome=exchange.outcome,
         status=exchange.status,
         latency_us=int(exchange.latency_s * 1_000_000),
+        # In detail (hashed, free-form): records written before it existed still verify.
+        detail={"credential": exchange.credential} if exchange.credential else {},
     )
 
 
@@ -175,10 +177,15 @@ class ChainReport:
 
 
 async def verify_store(
-    store: Store, pins: Iterable[Pin] = (), page: int = 1000
+    store: Store,
+    pins: Iterable[Pin] = (),
+    page: int = 1000,
+    visit: Callable[[AuditRecord], None] | None = None,
 ) -> list[ChainReport]:
     """Walk every chain; each report names its chain's first problem, if any. A chain whose
-    prune anchor no surviving ``audit.prune`` record names is reported as ``anchor``."""
+    prune anchor no surviving ``audit.prune`` record names is reported as ``anchor``.
+    ``visit`` is called with every record that verified, in chain order (the reports in
+    :mod:`bus.report` read the trail this way: one walk both checks and counts)."""
     pins = list(pins)
     reports: list[ChainReport] = []
     witnesses: set[tuple[str, int, str]] = set()
@@ -190,6 +197,8 @@ async def verify_store(
             for rec in records:
                 if verifier.feed(rec) is not None:
                     break
+                if visit is not None:
+                    visit(rec)
             if len(records) < page:
                 break
             after = records[-1].seq

@@ -20,7 +20,13 @@ __all__ = ["default_config_path", "load_or_exit", "main"]
 DEFAULT_CONFIG_ENV = "LGSP_CONFIG"
 CONFIG_HELP = "routing config (default: $LGSP_CONFIG, ./routing.yaml, or the shipped one)"
 
-COMMAND_MODULES = ("bus.configtools", "bus.audit_cli", "bus.probe", "bus.dlq_cli")
+COMMAND_MODULES = (
+    "bus.configtools",
+    "bus.audit_cli",
+    "bus.report_cli",
+    "bus.probe",
+    "bus.dlq_cli",
+)
 """Modules with a ``register(subparsers)`` function adding an operator command group."""
 
 

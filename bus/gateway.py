@@ -305,8 +305,9 @@ async def _tell_observers(rt: Runtime, exchange: Exchange) -> None:
 
 
 async def _call(request: web.Request, rt: Runtime, exchange: Exchange) -> web.Response:
-    consumer = identify(request, rt.auth).consumer
-    exchange.consumer = consumer
+    identity = identify(request, rt.auth)
+    consumer = identity.consumer
+    exchange.consumer, exchange.credential = consumer, identity.credential
     rt.limiter.check(consumer)
     service, operation = request.match_info["service"], request.match_info["operation"]
     svc = rt.config.services.get(service)
@@ -451,8 +452,9 @@ async def get_message(request: web.Request) -> web.Response:
 
 
 async def _get_message(request: web.Request, rt: Runtime, exchange: Exchange) -> web.Response:
-    consumer = identify(request, rt.auth).consumer
-    exchange.consumer = consumer
+    identity = identify(request, rt.auth)
+    consumer = identity.consumer
+    exchange.consumer, exchange.credential = consumer, identity.credential
     rt.limiter.check(consumer)
     request_id = request.match_info["request_id"]
     if not _MESSAGE_ID_RE.match(request_id):
