@@ -35,10 +35,10 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from adapters.base import CallContext, invalid_request
-from adapters.civil_status.dates import MojDateStyle
 from adapters.civil_status.mapping import DEFAULT_PATHS, MojFormatError, lookup_result, query_params
 from adapters.civil_status.models import CivilStatusLookup, CivilStatusLookupResult, RecordType
-from adapters.http import HttpResult, UpstreamHttp, error_for_status
+from adapters.common.dates import MojDateStyle
+from adapters.common.http import HttpResult, UpstreamHttp, error_for_status
 from bus.config import ServiceConfig, UpstreamConfig
 from bus.errors import InvalidRequest, UpstreamBadResponse, UpstreamRejected
 

@@ -19,7 +19,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 from pydantic_core import PydanticCustomError
 
-from adapters.civil_status.dates import PartialDate, today_vn
+from adapters.common.dates import PartialDate, today_vn
 from bus.canonical import CanonicalRequest, StrictModel
 from bus.validation import FullName, check_old_id, check_personal_id
 

@@ -17,9 +17,9 @@ from typing import Any
 import structlog
 from pydantic import BaseModel, ValidationError
 
-from adapters.auth import SoapSecurity
 from adapters.base import Adapter, CallContext, config_issues, invalid_request
-from adapters.http import UpstreamHttp
+from adapters.common.auth import SoapSecurity
+from adapters.common.http import UpstreamHttp
 from adapters.population_db.codec import C06Codec
 from adapters.population_db.mapping import lookup_reply, to_c06, verify_reply
 from adapters.population_db.models import (

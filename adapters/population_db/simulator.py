@@ -36,9 +36,9 @@ from aiohttp import web
 from lxml import etree
 from lxml.builder import ElementMaker
 
-from adapters.auth import c06_signature
+from adapters.common.auth import c06_signature
+from adapters.common.xmlsafe import XmlRejected, parse_xml
 from adapters.population_db.data import FAULT_IDS, population
-from adapters.xmlsafe import XmlRejected, parse_xml
 from bus.validation import normalise_name_for_compare
 
 __all__ = ["SimState", "build_app", "lookup_envelope", "serve"]

@@ -22,6 +22,6 @@ def open_broker(
         from bus.broker.memory import MemoryBroker
 
         return MemoryBroker(recorder=recorder)
-    from bus.broker.amqp import AmqpBroker
+    from bus.broker.amqp.broker import AmqpBroker
 
     return AmqpBroker(url, name=name, recorder=recorder)

@@ -5,7 +5,7 @@ Each report is a coroutine (or, for ``dpia``, a function) taking the store and/o
 config and its parameters and returning a report dataclass; :func:`render` turns any report
 into JSON, CSV or HTML. Reports over the trail first verify every chain
 (:mod:`bus.report.trail`) and say when they cannot certify their figures. Layer: above
-:mod:`bus.audit` and :mod:`bus.config`, below :mod:`bus.admin` and the CLI.
+:mod:`bus.audit.observer` and :mod:`bus.config`, below :mod:`bus.admin.api` and the CLI.
 """
 
 from bus.report.access import AccessReport, AccessRow, access_report

@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from bus.accessconfig import parse_expiry
 from bus.canonical import LegalBasis
 from bus.config import ConsumerConfig, RoutingConfig, ServiceConfig
+from bus.config.access import parse_expiry
 from bus.report.categories import category_label, field_categories
 from bus.report.render import Column, Fact, Table
 from bus.report.trail import Verification

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bus.audit_chain import key_fingerprint, subject_key
+from bus.audit.chain import key_fingerprint, subject_key
 from bus.config import RoutingConfig
 from bus.logs import mask_id
 from bus.report.categories import category_label, field_categories, legal_basis_label

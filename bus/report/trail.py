@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
-from bus.audit import verify_store
-from bus.audit_chain import Pin
+from bus.audit.chain import Pin
+from bus.audit.observer import verify_store
 from bus.store.base import AuditRecord, Store
 
 __all__ = ["VN", "Trail", "Verification", "parse_time", "read_trail", "show_time"]
