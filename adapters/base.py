@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,7 +21,6 @@ from pydantic import BaseModel, ValidationError
 
 from bus.config import RoutingConfig, ServiceConfig, UpstreamConfig, load_config, parse_config
 from bus.config.source import YamlDocument
-from bus.errors import InvalidRequest
 
 __all__ = [
     "Adapter",
@@ -30,24 +28,11 @@ __all__ = [
     "CallContext",
     "Registry",
     "config_issues",
-    "invalid_request",
     "load_routing",
     "parse_routing",
     "registry",
     "request_models",
 ]
-
-
-_ERROR_CODE_RE = re.compile(r"[A-Z][A-Z0-9_]+")
-
-
-def invalid_request(exc: ValidationError) -> InvalidRequest:
-    """A request that fails its model again at the worker (it crossed the broker)."""
-    first = exc.errors(include_url=False, include_input=False)[0]
-    kind = str(first["type"])
-    code = kind if _ERROR_CODE_RE.fullmatch(kind) else "INVALID_REQUEST"
-    where = ".".join(str(part) for part in first["loc"]) or "request"
-    return InvalidRequest(f"{where}: {first['msg']}", code=code)
 
 
 def config_issues(prefix: str, exc: ValidationError) -> list[str]:

@@ -99,9 +99,9 @@ async def serve(mode: str, port: int, store_url: str) -> None:
     from adapters.civil_status.simulator import build_app as build_sim
     from bus.audit.observer import AuditObserver, audit_trail
     from bus.broker import open_broker, queue_specs
-    from bus.cli.roles import bound_port, http_site
     from bus.exchange import ExchangeObserver
-    from bus.gateway.app import Runtime, build_app
+    from bus.gateway.app import Gateway, Runtime, build_app
+    from bus.gateway.server import bound_port, http_site
     from bus.worker.worker import Worker, open_adapters
 
     os.environ.update(B_KEY=KEY, B_TOKEN=TOKEN, B_AUDIT=AUDIT_KEY)
@@ -130,11 +130,11 @@ async def serve(mode: str, port: int, store_url: str) -> None:
                     file=sys.stderr,
                 )
             )
-        runtime = Runtime.build(config, broker, observers=observers, models=request_models(config))
+        gateway = Gateway(broker, Runtime.build(config, observers, models=request_models(config)))
         stop = asyncio.Event()
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(worker.run(stop))
-            async with http_site(build_app(runtime), "127.0.0.1", port, shutdown_timeout=2):
+            async with http_site(build_app(gateway), "127.0.0.1", port, shutdown_timeout=2):
                 print("ready", flush=True)
                 await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
             stop.set()

@@ -171,6 +171,10 @@ class CivilStatusLookup(CanonicalRequest):
             )
         return self
 
+    def subject_id(self) -> str | None:
+        """The person looked up by ID (a lookup by registration names nobody up front)."""
+        return self.by_person.id_number if self.by_person is not None else None
+
 
 class Registration(StrictModel):
     """Where, when and under which number a registration was made (← so, quyenSo …)."""

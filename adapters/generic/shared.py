@@ -24,12 +24,12 @@ from pydantic import (
     model_validator,
 )
 
-from adapters.base import config_issues, invalid_request
+from adapters.base import config_issues
 from adapters.common.dates import VN_TZ
 from adapters.generic.mapping import MISSING, Rules, get_path, steps_of
 from adapters.generic.reqschema import FieldSpec, request_model
 from adapters.generic.transforms import SAFE_CODE, jsonable, scalar_text
-from bus.canonical import CanonicalRequest
+from bus.canonical import CanonicalRequest, validation_error
 from bus.config import ServiceConfig
 from bus.errors import (
     NotFoundError,
@@ -49,7 +49,6 @@ __all__ = [
     "config_issues",
     "context_values",
     "header_problems",
-    "invalid_request",
     "is_not_found",
     "operation_model",
     "prepare_call",
@@ -248,7 +247,7 @@ def prepare_call(
     try:
         canonical = route.model.model_validate(request).model_dump(mode="json", exclude_none=True)
     except ValidationError as exc:
-        raise invalid_request(exc) from None
+        raise validation_error(exc) from None
     return route, canonical, context_values(correlation_id, now)
 
 

@@ -9,7 +9,6 @@ YAML path — rather than as a failed call.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
 
 from adapters.generic.mapping import (
     Rule,
@@ -21,10 +20,8 @@ from adapters.generic.mapping import (
 )
 from adapters.generic.shared import operation_model
 from adapters.soap.codec import SchemaNode, SoapCodec
+from adapters.soap.options import SoapOperationOptions
 from bus.config import ServiceConfig
-
-if TYPE_CHECKING:
-    from adapters.soap.kind import SoapOperationOptions
 
 __all__ = ["operation_problems"]
 

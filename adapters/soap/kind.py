@@ -37,15 +37,13 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ValidationError
 
 from adapters.base import Adapter, CallContext
 from adapters.common.auth import SoapSecurity
 from adapters.common.http import UpstreamHttp
-from adapters.generic.mapping import Rules, apply_rules
+from adapters.generic.mapping import apply_rules
 from adapters.generic.shared import (
-    OperationMapping,
-    ServiceMapping,
     answer,
     app_status_error,
     config_issues,
@@ -55,7 +53,8 @@ from adapters.generic.shared import (
 )
 from adapters.generic.transforms import MappingError
 from adapters.soap.check import operation_problems
-from adapters.soap.codec import FaultPolicy, SoapCodec, SoapFault, WsdlError
+from adapters.soap.codec import SoapCodec, SoapFault, WsdlError
+from adapters.soap.options import SoapOperationOptions, SoapServiceOptions
 from bus.canonical import CanonicalRequest
 from bus.config import ServiceConfig, UpstreamConfig
 from bus.errors import InvalidRequest, UpstreamBadResponse
@@ -63,59 +62,6 @@ from bus.errors import InvalidRequest, UpstreamBadResponse
 __all__ = ["KIND", "SoapAdapter", "SoapKind", "SoapOperationOptions", "SoapServiceOptions"]
 
 log = structlog.get_logger("adapters.soap.kind")
-
-
-class FaultOptions(BaseModel):
-    """How the upstream's SOAP faults map into error codes (``options.faults``)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    detail_code: str | None = Field(
-        None, pattern=r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$", description="element in <detail>"
-    )
-    transient: list[str] = Field(default_factory=list, description="→ UPSTREAM_UNAVAILABLE")
-    auth: list[str] = Field(default_factory=list, description="→ UPSTREAM_AUTH_FAILED")
-    rejected: list[str] = Field(default_factory=list, description="→ UPSTREAM_REJECTED")
-
-
-class SoapServiceOptions(ServiceMapping):
-    """``services.<name>.options`` of a ``soap`` service."""
-
-    wsdl: str = Field(description="absolute path of the WSDL file (its imports beside it)")
-    service: str | None = None
-    port: str | None = None
-    content_type: str = Field(
-        "text/xml; charset=utf-8", pattern=r"^[ -~]{1,200}$", description="SOAP 1.1's own"
-    )
-    faults: FaultOptions = FaultOptions()
-
-    @field_validator("wsdl")
-    @classmethod
-    def _absolute(cls, value: str) -> str:
-        if "://" in value:
-            raise ValueError("the WSDL is a local file, never fetched: give its path")
-        if not Path(value).is_absolute():
-            raise ValueError(
-                "give an absolute path (a relative one depends on where the bus starts)"
-            )
-        return value
-
-    def fault_policy(self, what: str) -> FaultPolicy:
-        """The fault mapping for this service."""
-        f = self.faults
-        return FaultPolicy(
-            what, f.detail_code, frozenset(f.transient), frozenset(f.auth), frozenset(f.rejected)
-        )
-
-
-class SoapOperationOptions(OperationMapping):
-    """``services.<name>.operations.<op>.options`` of a ``soap`` service."""
-
-    operation: str = Field(min_length=1, description="the WSDL operation")
-    request: Rules = Field(default_factory=dict, description="input element ← request path")
-    soap_action: str | None = Field(
-        None, pattern=r"^[ -~]{0,200}$", description="default: the WSDL's soapAction"
-    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,8 +37,12 @@ from aiohttp import web
 
 from bus.admin.reports import mount_reports
 from bus.config import AdminSettings, RoutingConfig, resolve_secret
+from bus.config.access import parse_expiry
+from bus.config.explain import explain
 from bus.errors import InvalidRequest, NotFoundError, RequestError, Unauthenticated
+from bus.gateway.app import error_middleware
 from bus.gateway.security import bearer_key
+from bus.gateway.server import bound_port, http_site
 from bus.reload.reloader import ConfigReloader
 
 __all__ = [
@@ -79,8 +83,6 @@ class AdminKeys:
     """The admin credentials of one config (references resolved once)."""
 
     def __init__(self, settings: AdminSettings) -> None:
-        from bus.config.access import parse_expiry
-
         self._keys: dict[bytes, _AdminKey] = {}
         for index, entry in enumerate(settings.api_keys):
             if entry.key is not None:
@@ -180,8 +182,6 @@ async def config_status(request: web.Request) -> web.Response:
 
 async def explain_call(request: web.Request) -> web.Response:
     """``GET /admin/explain?consumer=&service=&operation=``."""
-    from bus.config.explain import explain
-
     admin, _ = _authorised(request)
     try:
         args = [request.query[k] for k in ("consumer", "service", "operation")]
@@ -208,8 +208,6 @@ def mount_admin(app: web.Application, reloader: ConfigReloader) -> None:
 
 def build_admin_app(reloader: ConfigReloader) -> web.Application:
     """``/admin/*`` as an app of its own (for a separate admin address)."""
-    from bus.gateway.app import error_middleware
-
     app = web.Application(middlewares=[error_middleware])
     mount_admin(app, reloader)
     return app
@@ -218,8 +216,6 @@ def build_admin_app(reloader: ConfigReloader) -> web.Application:
 @asynccontextmanager
 async def serve_admin(reloader: ConfigReloader, host: str, port: int) -> AsyncIterator[str]:
     """Serve ``/admin/*`` on host:port until the block ends; yields its URL."""
-    from bus.cli.roles import bound_port, http_site
-
     async with http_site(build_admin_app(reloader), host, port, shutdown_timeout=5) as site:
         url = f"http://{host}:{bound_port(site)}/"
         log.info("admin.listening", url=url)

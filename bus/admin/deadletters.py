@@ -40,6 +40,8 @@ from bus.broker.deadletters import ClaimedLetter, DeadLetter, DeadLetterQueue
 from bus.config import RoutingConfig
 from bus.envelope import DecodeError, Reply, Request, decode_request
 from bus.errors import BusError, DeadlineExceeded
+from bus.gateway.idempotency import awaits_answer, body_hash
+from bus.gateway.reply import render_reply
 from bus.logs import mask_pii
 from bus.store.base import Store
 
@@ -112,10 +114,8 @@ OnAnswer = Callable[[Request, Reply], Awaitable[None]]
 def answer_keeper(config: RoutingConfig, store: Store) -> OnAnswer:
     """Store a replayed request's answer for ``GET /v1/messages/{id}``, rendered as the
     gateway would, if the caller's record of this very request still waits for one."""
-    # Imported here: every `lgsp-bus` command loads this module, and the gateway is heavy.
-    from bus.gateway.app import render_reply
-    from bus.gateway.idempotency import awaits_answer, body_hash
 
+    # Imported here: every `lgsp-bus` command loads this module, and the gateway is heavy.
     async def keep(req: Request, reply: Reply) -> None:
         try:
             kept = await store.message_get(req.consumer, req.request_id)

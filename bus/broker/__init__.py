@@ -1,6 +1,8 @@
 """Broker backends: ``memory`` (embedded, tests) and ``amqp`` (RabbitMQ via aio-pika)."""
 
+from bus.broker.amqp.broker import AmqpBroker
 from bus.broker.base import NULL_RECORDER, Broker, BrokerRecorder, Handler, QueueSpec, queue_specs
+from bus.broker.memory import MemoryBroker
 
 __all__ = [
     "NULL_RECORDER",
@@ -19,9 +21,5 @@ def open_broker(
     """An unconnected broker for ``url`` (``None`` or ``memory://`` → in-memory); it reports
     connection state, publish failures and dead letters to ``recorder`` (metrics)."""
     if url is None or url.startswith("memory:"):
-        from bus.broker.memory import MemoryBroker
-
         return MemoryBroker(recorder=recorder)
-    from bus.broker.amqp.broker import AmqpBroker
-
     return AmqpBroker(url, name=name, recorder=recorder)

@@ -29,6 +29,7 @@ from bus.audit.observer import (
     open_auditor,
     verify_store,
 )
+from bus.cli.common import CONFIG_HELP, load_or_exit
 from bus.config import RoutingConfig
 from bus.logs import mask_id
 from bus.report.trail import VN
@@ -60,8 +61,6 @@ def _record_json(rec: AuditRecord) -> dict[str, Any]:
 
 
 def _load(args: argparse.Namespace) -> RoutingConfig:
-    from bus.cli.main import load_or_exit
-
     return load_or_exit(args.config)
 
 
@@ -319,8 +318,6 @@ def login_name() -> str:
 
 def register(sub: Any) -> None:
     """Add the ``audit`` command group."""
-    from bus.cli.main import CONFIG_HELP
-
     audit = sub.add_parser(
         "audit",
         help="verify, query, export and prune the audit trail",

@@ -15,7 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from adapters.base import load_routing, parse_routing
-from bus.config import ConfigError, RoutingConfig
+from bus.cli.common import CONFIG_HELP
+from bus.config import ConfigError, RoutingConfig, default_config_path
+from bus.config.diff import diff_configs, needs_restart
+from bus.config.explain import explain as explain_call
+from bus.config.explain import render_table
+from bus.config.rules import config_warnings, secret_errors
 from bus.config.source import ConfigIssue, YamlDocument
 
 __all__ = ["SCHEMA_URI", "diff", "explain", "register", "routing_schema", "schema", "validate"]
@@ -24,8 +29,6 @@ SCHEMA_URI = "https://json-schema.org/draft/2020-12/schema"
 
 
 def _target(file: str | None) -> Path:
-    from bus.cli.main import default_config_path
-
     return Path(file) if file else default_config_path()
 
 
@@ -51,8 +54,6 @@ def _load_or_report(path: Path) -> RoutingConfig | None:
 
 def validate(args: argparse.Namespace) -> int:
     """``config validate [FILE]``: every error with its YAML path and line; exit 1 on any."""
-    from bus.config.rules import config_warnings, secret_errors
-
     target = _target(args.file)
     errors: list[ConfigIssue] = []
     warnings: list[ConfigIssue] = []
@@ -94,9 +95,6 @@ def validate(args: argparse.Namespace) -> int:
 
 def explain(args: argparse.Namespace) -> int:
     """``config explain``: would this call be allowed, and what governs it."""
-    from bus.config.explain import explain as explain_call
-    from bus.config.explain import render_table
-
     target = _target(args.file)
     config = _load_or_report(target)
     if config is None:
@@ -112,8 +110,6 @@ def explain(args: argparse.Namespace) -> int:
 
 def diff(args: argparse.Namespace) -> int:
     """``config diff OLD NEW``: the semantic changes, ACL grants first."""
-    from bus.config.diff import diff_configs, needs_restart
-
     old, new = _load_or_report(Path(args.old)), _load_or_report(Path(args.new))
     if old is None or new is None:
         return 2
@@ -177,8 +173,6 @@ def schema(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     """Add the ``config`` command group."""
-    from bus.cli.main import CONFIG_HELP
-
     config = sub.add_parser("config", help="operator tools for routing.yaml")
     csub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     check = csub.add_parser(

@@ -25,7 +25,10 @@ from bus.admin.deadletters import (
     summary,
 )
 from bus.admin.deadletters import __doc__ as dlq_doc
+from bus.audit.observer import audit_trail
+from bus.broker.amqp.broker import AmqpBroker
 from bus.broker.deadletters import DeadLetterQueue
+from bus.cli.common import CONFIG_HELP, load_or_exit
 from bus.config import RoutingConfig
 from bus.errors import BusError
 from bus.store.base import Store
@@ -45,8 +48,6 @@ def _login() -> str:
 
 
 def _config(args: argparse.Namespace) -> RoutingConfig:
-    from bus.cli.main import load_or_exit
-
     return load_or_exit(args.config)
 
 
@@ -67,8 +68,6 @@ def _selection(args: argparse.Namespace) -> tuple[set[str] | None, str | None]:
 
 
 async def _command(args: argparse.Namespace) -> int:
-    from bus.broker.amqp.broker import AmqpBroker
-
     config = _config(args)
     services = _services(args, config)
     url = os.environ.get("LGSP_AMQP_URL")
@@ -119,8 +118,6 @@ async def _audited(
     args: argparse.Namespace, config: RoutingConfig, broker: Broker, services: list[str]
 ) -> int:
     """``show``/``replay``/``purge``: each recorded in the audit trail before it acts."""
-    from bus.audit.observer import audit_trail
-
     try:
         async with audit_trail(config, args.store) as auditor:
             action = {"show": _show, "replay": _replay, "purge": _purge}[args.dlq_command]
@@ -230,8 +227,6 @@ def _handler(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     """Add the ``dlq`` command group."""
-    from bus.cli.main import CONFIG_HELP
-
     dlq = sub.add_parser(
         "dlq",
         help="list, show, replay and purge dead letters (needs LGSP_AMQP_URL)",

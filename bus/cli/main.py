@@ -8,16 +8,13 @@ import importlib
 import os
 import sys
 from collections.abc import Coroutine, Sequence
-from pathlib import Path
 from typing import Any
 
-from adapters.base import load_routing
 from bus import logs
-from bus.config import ConfigError, RoutingConfig, default_config_path
+from bus.cli.common import CONFIG_HELP, load_or_exit
 
-__all__ = ["default_config_path", "load_or_exit", "main"]
+__all__ = ["main"]
 
-CONFIG_HELP = "routing config (default: $LGSP_CONFIG, ./routing.yaml, or the shipped one)"
 
 COMMAND_MODULES = (
     "bus.cli.config",
@@ -27,19 +24,6 @@ COMMAND_MODULES = (
     "bus.cli.dlq",
 )
 """Modules with a ``register(subparsers)`` function adding an operator command group."""
-
-
-def load_or_exit(path: str | None) -> RoutingConfig:
-    """The routing config at ``path`` (default :func:`default_config_path`); an invalid one
-    is reported on stderr, issue by issue, and the command exits with 2."""
-    target = Path(path) if path else default_config_path()
-    try:
-        return load_routing(target)
-    except ConfigError as exc:
-        print(f"{target}: invalid configuration", file=sys.stderr)
-        for issue in exc.issues:
-            print(f"  {issue}", file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 def _serve(main: Coroutine[Any, Any, None]) -> int:
@@ -56,8 +40,8 @@ def _serve(main: Coroutine[Any, Any, None]) -> int:
 async def _with_signals(role: str, args: argparse.Namespace) -> None:
     from bus.cli import roles as runner
     from bus.cli.audit import check_audit_key
+    from bus.cli.reloading import reloading
     from bus.observe.metrics import Metrics
-    from bus.reload.targets import reloading
 
     stop = asyncio.Event()
     runner.install_signal_handlers(stop)
@@ -183,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     cfg_help = CONFIG_HELP
-    from bus.reload.targets import add_arguments as reload_arguments  # --no-watch
+    from bus.cli.reloading import add_arguments as reload_arguments  # --no-watch
 
     run = sub.add_parser(
         "run",

@@ -18,7 +18,8 @@ from typing import Any
 
 from adapters.base import load_routing
 from bus.audit.observer import AuditKeyError, load_subject_key, open_auditor
-from bus.cli.audit import parse_time
+from bus.cli.audit import login_name, parse_time
+from bus.cli.common import CONFIG_HELP, load_or_exit
 from bus.config import ConfigError, RoutingConfig
 from bus.report import (
     FORMATS,
@@ -56,8 +57,6 @@ def _emit(args: argparse.Namespace, report: Report) -> int:
 
 
 def _load(args: argparse.Namespace) -> RoutingConfig:
-    from bus.cli.main import load_or_exit
-
     return load_or_exit(args.config)
 
 
@@ -194,9 +193,6 @@ def _dpia(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     """Add the ``report`` command group."""
-    from bus.cli.audit import login_name
-    from bus.cli.main import CONFIG_HELP
-
     report = sub.add_parser(
         "report",
         help="data-protection reports: access, breach scope, DPIA, a citizen's own, stats",

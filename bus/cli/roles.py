@@ -11,7 +11,6 @@ import asyncio
 import os
 import secrets
 import signal
-import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -24,17 +23,19 @@ import structlog
 from aiohttp import web
 
 from adapters.base import request_models
+from adapters.civil_status.simulator import build_app as build_civil
+from adapters.population_db.simulator import build_app as build_population
 from bus.audit.observer import AuditObserver, Auditor, audit_trail
 from bus.broker import NULL_RECORDER, Broker, BrokerRecorder, open_broker, queue_specs
+from bus.cli.reloading import follow_gateway, follow_worker
 from bus.config import AuthBearer, AuthC06, RoutingConfig, resolve_secret
 from bus.exchange import ExchangeObserver
-from bus.gateway.app import Runtime, build_app, current_runtime, wait_idle
-from bus.gateway.server import json_protocol_errors, server_ssl_context
+from bus.gateway.app import Gateway, Runtime, build_app, instrument_gateway
+from bus.gateway.server import bound_port, http_site, server_ssl_context
 from bus.observe.accesslog import AccessLogObserver
-from bus.observe.health import WorkerStatus, build_worker_app, instrument_gateway, sample_queues
+from bus.observe.health import WorkerStatus, build_worker_app, sample_queues
 from bus.observe.metrics import Metrics, MetricsObserver
 from bus.reload.reloader import ConfigReloader
-from bus.reload.targets import follow_gateway, follow_worker
 from bus.worker.worker import Worker, open_adapters
 
 __all__ = [
@@ -75,35 +76,6 @@ def install_signal_handlers(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, stop.set)
 
 
-@asynccontextmanager
-async def http_site(
-    app: web.Application,
-    host: str,
-    port: int,
-    *,
-    shutdown_timeout: float = 15.0,
-    ssl_context: ssl.SSLContext | None = None,
-    json_errors: bool = False,
-) -> AsyncIterator[web.AppRunner]:
-    """Serve ``app`` on host:port (HTTPS with ``ssl_context``); on exit stop accepting and
-    wait for in-flight requests. ``json_errors``: HTTP parse errors in the gateway's shape."""
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
-    await runner.setup()
-    if json_errors:
-        json_protocol_errors(runner)
-    site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=ssl_context)
-    await site.start()
-    try:
-        yield runner
-    finally:
-        await runner.cleanup()
-
-
-def bound_port(runner: web.AppRunner) -> int:
-    """The port a runner's first site listens on (for port 0)."""
-    return int(runner.addresses[0][1])
-
-
 @dataclass(frozen=True)
 class Simulator:
     """A simulator to start for a loopback upstream of the config."""
@@ -125,13 +97,9 @@ def simulators_for(config: RoutingConfig, *, latency_ms: float = 0.0) -> list[Si
         key = (parts.hostname, parts.port)
         auth = upstream.auth
         if svc.adapter == "civil_status" and isinstance(auth, AuthBearer):
-            from adapters.civil_status.simulator import build_app as build_civil
-
             build = partial(build_civil, token=resolve_secret(auth.token), latency_ms=latency_ms)
             sims[key] = Simulator("civil-status", *key, build)
         elif svc.adapter == "population_db" and isinstance(auth, AuthC06):
-            from adapters.population_db.simulator import build_app as build_population
-
             build = partial(
                 build_population,
                 username=auth.username,
@@ -173,30 +141,27 @@ async def run_gateway(
 
     ``readiness``: extra ``/readyz`` detail providers, shared as one list (``run`` adds the
     in-process worker's breakers to it once the worker exists). ``auditor``: the audit
-    trail (see :func:`bus.audit.audit_trail`); its store becomes ``Runtime.store``."""
+    trail (see :func:`bus.audit.audit_trail`); its store becomes ``Gateway.store``."""
     observers: list[ExchangeObserver] = [AccessLogObserver()]
     if auditor is not None:
         # First: if it withholds an answer (fail_closed), the others see AUDIT_UNAVAILABLE.
         observers.insert(0, AuditObserver(auditor, config))
     if metrics is not None:
         observers.append(MetricsObserver(metrics))
-    runtime = Runtime.build(config, broker, observers=observers, models=request_models(config))
-    if readiness is not None:
-        runtime.readiness = readiness
+    runtime = Runtime.build(config, observers, models=request_models(config))
+    gateway = Gateway(broker, runtime, readiness=readiness if readiness is not None else [])
     if auditor is not None:
-        runtime.store = auditor.store
-        runtime.readiness.append(auditor.readiness)
+        gateway.store = auditor.store
+        gateway.readiness.append(auditor.readiness)
         if metrics is not None:
             auditor.recorder = metrics
             metrics.watch_audit_backlog(auditor.backlog_size)
     grace = config.gateway.shutdown_grace_s
-    app = build_app(runtime)
+    app = build_app(gateway)
     if reloader is not None:  # hot reload: runtime swaps, /admin/*, readiness, audit
         follow_gateway(reloader, app, auditor)
     if metrics is not None:
         instrument_gateway(app, metrics)
-        if auditor is not None:
-            metrics.watch_audit_backlog(lambda: auditor.backlog)
     tls = config.gateway.tls
     ssl_context = server_ssl_context(tls) if tls is not None else None
     scheme = "https" if tls is not None else "http"
@@ -207,8 +172,8 @@ async def run_gateway(
         if listening is not None:
             listening.set()
         await stop.wait()
-        log.info("gateway.stopping", in_flight=current_runtime(app).in_flight)
-        await wait_idle(current_runtime(app), grace)
+        log.info("gateway.stopping", in_flight=gateway.in_flight)
+        await gateway.wait_idle(grace)
 
 
 async def run_worker(

@@ -15,8 +15,10 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from bus.errors import Forbidden
+
 if TYPE_CHECKING:
-    from bus.config import RoutingConfig
+    from bus.config.models import RoutingConfig
 
 __all__ = [
     "DEFAULT_SENSITIVE_FIELDS",
@@ -24,6 +26,8 @@ __all__ = [
     "XROAD_SERVICE_RE",
     "ClientCert",
     "RateLimit",
+    "allowed_operations",
+    "authorize",
     "parse_expiry",
     "parse_subject",
     "security_problems",
@@ -212,3 +216,30 @@ def security_problems(config: RoutingConfig) -> list[str]:
                 f"{where}.client_certs needs gateway.tls with client_auth optional or required"
             )
     return problems
+
+
+# -- decisions over a config (pure) ---------------------------------------------------
+
+
+def allowed_operations(config: RoutingConfig, consumer: str) -> dict[str, list[str]]:
+    """Service → operations ``consumer`` may call (``*`` expanded)."""
+    spec = config.consumers.get(consumer)
+    if spec is None:
+        return {}
+    out: dict[str, list[str]] = {}
+    for service, ops in spec.allow.items():
+        svc = config.services.get(service)
+        if svc is None:
+            continue
+        names = list(svc.operations) if "*" in ops else [op for op in ops if op in svc.operations]
+        if names:
+            out[service] = names
+    return out
+
+
+def authorize(config: RoutingConfig, consumer: str, service: str, operation: str) -> None:
+    """Raise ``Forbidden`` unless ``consumer`` may call ``service.operation``."""
+    spec = config.consumers.get(consumer)
+    ops = spec.allow.get(service) if spec else None
+    if not ops or ("*" not in ops and operation not in ops):
+        raise Forbidden(f"consumer may not call {service}/{operation}")

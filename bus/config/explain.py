@@ -20,10 +20,10 @@ from typing import Any
 from pydantic import BaseModel
 
 from bus.config import RoutingConfig
+from bus.config.access import authorize, parse_expiry
 from bus.config.rules import retry_waits
+from bus.envelope import REPLY_MARGIN_S
 from bus.errors import BusError
-from bus.gateway.security import authorize
-from bus.worker.worker import REPLY_MARGIN_S
 
 __all__ = ["POLICIES", "Explanation", "explain", "render_table"]
 
@@ -85,10 +85,6 @@ def _can_authenticate(config: RoutingConfig, consumer: str) -> str | None:
     if not spec.api_keys:
         return f"consumer {consumer!r} has no api_keys: it cannot authenticate"
     now = datetime.now(UTC)
-    try:
-        from bus.config.access import parse_expiry
-    except ImportError:  # pragma: no cover - trees without key expiry
-        return None
     if all(k.expires is not None and parse_expiry(k.expires) <= now for k in spec.api_keys):
         return f"every api key of consumer {consumer!r} has expired"
     return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import BaseModel
@@ -219,7 +220,7 @@ def _personal_data_rules(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def openapi_document(
-    config: RoutingConfig, models: dict[tuple[str, str], type[BaseModel]]
+    config: RoutingConfig, models: Mapping[tuple[str, str], type[BaseModel]]
 ) -> dict[str, Any]:
     """The document for the services in ``config``."""
     schemas: dict[str, Any] = {"Error": _ERROR_SCHEMA}

@@ -7,7 +7,9 @@ Consumers without a ``rate_limit`` are bounded only by the gateway's in-flight l
 
 The buckets live in this process: N gateway replicas behind a load balancer admit up to N
 times the configured rate. That is the chosen limit (no shared state between gateways);
-set the rate per replica accordingly. A config reload starts every bucket full.
+set the rate per replica accordingly. A config reload keeps every bucket's tokens (a
+changed limit keeps at most its new burst; a consumer new to the config starts full), so a
+reload never hands a consumer a fresh burst.
 """
 
 from __future__ import annotations
@@ -35,13 +37,26 @@ class TokenBucket:
         self._tokens = float(burst)
         self._stamp = clock()
 
-    def take(self) -> float:
-        """Spend a token: ``0.0`` if there was one, else seconds until there will be."""
+    def resized(self, rate: float, burst: int) -> TokenBucket:
+        """A bucket with another limit that keeps this one's tokens (at most ``burst``)."""
+        other = TokenBucket(rate, burst, self._clock)
+        self.refill()
+        other._tokens = min(float(burst), self._tokens)
+        other._stamp = self._stamp
+        return other
+
+    def refill(self) -> None:
+        """Bring the tokens up to now without spending one."""
         now = self._clock()
         # A clock that stood still or stepped back adds nothing (monotonic by default).
-        elapsed = max(0.0, now - self._stamp)
-        self._tokens = min(float(self.burst), self._tokens + elapsed * self.rate)
+        self._tokens = min(
+            float(self.burst), self._tokens + max(0.0, now - self._stamp) * self.rate
+        )
         self._stamp = now
+
+    def take(self) -> float:
+        """Spend a token: ``0.0`` if there was one, else seconds until there will be."""
+        self.refill()
         if self._tokens >= 1.0:
             self._tokens -= 1.0
             return 0.0
@@ -56,10 +71,29 @@ class RateLimiter:
         limits: dict[str, RateLimit] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self._clock = clock
         self._buckets = {
             name: TokenBucket(limit.rate_per_s, limit.burst, clock)
             for name, limit in (limits or {}).items()
         }
+
+    def reconfigured(self, config: RoutingConfig) -> RateLimiter:
+        """The limiter for a reloaded ``config``, built from these buckets: an unchanged
+        limit keeps its bucket, a changed one keeps its tokens (up to the new burst), a
+        consumer new to the limits starts full, one without a limit now has no bucket."""
+        fresh = RateLimiter(clock=self._clock)
+        for name, consumer in config.consumers.items():
+            limit = consumer.rate_limit
+            if limit is None:
+                continue
+            old = self._buckets.get(name)
+            if old is None:
+                fresh._buckets[name] = TokenBucket(limit.rate_per_s, limit.burst, self._clock)
+            elif (old.rate, old.burst) == (limit.rate_per_s, limit.burst):
+                fresh._buckets[name] = old
+            else:
+                fresh._buckets[name] = old.resized(limit.rate_per_s, limit.burst)
+        return fresh
 
     @classmethod
     def from_config(cls, config: RoutingConfig) -> RateLimiter:

@@ -28,8 +28,14 @@ from typing import Any, Protocol, TypeVar
 import structlog
 
 from bus.config import RoutingConfig, resolve_secret
-from bus.config.access import parse_expiry, parse_subject, subject_attribute
-from bus.errors import Forbidden, Unauthenticated
+from bus.config.access import (
+    allowed_operations,
+    authorize,
+    parse_expiry,
+    parse_subject,
+    subject_attribute,
+)
+from bus.errors import Unauthenticated
 
 __all__ = [
     "EXPIRY_WARNING",
@@ -206,27 +212,3 @@ def _warn_expiry(consumer: str, label: str, expires: datetime | None, now: datet
     elif expires - now < EXPIRY_WARNING:
         days = round((expires - now) / timedelta(days=1), 1)
         log.warning("security.key_expiring", consumer=consumer, key=label, days_left=days)
-
-
-def allowed_operations(config: RoutingConfig, consumer: str) -> dict[str, list[str]]:
-    """Service → operations ``consumer`` may call (``*`` expanded)."""
-    spec = config.consumers.get(consumer)
-    if spec is None:
-        return {}
-    out: dict[str, list[str]] = {}
-    for service, ops in spec.allow.items():
-        svc = config.services.get(service)
-        if svc is None:
-            continue
-        names = list(svc.operations) if "*" in ops else [op for op in ops if op in svc.operations]
-        if names:
-            out[service] = names
-    return out
-
-
-def authorize(config: RoutingConfig, consumer: str, service: str, operation: str) -> None:
-    """Raise ``Forbidden`` unless ``consumer`` may call ``service.operation``."""
-    spec = config.consumers.get(consumer)
-    ops = spec.allow.get(service) if spec else None
-    if not ops or ("*" not in ops and operation not in ops):
-        raise Forbidden(f"consumer may not call {service}/{operation}")

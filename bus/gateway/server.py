@@ -1,4 +1,4 @@
-"""The gateway's HTTP edge: TLS and mTLS, protocol errors as JSON, the access-control steps.
+"""The gateway's HTTP server: TLS and mTLS, the peer certificate, protocol errors as JSON.
 
 * :func:`server_ssl_context` builds the server's context from ``gateway.tls``:
   ``client_auth: required`` → ``CERT_REQUIRED`` (no certificate, no handshake),
@@ -12,16 +12,15 @@
   error shape (``431 HEADERS_TOO_LARGE`` / ``400 BAD_HTTP_REQUEST``) instead of aiohttp's
   plain-text page, and logs only the error's type: aiohttp's own message quotes the
   offending line, which may hold personal data.
-* The access-control steps of the gateway's pipeline, each one call there:
-  :func:`identify`, :func:`xroad_inbound`, :func:`read_body` (keeps the body's hash for
-  ``X-Road-Request-Hash``), :func:`check_privacy`, :func:`with_officer`,
-  :func:`xroad_reply_headers`.
+* :func:`http_site` serves an app (HTTPS with a context) until its block ends, then stops
+  accepting and waits for in-flight requests; :func:`bound_port` tells the port it got.
 """
 
 from __future__ import annotations
 
 import ssl
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
@@ -29,33 +28,21 @@ import structlog
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.web_protocol import RequestHandler
-from pydantic import BaseModel
 
-from bus.config import GatewayTls, RoutingConfig, resolve_secret
+from bus.config import GatewayTls, resolve_secret
 from bus.errors import BusError, InvalidRequest, RequestError
-from bus.gateway import privacy
-from bus.gateway.security import Authenticator, Identity, PeerCertificate
-from bus.xroad import REQUEST_HASH, XRoadIdentity, request_hash
+from bus.gateway.security import PeerCertificate
 
 __all__ = [
-    "BODY_HASH",
-    "XROAD",
     "HeadersTooLarge",
-    "check_privacy",
-    "identify",
+    "bound_port",
+    "http_site",
     "json_protocol_errors",
     "peer_certificate",
-    "read_body",
     "server_ssl_context",
-    "with_officer",
-    "xroad_inbound",
-    "xroad_reply_headers",
 ]
 
 log = structlog.get_logger("bus.gateway.server")
-
-XROAD = web.RequestKey("xroad", XRoadIdentity)
-BODY_HASH = web.RequestKey("body_hash", str)
 
 
 class HeadersTooLarge(RequestError):
@@ -141,48 +128,30 @@ def json_protocol_errors(runner: web.BaseRunner) -> None:
     server.__class__ = _JsonErrorServer
 
 
-def identify(request: web.Request, auth: Authenticator) -> Identity:
-    """Authenticate by API key and/or the verified TLS client certificate."""
-    return auth.identify(request.headers.get("Authorization"), peer_certificate(request))
+@asynccontextmanager
+async def http_site(
+    app: web.Application,
+    host: str,
+    port: int,
+    *,
+    shutdown_timeout: float = 15.0,
+    ssl_context: ssl.SSLContext | None = None,
+    json_errors: bool = False,
+) -> AsyncIterator[web.AppRunner]:
+    """Serve ``app`` on host:port (HTTPS with ``ssl_context``); on exit stop accepting and
+    wait for in-flight requests. ``json_errors``: HTTP parse errors in the gateway's shape."""
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
+    await runner.setup()
+    if json_errors:
+        json_protocol_errors(runner)
+    site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=ssl_context)
+    await site.start()
+    try:
+        yield runner
+    finally:
+        await runner.cleanup()
 
 
-def xroad_inbound(
-    request: web.Request, config: RoutingConfig, consumer: str, service: str
-) -> XRoadIdentity:
-    """X-Road headers, checked against the consumer and the service (403 on mismatch)."""
-    ident = XRoadIdentity.from_headers(request.headers)
-    request[XROAD] = ident
-    ident.check_caller(config, consumer, service)
-    return ident
-
-
-async def read_body(request: web.Request) -> bytes:
-    """The whole body (``client_max_size`` bounds it: 413); its hash kept for the reply."""
-    raw = await request.read()
-    request[BODY_HASH] = request_hash(raw)
-    return raw
-
-
-def xroad_reply_headers(request: web.Request) -> dict[str, str]:
-    """``X-Road-Request-Hash`` once the body was read, and the X-Road headers echoed."""
-    headers = request[XROAD].echo() if XROAD in request else {}
-    if BODY_HASH in request:
-        headers[REQUEST_HASH] = request[BODY_HASH]
-    return headers
-
-
-def check_privacy(
-    config: RoutingConfig, consumer: str, service: str, validated: BaseModel, officer: str | None
-) -> None:
-    """Purpose and officer (personal data), sensitive fields asked for, requested_at."""
-    privacy.check_purpose(config.services[service], validated, officer)
-    privacy.check_requested_fields(config, consumer, service, validated)
-    privacy.check_requested_at(validated, datetime.now(UTC), config.gateway.max_clock_skew_s)
-
-
-def with_officer(body: dict[str, Any], officer: str | None) -> dict[str, Any]:
-    """The officer from ``X-Road-UserId`` written into ``caller`` when the body had none."""
-    caller = body.get("caller")
-    if officer is None or not isinstance(caller, dict) or caller.get("officer_id") == officer:
-        return body
-    return {**body, "caller": {**caller, "officer_id": officer}}
+def bound_port(runner: web.AppRunner) -> int:
+    """The port a runner's first site listens on (for port 0)."""
+    return int(runner.addresses[0][1])

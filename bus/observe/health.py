@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +22,6 @@ from aiohttp import web
 from bus.broker.base import Broker
 from bus.config import RoutingConfig
 from bus.errors import BusError
-from bus.gateway.app import RUNTIME
 from bus.observe.metrics import CONTENT_TYPE, Metrics
 
 __all__ = [
@@ -31,7 +29,6 @@ __all__ = [
     "WorkerStatus",
     "add_metrics_route",
     "build_worker_app",
-    "instrument_gateway",
     "sample_queues",
 ]
 
@@ -56,13 +53,6 @@ def add_metrics_route(app: web.Application, metrics: Metrics) -> None:
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
     app.router.add_get("/metrics", handle)
-
-
-def instrument_gateway(app: web.Application, metrics: Metrics) -> None:
-    """``/metrics`` on the gateway app; in-flight and config version read from its runtime."""
-    add_metrics_route(app, metrics)
-    metrics.watch_gateway_in_flight(lambda: app[RUNTIME].in_flight)
-    metrics.config_applied(app[RUNTIME].config, time.time())
 
 
 @dataclass

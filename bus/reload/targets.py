@@ -1,13 +1,13 @@
-"""The parts a config reload swaps (the gateway's runtime, the worker's services), and the
-wiring of hot reload into the process roles (:func:`follow_gateway`, :func:`follow_worker`
-for ``bus/runner.py``; :func:`reloading` and :func:`add_arguments` for ``bus/cli.py``).
+"""The parts a config reload swaps: the gateway's runtime and the worker's services (wired
+into the process roles by :mod:`bus.cli.reloading`).
 
-:class:`GatewayTarget` builds the next :class:`~bus.gateway.Runtime` (API keys resolved,
-request models built) and puts it in the app's :class:`~bus.gateway.RuntimeSlot`; a request
-keeps the runtime it started with. Whatever the runner attached to the old runtime after
-building it (store, readiness providers, observers) is carried over; an object with a
-``with_config(config)`` method (or a ``from_config`` class method) is rebuilt for the new
-config rather than copied, so per-route policies (audit, rate limits) follow the file.
+:class:`GatewayTarget` builds the next :class:`~bus.gateway.runtime.Runtime` (API keys
+resolved, request models built, observers rebound) and hands it to the long-lived
+:class:`~bus.gateway.runtime.Gateway`, which keeps what lives as long as the process (store,
+readiness, in-flight count, rate-limit buckets — rebuilt from the old ones); a request keeps
+the runtime it started with. An observer with a ``with_config(config)`` method (or a
+``from_config`` class method) is rebuilt for the new config, so per-route policies (audit)
+follow the file.
 
 :class:`WorkerTarget` compares the services the worker should serve under the new config
 with those it serves: it opens adapters for new services and for services whose settings
@@ -21,49 +21,34 @@ get an answer), then its consumer stops and its adapter closes.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import structlog
-from aiohttp import web
 
 from adapters.base import Adapter, request_models
 from bus.broker.base import queue_specs
 from bus.config import RoutingConfig
-from bus.gateway.app import RUNTIME_SLOT, Runtime, RuntimeSlot
-from bus.reload.reloader import ConfigReloader, ReloadRecorder
+from bus.gateway.runtime import Gateway, Runtime
 from bus.worker.worker import REPLY_MARGIN_S, Worker, open_adapters
 
 __all__ = [
     "GatewayTarget",
     "WorkerTarget",
-    "add_arguments",
-    "follow_gateway",
-    "follow_worker",
-    "hot_reload",
     "rebind",
-    "reloading",
 ]
 
 log = structlog.get_logger("bus.reload.reloader")
 
-_STATE = frozenset({"config", "auth", "models", "in_flight", "idle"})
-"""Runtime fields that belong to one runtime and are never carried over."""
-
 
 def rebind(value: Any, config: RoutingConfig) -> Any:
     """``value`` for ``config``: rebuilt if it knows how, else the same object."""
-    if isinstance(value, list):
+    if isinstance(value, list | tuple):
         items = [rebind(item, config) for item in value]
-        # Unchanged lists stay the same object: the runner shares some (readiness) and
-        # appends to them later.
-        return value if all(a is b for a, b in zip(items, value, strict=True)) else items
+        same = all(a is b for a, b in zip(items, value, strict=True))
+        return value if same else type(value)(items)
     with_config = getattr(value, "with_config", None)
     if callable(with_config):
         return with_config(config)
@@ -73,53 +58,35 @@ def rebind(value: Any, config: RoutingConfig) -> Any:
     return value
 
 
-def _default(f: dataclasses.Field[Any]) -> Any:
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    if f.default_factory is not dataclasses.MISSING:
-        return f.default_factory()
-    return dataclasses.MISSING
-
-
 class GatewayTarget:
-    """Swaps the gateway app's runtime."""
+    """Gives the long-lived gateway the runtime of each new config."""
 
     name = "gateway"
 
-    def __init__(self, slot: RuntimeSlot) -> None:
-        self.slot = slot
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
 
     async def prepare(self, old: RoutingConfig, new: RoutingConfig) -> _GatewaySwap:
-        """Build the next runtime; declare queues of new services."""
-        current = self.slot.current
-        fresh = Runtime.build(
-            new,
-            current.broker,
-            observers=rebind(current.observers, new),
-            models=request_models(new),
-        )
-        for f in dataclasses.fields(Runtime):
-            if f.name in _STATE or f.name == "observers":
-                continue
-            before, built = getattr(current, f.name), getattr(fresh, f.name)
-            if built == _default(f) and before != built:
-                setattr(fresh, f.name, rebind(before, new))
+        """Build the next runtime (keys, request models, observers bound to the new config);
+        declare queues of new services."""
+        current = self.gateway.runtime
+        fresh = Runtime.build(new, rebind(current.observers, new), models=request_models(new))
         added = [spec for spec in queue_specs(new) if spec.service not in old.services]
         if added:
-            await current.broker.declare(added)
-        return _GatewaySwap(self.slot, fresh)
+            await self.gateway.broker.declare(added)
+        return _GatewaySwap(self.gateway, fresh)
 
 
 @dataclasses.dataclass
 class _GatewaySwap:
-    slot: RuntimeSlot
+    gateway: Gateway
     fresh: Runtime
 
     def commit(self) -> None:
-        self.slot.current = self.fresh
+        self.gateway.swap(self.fresh)
 
     async def settle(self, closing: asyncio.Event) -> None:
-        """Nothing to release: the old runtime drains by itself."""
+        """Nothing to release: requests under the old runtime finish with it."""
 
     async def abort(self) -> None:
         """Nothing was opened."""
@@ -247,97 +214,3 @@ async def _until(closing: asyncio.Event, bound_s: float) -> None:
     """Wait ``bound_s`` seconds, or less if ``closing`` is set (the process is stopping)."""
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(closing.wait(), bound_s)
-
-
-# -- wiring for bus/runner.py ------------------------------------------------------------
-
-
-def follow_gateway(reloader: ConfigReloader, app: web.Application, auditor: Any = None) -> None:
-    """Let a gateway app (not started yet) follow reloads: runtime swap, ``/readyz`` detail,
-    ``/admin/*`` on its port unless ``admin.port`` moves it, audit of each reload."""
-    from bus.admin.api import mount_admin
-
-    reloader.attach(GatewayTarget(app[RUNTIME_SLOT]))
-    app[RUNTIME_SLOT].current.readiness.append(reloader.readiness)
-    if reloader.config.admin.port is None:
-        mount_admin(app, reloader)
-    if auditor is not None:
-        reloader.auditor = auditor
-
-
-def follow_worker(
-    reloader: ConfigReloader,
-    worker: Worker,
-    services: list[str] | None = None,
-    *,
-    app: web.Application | None = None,
-    status: Any = None,
-) -> None:
-    """Let a worker follow reloads; with its HTTP ``app`` (not started yet) and ``status``
-    (:class:`bus.health.WorkerStatus`), ``/admin/*`` there and the reload in ``/readyz``."""
-    from bus.admin.api import mount_admin
-
-    reloader.attach(WorkerTarget(worker, services))
-    if status is not None:
-        status.readiness.append(reloader.readiness)
-
-        def follow(config: RoutingConfig) -> None:
-            status.config = config
-            status.services = list(worker.adapters)
-
-        reloader.on_applied(follow)
-    if app is not None:
-        mount_admin(app, reloader)
-
-
-# -- wiring for bus/cli.py -------------------------------------------------------------
-
-
-@asynccontextmanager
-async def hot_reload(
-    path: str | Path,
-    config: RoutingConfig,
-    *,
-    recorder: ReloadRecorder | None = None,
-    watch: bool = True,
-    admin_listen: tuple[str, int] | None = None,
-) -> AsyncIterator[ConfigReloader]:
-    """A serving reloader for a process role: SIGHUP, file watch and (``admin_listen``)
-    ``/admin/*`` on its own address; stopped when the block ends."""
-    async with ConfigReloader(path, config, recorder=recorder) as reloader:
-        stop = asyncio.Event()
-        serving = asyncio.create_task(reloader.serve(stop, watch=watch))
-        try:
-            async with contextlib.AsyncExitStack() as stack:
-                if admin_listen is not None:
-                    from bus.admin.api import serve_admin
-
-                    await stack.enter_async_context(serve_admin(reloader, *admin_listen))
-                yield reloader
-        finally:
-            stop.set()
-            await serving
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The reload options of a role's command line (run, gateway, worker)."""
-    parser.add_argument(
-        "--no-watch",
-        action="store_true",
-        help="reload routing.yaml only on SIGHUP or POST /admin/reload, not when it changes",
-    )
-
-
-def reloading(
-    args: argparse.Namespace, config: RoutingConfig, recorder: ReloadRecorder | None = None
-) -> contextlib.AbstractAsyncContextManager[ConfigReloader]:
-    """:func:`hot_reload` for a role started by the CLI (its file, watch and admin address)."""
-    from bus.cli.main import default_config_path
-
-    path = Path(args.config) if args.config else default_config_path()
-    admin = config.admin
-    listen = None
-    if args.command in ("run", "gateway") and admin.port is not None:
-        listen = (admin.host or "127.0.0.1", admin.port)
-    watch = not getattr(args, "no_watch", False)
-    return hot_reload(path, config, recorder=recorder, watch=watch, admin_listen=listen)

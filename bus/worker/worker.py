@@ -22,7 +22,7 @@ from adapters.base import Adapter, CallContext, registry
 from adapters.common.http import forwarding
 from bus.broker.base import Broker
 from bus.config import OperationConfig, RoutingConfig
-from bus.envelope import Reply, Request
+from bus.envelope import REPLY_MARGIN_S, Reply, Request
 from bus.errors import (
     BusError,
     DeadlineExceeded,
@@ -40,9 +40,6 @@ if TYPE_CHECKING:
 __all__ = ["REPLY_MARGIN_S", "Worker", "open_adapters"]
 
 log = structlog.get_logger("bus.worker.worker")
-
-REPLY_MARGIN_S = 0.25
-"""Time kept back from the deadline for the reply to travel back to the gateway."""
 
 
 async def open_adapters(

@@ -187,7 +187,7 @@ async def test_no_raw_id_or_name_reaches_the_audit_tables(audited: AuditedBus) -
 async def test_a_store_that_refuses_writes_withholds_fail_closed_answers(
     audited: AuditedBus,
 ) -> None:
-    policy = audited.bus.runtime.config.services["civil-status"].audit
+    policy = audited.bus.gateway.config.services["civil-status"].audit
     body = lookup(by_registration=sample_registration(0, RecordType.BIRTH, 5))
     async with write_lock(audited.url):
         cid, status, reply = await audited.call(body)

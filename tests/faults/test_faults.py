@@ -31,7 +31,7 @@ from bus.broker.amqp.broker import AmqpBroker
 from bus.broker.base import queue_name
 from bus.config import RoutingConfig
 from bus.envelope import Request, encode_request
-from bus.gateway.app import Runtime
+from bus.gateway.app import Gateway, Runtime
 from bus.gateway.app import build_app as build_gateway
 from tests.e2e.test_e2e_civil_status import lookup
 from tests.support.rabbit import TestVhost
@@ -212,7 +212,9 @@ async def gateway_only(
         stack.push_async_callback(broker.aclose)
         await broker.declare(queue_specs(config))
         url = await stack.enter_async_context(
-            serve_app(build_gateway(Runtime.build(config, broker, models=request_models(config))))
+            serve_app(
+                build_gateway(Gateway(broker, Runtime.build(config, models=request_models(config))))
+            )
         )
         session = await stack.enter_async_context(aiohttp.ClientSession())
         yield Client(url, session, os.environ[KEY_ENV], next(iter(config.services))), broker

@@ -19,11 +19,11 @@ from aiohttp import web
 from adapters.base import load_routing, request_models
 from adapters.civil_status.simulator import STATS, SimStats, build_app
 from bus.broker import Broker, open_broker, queue_specs
-from bus.gateway.app import Runtime, current_runtime
+from bus.cli.reloading import follow_gateway, follow_worker
+from bus.gateway.app import GATEWAY, Gateway, Runtime
 from bus.gateway.app import build_app as build_gateway
 from bus.observe.metrics import Metrics
 from bus.reload.reloader import ConfigReloader
-from bus.reload.targets import follow_gateway, follow_worker
 from bus.worker.worker import Worker, open_adapters
 from tests.support.stack import new_secret, serve_app
 
@@ -141,7 +141,12 @@ class ReloadingBus:
     @property
     def runtime(self) -> Runtime:
         """The runtime new requests get."""
-        return current_runtime(self.app)
+        return self.gateway.runtime
+
+    @property
+    def gateway(self) -> Gateway:
+        """The long-lived gateway of the app (its runtime changes on reload)."""
+        return self.app[GATEWAY]
 
 
 def consumer_keys(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
@@ -181,7 +186,9 @@ async def reloading_bus(
         worker = Worker(config, worker_broker, await open_adapters(config), drain_s=5)
         stack.push_async_callback(worker.aclose)
         follow_worker(reloader, worker)
-        app = build_gateway(Runtime.build(config, gateway_broker, models=request_models(config)))
+        app = build_gateway(
+            Gateway(gateway_broker, Runtime.build(config, models=request_models(config)))
+        )
         follow_gateway(reloader, app)
         stop = asyncio.Event()
         worker_task = asyncio.create_task(worker.run(stop))

@@ -21,11 +21,10 @@ from aiohttp import web
 from adapters.base import parse_routing, request_models
 from bus.audit.observer import AuditObserver, Auditor
 from bus.broker import NULL_RECORDER, Broker, open_broker, queue_specs
-from bus.cli.roles import bound_port, http_site
 from bus.config import RoutingConfig
 from bus.exchange import ExchangeObserver
-from bus.gateway.app import Runtime, build_app
-from bus.observe.health import instrument_gateway
+from bus.gateway.app import Gateway, Runtime, build_app, instrument_gateway
+from bus.gateway.server import bound_port, http_site
 from bus.observe.metrics import Metrics, MetricsObserver
 from bus.store import Store
 from bus.worker.worker import Worker, open_adapters
@@ -107,7 +106,7 @@ class BusStack:
     url: str
     session: aiohttp.ClientSession
     key: str
-    runtime: Runtime
+    gateway: Gateway
     worker: Worker
     worker_broker: Broker
 
@@ -174,16 +173,15 @@ async def running_bus(
         )
         if auditor is not None:
             observers.insert(0, AuditObserver(auditor, config))
-        runtime = Runtime.build(
-            config, gateway_broker, observers=observers, models=request_models(config)
-        )
-        runtime.readiness.append(worker.readiness)  # as in `lgsp-bus run`: breakers in /readyz
+        runtime = Runtime.build(config, observers, models=request_models(config))
+        gateway = Gateway(gateway_broker, runtime)
+        gateway.readiness.append(worker.readiness)  # as in `lgsp-bus run`: breakers in /readyz
         if auditor is not None:
-            runtime.store = auditor.store
-            runtime.readiness.append(auditor.readiness)
+            gateway.store = auditor.store
+            gateway.readiness.append(auditor.readiness)
         if store is not None:  # idempotency and async mode without an audit trail
-            runtime.store = store
-        app = build_app(runtime)
+            gateway.store = store
+        app = build_app(gateway)
         if gateway_metrics is not None:
             instrument_gateway(app, gateway_metrics)
         url = await stack.enter_async_context(
@@ -191,7 +189,7 @@ async def running_bus(
         )
         connector = aiohttp.TCPConnector(ssl=client_ssl) if client_ssl is not None else None
         session = await stack.enter_async_context(aiohttp.ClientSession(connector=connector))
-        yield BusStack(url, session, key, runtime, worker, worker_broker)
+        yield BusStack(url, session, key, gateway, worker, worker_broker)
 
 
 def new_secret() -> str:

@@ -324,7 +324,7 @@ async def test_a_replayed_answer_reaches_the_async_caller(
     operator replays it once workers are back, and the caller's GET has the answer."""
     from bus.admin.deadletters import answer_keeper
     from bus.broker import queue_specs
-    from bus.gateway.app import Runtime, build_app
+    from bus.gateway.app import Gateway, Runtime, build_app
     from tests.faults.test_faults import KEY_ENV, TOKEN_ENV, fault_config, good, simulator
     from tests.support.stack import new_secret, running_bus, serve_app
     from tests.unit.gateway.test_idempotency import Api
@@ -341,9 +341,9 @@ async def test_a_replayed_answer_reaches_the_async_caller(
         stack.push_async_callback(store.aclose)
         broker = await stack.enter_async_context(amqp(url))
         await broker.declare(queue_specs(config))
-        runtime = Runtime.build(config, broker, models=request_models(config))
-        runtime.store = store  # a gateway with its store, and no worker anywhere
-        gateway_url = await stack.enter_async_context(serve_app(build_app(runtime)))
+        runtime = Runtime.build(config, models=request_models(config))
+        gateway = Gateway(broker, runtime, store=store)  # with its store, and no worker anywhere
+        gateway_url = await stack.enter_async_context(serve_app(build_app(gateway)))
         session = await stack.enter_async_context(aiohttp.ClientSession())
         api = Api(gateway_url, session, service)
         body = good(4)

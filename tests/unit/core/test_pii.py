@@ -291,7 +291,7 @@ async def test_no_id_or_name_reaches_logs_or_metrics(
             WorkerStatus(bus.stack.worker.config, bus.stack.worker_broker, ["civil-status"]),
             worker_metrics,
         )
-        bus.stack.runtime.observers.append(AccessLogObserver())  # as `lgsp-bus run` has it
+        bus.stack.gateway.add_observer(AccessLogObserver())  # as `lgsp-bus run` has it
         await _drive(bus)
         metrics = await bus.call("/metrics", method="GET", key=None)
         assert metrics.status == 200

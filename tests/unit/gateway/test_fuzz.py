@@ -29,8 +29,8 @@ from pydantic import BaseModel, ValidationError
 from adapters.base import parse_routing
 from adapters.civil_status.models import CivilStatusLookup
 from adapters.population_db.models import PopulationLookup, PopulationVerify
+from bus.canonical import validation_error as _validation_error
 from bus.errors import BusError, InvalidRequest, Unauthenticated
-from bus.gateway.app import _validation_error
 from bus.gateway.openapi import ERROR_CODES
 from bus.gateway.privacy import (
     FieldFilter,

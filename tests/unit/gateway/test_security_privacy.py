@@ -49,7 +49,7 @@ async def bus(broker_url: str | None, monkeypatch: pytest.MonkeyPatch) -> AsyncI
 @pytest.fixture
 def recorder(bus: SecureBus) -> Recorder:
     rec = Recorder()
-    bus.stack.runtime.observers.append(rec)
+    bus.stack.gateway.add_observer(rec)
     return rec
 
 

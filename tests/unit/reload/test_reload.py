@@ -266,14 +266,17 @@ async def test_what_the_runner_attached_is_carried_over(
     path = tmp_path / "routing.yaml"
     write_config(path, civil_config(sims))
     async with reloading_bus(path, None, keys, watch=False) as bus:
+        gateway = bus.gateway
+        gateway.add_observer(_Observer(gateway.config))
         old = bus.runtime
-        old.observers.append(_Observer(old.config))
+        readiness = gateway.readiness
         result = await bus.reloader.reload("api")
         assert result.outcome == "applied"
         new = bus.runtime
         assert new is not old
-        assert new.readiness is old.readiness  # shared list: reload's own provider is in it
-        assert bus.reloader.readiness in new.readiness
+        assert bus.gateway is gateway  # the process state outlives the reload
+        assert gateway.readiness is readiness  # shared list: reload's own provider is in it
+        assert bus.reloader.readiness in gateway.readiness
         rebuilt = [o for o in new.observers if isinstance(o, _Observer)]
         assert len(rebuilt) == 1
         assert rebuilt[0].config is new.config

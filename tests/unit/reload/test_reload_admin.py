@@ -16,7 +16,7 @@ import pytest
 
 from adapters.base import load_routing
 from bus.cli import roles as runner
-from bus.reload.targets import hot_reload
+from bus.cli.reloading import hot_reload
 from bus.store import open_store
 from bus.store.base import AuditRecord
 from tests.support.reloadstack import (
