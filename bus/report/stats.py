@@ -47,6 +47,8 @@ class StatsCell:
 
     service: str
     consumer: str
+    organisation: str
+    """The consumer's ``display_name`` (else its name)."""
     calls: int | None
     answered: int | None
     subjects: int | None
@@ -125,6 +127,7 @@ class StatsReport:
             [
                 Column("service", "Dịch vụ", "service"),
                 Column("consumer", "Hệ thống khai thác", "consumer"),
+                Column("organisation", "Cơ quan, tổ chức", "organisation"),
                 Column("calls", "Lượt gọi", "calls"),
                 Column("answered", "Đã cung cấp", "answered"),
                 Column("subjects", "Số chủ thể", "distinct subjects"),
@@ -170,11 +173,15 @@ async def stats_report(
         month, k, delay_days, end + delay_days * 86_400 * 1_000_000, now_us, trail.verification
     )
     for (service, consumer), recs in sorted(groups.items()):
+        spec = config.consumers.get(consumer)
+        org = (spec.display_name if spec else None) or consumer
         calls = len(recs)
         answered = sum(1 for r in recs if r.outcome == "OK")
         subjects = len({r.subject_key for r in recs if r.subject_key})
         if calls < k or 0 < subjects < k:
-            report.cells.append(StatsCell(service, consumer, None, None, None, suppressed=True))
+            report.cells.append(
+                StatsCell(service, consumer, org, None, None, None, suppressed=True)
+            )
         else:
-            report.cells.append(StatsCell(service, consumer, calls, answered, subjects))
+            report.cells.append(StatsCell(service, consumer, org, calls, answered, subjects))
     return report
