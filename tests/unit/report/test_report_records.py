@@ -4,6 +4,9 @@ transparency setting is validated; field paths get their categories."""
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import time
 
 import pytest
@@ -12,7 +15,7 @@ from pydantic import ValidationError
 from bus.audit.chain import AuditEntry
 from bus.audit.observer import Auditor
 from bus.config import ConsumerConfig, RoutingConfig
-from bus.report import BreachSelector, breach_report, month_bounds
+from bus.report import BreachSelector, breach_report, dpia_report, month_bounds, render
 from bus.report.categories import categories_of
 from bus.store import Store
 
@@ -88,3 +91,36 @@ def test_field_paths_and_months() -> None:
     assert (end - start) // 86_400_000_000 == 31
     with pytest.raises(ValueError, match="YYYY-MM"):
         month_bounds("2026-13")
+
+
+def test_renderings_escape_config_text_and_mark_blanks() -> None:
+    config = RoutingConfig.model_validate(
+        {
+            "consumers": {
+                "portal": {
+                    "display_name": "<script>alert(1)</script>",
+                    "allow": {"land": ["lookup"]},
+                }
+            },
+            "upstreams": {"registry": {"url": "https://land.example.gov.vn/"}},
+            "services": {
+                "land": {"adapter": "rest", "upstream": "registry", "operations": {"lookup": {}}}
+            },
+        }
+    )
+    report = dpia_report(config)
+    html = render(report, "html")
+    assert "<script>" not in html
+    assert "&lt;script&gt;" in html
+    assert html.count('class="person"') == 6, "every field a person must write is marked"
+    text = render(report, "csv")
+    assert text.splitlines()[1] == "# certified=true"
+    rows = list(csv.reader(io.StringIO(text)))
+    header = rows[
+        rows.index(
+            ["# table credentials: Thông tin xác thực của các hệ thống / consumers' credentials"]
+        )
+        + 1
+    ]
+    assert header[0] == "consumer"
+    assert json.loads(render(report, "json"))["report"] == "dpia"
