@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from adapters.base import load_routing
-from bus.audit.observer import AuditKeyError, load_subject_key, open_auditor
+from bus.audit.observer import AuditKeyError, AuditUnavailable, load_subject_key, open_auditor
 from bus.cli.audit import login_name, parse_time
 from bus.cli.common import CONFIG_HELP, load_or_exit
 from bus.config import ConfigError, RoutingConfig
@@ -35,6 +35,13 @@ from bus.report import (
 from bus.store import Store, open_store, store_url_from_env
 
 __all__ = ["register"]
+
+
+def _days(text: str) -> int:
+    """Whole days, 0..366 (``--delay-days``)."""
+    if not text.isdigit() or int(text) > 366:
+        raise argparse.ArgumentTypeError("whole days, 0..366")
+    return int(text)
 
 
 def _now_us() -> int:
@@ -94,6 +101,9 @@ def _over_store(args: argparse.Namespace, build: Any) -> int:
             await _recorded(args, config, store, report, detail, subject)
         except (AuditKeyError, ValueError) as exc:
             print(f"report: {exc}", file=sys.stderr)
+            return 2
+        except AuditUnavailable as exc:
+            print(f"report: the audit trail cannot record this report: {exc}", file=sys.stderr)
             return 2
         finally:
             await store.aclose()
@@ -286,7 +296,7 @@ def register(sub: Any) -> None:
     stats.add_argument("--month", required=True, help="YYYY-MM (Vietnam time)")
     stats.add_argument(
         "--delay-days",
-        type=int,
+        type=_days,
         default=10,
         help="a month is publishable this many days after it ends (default 10)",
     )
