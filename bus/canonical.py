@@ -32,10 +32,23 @@ __all__ = [
     "Purpose",
     "RequestId",
     "StrictModel",
+    "exchange_id",
     "validation_error",
 ]
 
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{7,63}$")
+"""A request_id in a body: the caller's idempotency key (8-64 characters, a ULID or UUID)."""
+_EXCHANGE_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}\Z")
+"""What may name an exchange anywhere else: an ``X-Request-Id`` header (the correlation id,
+which is also the request_id of a body without one), a ``GET /v1/messages/{id}``, an id
+kept in the audit trail. Every request_id matches it; free text (a name) never does."""
+
+
+def exchange_id(value: str | None) -> str | None:
+    """``value`` if it can name an exchange (see above), else ``None``."""
+    return value if value is not None and _EXCHANGE_ID_RE.match(value) else None
+
+
 _CODE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,63}$")
 _OFFICER_RE = re.compile(r"^[0-9]{12}$")
 _ERROR_TYPE_RE = re.compile(r"^[A-Z][A-Z0-9_]+\Z")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import ssl
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
@@ -31,7 +32,10 @@ from bus.errors import (
     UpstreamUnavailable,
 )
 
-__all__ = ["HttpResult", "UpstreamHttp", "error_for_status", "forwarding"]
+__all__ = ["SAFE_CODE", "HttpResult", "UpstreamHttp", "error_for_status", "forwarding"]
+
+SAFE_CODE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+"""Upstream codes matching this are echoed in errors; anything else may be text with PII."""
 
 _FORWARD: ContextVar[Mapping[str, str]] = ContextVar(
     "lgsp_forward_headers", default=MappingProxyType({})

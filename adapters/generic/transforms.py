@@ -21,6 +21,7 @@ from typing import Any
 
 from adapters.common.dates import VN_TZ, MojDateError, MojDateStyle, from_moj, to_moj
 from adapters.common.dates import PartialDate as DateParts
+from adapters.common.http import SAFE_CODE
 
 __all__ = [
     "DATE_STYLES",
@@ -32,8 +33,6 @@ __all__ = [
     "scalar_text",
 ]
 
-SAFE_CODE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
-"""Upstream codes matching this are echoed in errors; anything else may be text with PII."""
 DATE_STYLES = ("yyyy-MM-dd", *(style.value for style in MojDateStyle))
 """Spellings ``format_date`` writes (a year alone stays ``yyyy``)."""
 _ISO_PARTIAL = re.compile(r"[0-9]{4}(?:-[0-9]{2}(?:-[0-9]{2})?)?")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from adapters.common.soap import SchemaNode, SoapCodec
 from adapters.generic.mapping import (
     Rule,
     canonical_paths,
@@ -19,7 +20,6 @@ from adapters.generic.mapping import (
     target_problems,
 )
 from adapters.generic.shared import operation_model
-from adapters.soap.codec import SchemaNode, SoapCodec
 from adapters.soap.options import SoapOperationOptions
 from bus.config import ServiceConfig
 

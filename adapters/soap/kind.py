@@ -2,7 +2,7 @@
 
 Per call: validate the canonical request (it crossed the broker), map it to the WSDL
 operation's input (:mod:`adapters.generic.mapping`), build the envelope with zeep
-(:mod:`adapters.soap.codec`, WS-Security from the upstream's auth if it is ``wsse``), POST it
+(:mod:`adapters.common.soap`, WS-Security from the upstream's auth if it is ``wsse``), POST it
 through :class:`~adapters.http.UpstreamHttp` within the call's deadline, read the reply
 through the hardened XML parser, and map it back. The WSDL is a local file, parsed off
 the loop when the worker starts; it is never fetched from the network. Config::
@@ -42,6 +42,7 @@ from pydantic import BaseModel, ValidationError
 from adapters.base import Adapter, CallContext
 from adapters.common.auth import SoapSecurity
 from adapters.common.http import UpstreamHttp
+from adapters.common.soap import SoapCodec, SoapFault, WsdlError
 from adapters.generic.mapping import apply_rules
 from adapters.generic.shared import (
     answer,
@@ -53,7 +54,6 @@ from adapters.generic.shared import (
 )
 from adapters.generic.transforms import MappingError
 from adapters.soap.check import operation_problems
-from adapters.soap.codec import SoapCodec, SoapFault, WsdlError
 from adapters.soap.options import SoapOperationOptions, SoapServiceOptions
 from bus.canonical import CanonicalRequest
 from bus.config import ServiceConfig, UpstreamConfig

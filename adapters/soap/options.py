@@ -6,9 +6,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from adapters.common.soap import FaultPolicy
 from adapters.generic.mapping import Rules
 from adapters.generic.shared import OperationMapping, ServiceMapping
-from adapters.soap.codec import FaultPolicy
 
 __all__ = ["FaultOptions", "SoapOperationOptions", "SoapServiceOptions"]
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Collection, Sequence
@@ -42,7 +41,7 @@ from bus.envelope import DecodeError, Reply, Request, decode_request
 from bus.errors import BusError, DeadlineExceeded
 from bus.gateway.idempotency import awaits_answer, body_hash
 from bus.gateway.reply import render_reply
-from bus.logs import mask_pii
+from bus.logs import mask_value
 from bus.store.base import Store
 
 __all__ = [
@@ -59,7 +58,6 @@ __all__ = [
 log = structlog.get_logger("bus.admin.deadletters")
 
 VN = timezone(timedelta(hours=7), "ICT")
-_MASKED_KEYS = re.compile(r"name|birth|address|residence|id_number|personal_id|phone|email", re.I)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -207,16 +205,6 @@ def summary(letter: DeadLetter) -> dict[str, Any]:
     }
 
 
-def _mask(value: Any, key: str = "") -> Any:
-    if isinstance(value, dict):
-        return {k: _mask(v, k) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_mask(v, key) for v in value]
-    if isinstance(value, str):
-        return "***" if _MASKED_KEYS.search(key) else mask_pii(None, "", {"v": value})["v"]
-    return value
-
-
 def _plain(value: Any) -> Any:
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
@@ -236,8 +224,8 @@ def detail(letter: DeadLetter, *, reveal: bool) -> dict[str, Any]:
     except orjson.JSONDecodeError:
         body = letter.body.decode("utf-8", "replace") if reveal else f"<{len(letter.body)} bytes>"
     else:
-        body = body if reveal else _mask(body)
+        body = body if reveal else mask_value(body, whole_names=True)
     headers = _plain(letter.headers)
     if not reveal:
-        headers = _mask(headers)
+        headers = mask_value(headers, whole_names=True)
     return {**summary(letter), "headers": headers, "body": body}

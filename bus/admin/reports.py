@@ -51,6 +51,9 @@ Authorise = Callable[[web.Request], tuple[RoutingConfig, Any, str]]
 """The admin layer's check: (config in force, audit writer or None, admin name)."""
 
 
+AUTHORISE: web.AppKey[Authorise] = web.AppKey("reports_authorise")
+
+
 class ReportsUnavailable(NotFoundError):
     """This process keeps no audit trail to report on."""
 
@@ -121,98 +124,108 @@ def _now_us() -> int:
     return int(time.time() * 1_000_000)
 
 
+async def access_report_page(request: web.Request) -> web.Response:
+    """``/admin/reports/access``."""
+    config, auditor, name = request.app[AUTHORISE](request)
+    q = request.query
+    since, until = _needed(q, "from"), _needed(q, "to", end=True)
+    fmt = _format(q)
+    report = await access_report(
+        _store(auditor),
+        config,
+        since_us=since,
+        until_us=until,
+        consumer=q.get("consumer"),
+        service=q.get("service"),
+    )
+    return await _answer(auditor, name, report, fmt, {"from": since, "to": until})
+
+
+async def breach_report_page(request: web.Request) -> web.Response:
+    """``/admin/reports/breach``."""
+    config, auditor, name = request.app[AUTHORISE](request)
+    q = request.query
+    try:
+        selector = BreachSelector(q.get("consumer"), q.get("api_key_id"), q.get("officer"))
+    except ValueError as exc:
+        raise _bad("consumer|api_key_id|officer", str(exc)) from None
+    since = _needed(q, "from")
+    until = _time(q, "to", end=True)
+    found = _time(q, "discovered_at")
+    fmt = _format(q)
+    report = await breach_report(
+        _store(auditor),
+        config,
+        selector,
+        since_us=since,
+        until_us=until,
+        discovered_us=found if found is not None else _now_us(),
+    )
+    detail = {"from": since, "consumer": selector.consumer, "api_key_id": selector.credential}
+    return await _answer(auditor, name, report, fmt, detail)
+
+
+async def dpia_report_page(request: web.Request) -> web.Response:
+    """``/admin/reports/dpia``."""
+    config, auditor, name = request.app[AUTHORISE](request)
+    return await _answer(auditor, name, dpia_report(config), _format(request.query), {})
+
+
+async def stats_report_page(request: web.Request) -> web.Response:
+    """``/admin/reports/stats``."""
+    config, auditor, name = request.app[AUTHORISE](request)
+    q = request.query
+    month = q.get("month") or ""
+    raw_delay = q.get("delay_days", "10")
+    if not raw_delay.isdigit() or int(raw_delay) > 366:
+        raise _bad("delay_days", "whole days, 0..366")
+    fmt = _format(q)
+    try:
+        report = await stats_report(
+            _store(auditor), config, month, delay_days=int(raw_delay), now_us=_now_us()
+        )
+    except ValueError as exc:
+        raise _bad("month", str(exc)) from None
+    return await _answer(auditor, name, report, fmt, {"month": month})
+
+
+async def subject_report_page(request: web.Request) -> web.Response:
+    """``/admin/reports/subject``."""
+    config, auditor, name = request.app[AUTHORISE](request)
+    fmt = _format(request.query)
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        raise _bad("body", "not JSON") from None
+    ids = body.get("id_numbers") if isinstance(body, dict) else None
+    if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
+        raise _bad("id_numbers", "a non-empty list of ID numbers")
+    key = load_subject_key(config)
+    if key is None:
+        raise ReportsUnavailable("the routing config has no audit.subject_key")
+    window = {k: v for k, v in body.items() if k in ("from", "to") and isinstance(v, str)}
+    report = await subject_report(
+        _store(auditor),
+        config,
+        key,
+        ids,
+        now_us=_now_us(),
+        since_us=_time(window, "from"),
+        until_us=_time(window, "to", end=True),
+    )
+    one = ids[0] if len(ids) == 1 else None
+    return await _answer(auditor, name, report, fmt, {"subjects": len(ids)}, one)
+
+
 def mount_reports(app: web.Application, authorise: Authorise) -> None:
     """Add ``/admin/reports/*`` to ``app``; ``authorise`` checks the admin key."""
-
-    async def access(request: web.Request) -> web.Response:
-        config, auditor, name = authorise(request)
-        q = request.query
-        since, until = _needed(q, "from"), _needed(q, "to", end=True)
-        fmt = _format(q)
-        report = await access_report(
-            _store(auditor),
-            config,
-            since_us=since,
-            until_us=until,
-            consumer=q.get("consumer"),
-            service=q.get("service"),
-        )
-        return await _answer(auditor, name, report, fmt, {"from": since, "to": until})
-
-    async def breach(request: web.Request) -> web.Response:
-        config, auditor, name = authorise(request)
-        q = request.query
-        try:
-            selector = BreachSelector(q.get("consumer"), q.get("api_key_id"), q.get("officer"))
-        except ValueError as exc:
-            raise _bad("consumer|api_key_id|officer", str(exc)) from None
-        since = _needed(q, "from")
-        until = _time(q, "to", end=True)
-        found = _time(q, "discovered_at")
-        fmt = _format(q)
-        report = await breach_report(
-            _store(auditor),
-            config,
-            selector,
-            since_us=since,
-            until_us=until,
-            discovered_us=found if found is not None else _now_us(),
-        )
-        detail = {"from": since, "consumer": selector.consumer, "api_key_id": selector.credential}
-        return await _answer(auditor, name, report, fmt, detail)
-
-    async def dpia(request: web.Request) -> web.Response:
-        config, auditor, name = authorise(request)
-        return await _answer(auditor, name, dpia_report(config), _format(request.query), {})
-
-    async def stats(request: web.Request) -> web.Response:
-        config, auditor, name = authorise(request)
-        q = request.query
-        month = q.get("month") or ""
-        raw_delay = q.get("delay_days", "10")
-        if not raw_delay.isdigit() or int(raw_delay) > 366:
-            raise _bad("delay_days", "whole days, 0..366")
-        fmt = _format(q)
-        try:
-            report = await stats_report(
-                _store(auditor), config, month, delay_days=int(raw_delay), now_us=_now_us()
-            )
-        except ValueError as exc:
-            raise _bad("month", str(exc)) from None
-        return await _answer(auditor, name, report, fmt, {"month": month})
-
-    async def subject(request: web.Request) -> web.Response:
-        config, auditor, name = authorise(request)
-        fmt = _format(request.query)
-        try:
-            body = orjson.loads(await request.read())
-        except orjson.JSONDecodeError:
-            raise _bad("body", "not JSON") from None
-        ids = body.get("id_numbers") if isinstance(body, dict) else None
-        if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
-            raise _bad("id_numbers", "a non-empty list of ID numbers")
-        key = load_subject_key(config)
-        if key is None:
-            raise ReportsUnavailable("the routing config has no audit.subject_key")
-        window = {k: v for k, v in body.items() if k in ("from", "to") and isinstance(v, str)}
-        report = await subject_report(
-            _store(auditor),
-            config,
-            key,
-            ids,
-            now_us=_now_us(),
-            since_us=_time(window, "from"),
-            until_us=_time(window, "to", end=True),
-        )
-        one = ids[0] if len(ids) == 1 else None
-        return await _answer(auditor, name, report, fmt, {"subjects": len(ids)}, one)
-
+    app[AUTHORISE] = authorise
     routes: dict[str, Callable[[web.Request], Awaitable[web.Response]]] = {
-        "access": access,
-        "breach": breach,
-        "dpia": dpia,
-        "stats": stats,
+        "access": access_report_page,
+        "breach": breach_report_page,
+        "dpia": dpia_report_page,
+        "stats": stats_report_page,
     }
     for path, handler in routes.items():
         app.router.add_get(f"/admin/reports/{path}", handler)
-    app.router.add_post("/admin/reports/subject", subject)
+    app.router.add_post("/admin/reports/subject", subject_report_page)

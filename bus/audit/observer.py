@@ -20,7 +20,6 @@ logs may be sampled, records are not.
 
 from __future__ import annotations
 
-import re
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ import structlog
 
 from bus.audit.chain import AuditEntry, ChainProblem, ChainVerifier, Pin, nfc
 from bus.audit.writer import LEASE_S, Auditor, AuditRecorder, AuditUnavailable
+from bus.canonical import exchange_id
 from bus.config import AuditPolicy, RoutingConfig, resolve_secret
 from bus.exchange import Exchange
 from bus.store import open_store, store_url_from_env
@@ -53,7 +53,6 @@ __all__ = [
 log = structlog.get_logger("bus.audit.observer")
 
 MIN_KEY_CHARS = 16
-_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}\Z")
 
 
 def audit_policy(config: RoutingConfig, service: str | None) -> AuditPolicy:
@@ -114,7 +113,9 @@ def exchange_entry(auditor: Auditor, exchange: Exchange) -> AuditEntry:
     return AuditEntry(
         time_us=int(exchange.started_at * 1_000_000),
         kind="exchange",
-        request_id=_request_id(exchange.request_id),
+        # A rejected body's request_id is whatever the caller sent: kept only if it has the
+        # shape of an id, so free text (a name, say) never reaches the trail.
+        request_id=exchange_id(exchange.request_id),
         correlation_id=exchange.correlation_id,
         consumer=exchange.consumer,
         officer=exchange.officer,
@@ -131,12 +132,6 @@ def exchange_entry(auditor: Auditor, exchange: Exchange) -> AuditEntry:
         # In detail (hashed, free-form): records written before it existed still verify.
         detail={"credential": exchange.credential} if exchange.credential else {},
     )
-
-
-def _request_id(value: str | None) -> str | None:
-    # A rejected body's request_id is whatever the caller sent: keep it only if it has the
-    # shape of one, so free text (a name, say) never reaches the trail.
-    return value if value is not None and _REQUEST_ID_RE.match(value) else None
 
 
 @asynccontextmanager

@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import math
-import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -34,6 +33,7 @@ import orjson
 import structlog
 from aiohttp import web
 
+from bus.canonical import exchange_id
 from bus.config.access import allowed_operations
 from bus.envelope import Request
 from bus.errors import (
@@ -73,8 +73,6 @@ __all__ = [
 
 log = structlog.get_logger("bus.gateway.app")
 
-_CORRELATION_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}\Z")
-_MESSAGE_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}\Z")
 PRUNE_INTERVAL_S = 600.0
 """How often a gateway deletes expired request results from the store."""
 
@@ -112,7 +110,7 @@ def _route_name(request: web.Request) -> str | None:
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Bind the correlation id; render every failure in the one error shape."""
     header_id = request.headers.get("X-Request-Id", "")
-    correlation_id = header_id if _CORRELATION_RE.match(header_id) else uuid.uuid4().hex
+    correlation_id = exchange_id(header_id) or uuid.uuid4().hex
     request[CORRELATION_ID] = correlation_id
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(correlation_id=correlation_id)
@@ -250,7 +248,7 @@ async def get_message(request: web.Request) -> web.Response:
     exchange.consumer, exchange.credential = consumer, identity.credential
     gateway.limiter.check(consumer)
     request_id = request.match_info["request_id"]
-    if not _MESSAGE_ID_RE.match(request_id):
+    if exchange_id(request_id) is None:
         raise InvalidRequest("not a request_id", code="INVALID_REQUEST_ID")
     request[REQUEST_ID] = request_id
     exchange.request_id = request_id

@@ -305,7 +305,7 @@ class _stop_before(stop_base):
         return start_at + MIN_ATTEMPT_S > self.end
 
 
-async def call_with_retry(
+async def call_with_retry(  # noqa: C901 (ARCHITECTURE.md)
     attempt: Callable[[int, float], Awaitable[T]],
     *,
     policy: RetryPolicy,

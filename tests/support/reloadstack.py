@@ -20,7 +20,7 @@ from adapters.base import load_routing, request_models
 from adapters.civil_status.simulator import STATS, SimStats, build_app
 from bus.broker import Broker, open_broker, queue_specs
 from bus.cli.reloading import follow_gateway, follow_worker
-from bus.gateway.app import GATEWAY, Gateway, Runtime
+from bus.gateway.app import GATEWAY, Gateway, Runtime, instrument_gateway
 from bus.gateway.app import build_app as build_gateway
 from bus.observe.metrics import Metrics
 from bus.reload.reloader import ConfigReloader
@@ -190,6 +190,7 @@ async def reloading_bus(
             Gateway(gateway_broker, Runtime.build(config, models=request_models(config)))
         )
         follow_gateway(reloader, app)
+        instrument_gateway(app, metrics)  # as the gateway role has it
         stop = asyncio.Event()
         worker_task = asyncio.create_task(worker.run(stop))
         serving = asyncio.create_task(reloader.serve(stop, watch=watch, sighup=sighup))

@@ -17,7 +17,7 @@ import yaml
 from lxml import etree
 
 from adapters.base import Adapter, CallContext, parse_routing, registry
-from adapters.soap.codec import FaultPolicy, SoapCodec, WsdlError
+from adapters.common.soap import FaultPolicy, SoapCodec, WsdlError
 from adapters.soap.kind import KIND
 from bus.config import ConfigError, ServiceConfig
 from bus.config.source import YamlDocument

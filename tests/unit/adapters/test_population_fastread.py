@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from lxml import etree
 
+from adapters.common.soap import SoapCodec
 from adapters.common.xmlsafe import parse_xml
 from adapters.population_db.codec import C06Codec
 from adapters.population_db.data import sample_citizen
@@ -25,7 +26,6 @@ from adapters.population_db.fastread import read_reply
 from adapters.population_db.mapping import to_c06
 from adapters.population_db.models import OperationOptions, PopulationLookup, ServiceOptions
 from adapters.population_db.simulator import lookup_envelope
-from adapters.soap.codec import SoapCodec
 from bus.errors import InternalError, UpstreamBadResponse, UpstreamUnavailable
 
 LOOKUP = "TraCuuThongTinCongDan"

@@ -152,7 +152,7 @@ async def test_the_example_serves(secrets: str) -> None:
         "adapters.rest.kind",
         "adapters.soap.kind",
         "adapters.soap.check",
-        "adapters.soap.codec",
+        "adapters.common.soap",
         "adapters.generic.transforms",
     ],
 )

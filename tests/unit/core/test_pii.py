@@ -24,6 +24,8 @@ from adapters.civil_status.data import sample_person
 from adapters.civil_status.models import RecordType
 from adapters.population_db.data import sample_citizen
 from bus import logs
+from bus.admin.deadletters import detail
+from bus.broker.deadletters import dead_letter_from
 from bus.logs import mask_id, mask_name, mask_pii, mask_text, pii_of, remember_pii
 from bus.observe.accesslog import AccessLogObserver
 from bus.observe.health import WorkerStatus, build_worker_app
@@ -315,3 +317,25 @@ async def test_no_id_or_name_reaches_logs_or_metrics(
     ):
         leaked = sorted(s for s in _secrets() if s in text)
         assert not leaked, f"{where} carry personal data: {len(leaked)} value(s)"
+
+
+def test_logs_and_dead_letters_share_one_masker() -> None:
+    """One key list: what a dead letter shown to an operator hides, a log line hides too."""
+    record = {
+        "subject": {"id_number": "001085012345", "birth_date": "1985-03-02"},
+        "contact": {"phone": "0912345678", "home_address": "12 Hang Bac"},
+        "full_name": "Nguyễn Văn An",
+        "note": "about 001085012345",
+    }
+    logged = mask_pii(None, "", {"event": "x", **record})
+    shown = detail(dead_letter_from("x", orjson.dumps(record), {}, "c"), reveal=False)["body"]
+    for section, key in [
+        ("subject", "birth_date"),
+        ("contact", "phone"),
+        ("contact", "home_address"),
+    ]:
+        assert logged[section][key] == shown[section][key] == "***"
+    assert logged["subject"]["id_number"] == shown["subject"]["id_number"] == "***"
+    assert logged["note"] == shown["note"] == "about 001*******45"
+    assert "An" not in logged["full_name"]
+    assert shown["full_name"] == "***"

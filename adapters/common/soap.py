@@ -27,9 +27,8 @@ from typing import Any, Self
 from lxml import etree
 
 from adapters.common.auth import SoapSecurity
-from adapters.common.http import error_for_status
+from adapters.common.http import SAFE_CODE, error_for_status
 from adapters.common.xmlsafe import parse_upstream, zeep_settings
-from adapters.generic.transforms import SAFE_CODE
 from bus.errors import (
     InternalError,
     UpstreamAuthFailed,
