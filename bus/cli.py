@@ -66,15 +66,16 @@ def _serve(main: Coroutine[Any, Any, None]) -> int:
 async def _with_signals(role: str, args: argparse.Namespace) -> None:
     from bus import runner
     from bus.audit_cli import check_audit_key
+    from bus.broker import amqp_address
     from bus.metrics import Metrics
     from bus.reloadtargets import reloading
 
     stop = asyncio.Event()
     runner.install_signal_handlers(stop)
-    amqp_url = os.environ.get("LGSP_AMQP_URL") or None
     metrics = Metrics(role="all" if role == "run" else role)
+    config = load_or_exit(args.config)
+    amqp_url = amqp_address(config, os.environ)
     if role == "run":
-        config = load_or_exit(args.config)
         check_audit_key(config, role)
         print(f"lgsp-bus: broker {'RabbitMQ' if amqp_url else 'in-memory (embedded)'}")
         async with reloading(args, config, metrics) as reloader:  # SIGHUP, file, /admin
@@ -91,12 +92,11 @@ async def _with_signals(role: str, args: argparse.Namespace) -> None:
         return
     if amqp_url is None:
         print(
-            f"lgsp-bus {role}: set LGSP_AMQP_URL (amqp://user:pass@host/vhost); only "
-            "'lgsp-bus run' can use the in-memory broker",
+            f"lgsp-bus {role}: set LGSP_AMQP_URL (amqp://user:pass@host/vhost) or "
+            "broker.urls; only 'lgsp-bus run' can use the in-memory broker",
             file=sys.stderr,
         )
         raise SystemExit(2)
-    config = load_or_exit(args.config)
     if role == "gateway":
         from bus.audit import audit_trail
 
@@ -199,8 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="gateway + worker + simulators in one process (embedded default)",
         description="Run gateway, worker and the simulators in one process. Uses RabbitMQ "
-        "when LGSP_AMQP_URL is set, else the in-memory broker; keeps idempotent answers and "
-        "the audit trail in LGSP_STORE_URL (default: SQLite ./lgsp-bus.sqlite3). Unset demo "
+        "when LGSP_AMQP_URL or broker.urls is set, else the in-memory broker; keeps idempotent "
+        "answers and the audit trail in LGSP_STORE_URL (default: SQLite ./lgsp-bus.sqlite3). Unset demo "
         "secrets (LGSP_DEMO_API_KEY, LGSP_SIM_*, LGSP_AUDIT_KEY) get random values for the "
         "run; the demo key is printed with a curl example.",
     )
@@ -212,8 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     gw = sub.add_parser(
         "gateway",
-        help="HTTP ingress only (needs LGSP_AMQP_URL)",
-        description="Serve the HTTP API; publish requests to RabbitMQ (LGSP_AMQP_URL).",
+        help="HTTP ingress only (needs LGSP_AMQP_URL or broker.urls)",
+        description="Serve the HTTP API; publish requests to RabbitMQ (LGSP_AMQP_URL or "
+        "broker.urls; several nodes of a cluster: failover between them).",
     )
     gw.add_argument("--config", help=cfg_help)
     reload_arguments(gw)
@@ -222,9 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     wk = sub.add_parser(
         "worker",
-        help="consume service queues and call upstreams (needs LGSP_AMQP_URL)",
-        description="Consume the service queues from RabbitMQ (LGSP_AMQP_URL) and call "
-        "the adapters.",
+        help="consume service queues and call upstreams (needs LGSP_AMQP_URL or broker.urls)",
+        description="Consume the service queues from RabbitMQ (LGSP_AMQP_URL or broker.urls) "
+        "and call the adapters.",
     )
     wk.add_argument("--config", help=cfg_help)
     reload_arguments(wk)

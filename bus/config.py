@@ -408,9 +408,43 @@ class GatewaySettings(_Model):
     )
 
 
+def _check_amqp_url(value: str) -> str:
+    if _SECRET_RE.fullmatch(value):
+        return value  # env:NAME / file:PATH holding the whole URL
+    parts = urlsplit(value)
+    if parts.scheme not in ("amqp", "amqps") or not parts.hostname:
+        raise ValueError("must be an amqp:// or amqps:// URL, or env:NAME / file:PATH")
+    if parts.password is not None:
+        raise ValueError(
+            "inline secrets are not allowed: drop the password from the URL and set "
+            "broker.password (env:NAME or file:PATH), or give the URL as env:NAME"
+        )
+    return value
+
+
+AmqpUrl = Annotated[str, AfterValidator(_check_amqp_url)]
+
+
 class BrokerSettings(_Model):
     """Broker topology and consumption settings."""
 
+    urls: list[AmqpUrl] = Field(
+        default_factory=list,
+        max_length=16,
+        description="AMQP URLs of the RabbitMQ cluster's nodes (without password); the bus "
+        "connects to the first that answers and fails over to the next when it dies. "
+        "LGSP_AMQP_URL, when set, wins (one URL or several separated by commas)",
+    )
+    password: SecretRef | None = Field(
+        None, description="password put into each of urls that names a user"
+    )
+    quorum_group_size: int | None = Field(
+        None,
+        ge=1,
+        le=16,
+        description="replicas of each quorum queue (x-quorum-initial-group-size) when it is "
+        "first declared; default: RabbitMQ's (every node of the cluster, up to its limit)",
+    )
     prefetch: int = Field(32, ge=1, le=10_000)
     delivery_limit: int = Field(5, ge=1, le=100)
     max_queue_length: int = Field(10_000, ge=1)

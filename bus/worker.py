@@ -30,6 +30,7 @@ from bus.errors import (
     NotFoundError,
     UpstreamTimeout,
 )
+from bus.redelivery import Redeliveries
 from bus.logs import forget_pii, pii_of, remember_pii_here
 from bus.resilience import Breakers, call_with_retry
 from bus.xroad import outbound_headers
@@ -87,6 +88,7 @@ class Worker:
         self._tasks: asyncio.TaskGroup | None = None
         self._stops: dict[str, asyncio.Event] = {}
         self._consumers: dict[str, asyncio.Task[None]] = {}
+        self.redeliveries = Redeliveries()
 
     def readiness(self) -> dict[str, Any]:
         """``/readyz`` detail: each upstream's circuit breaker (an open one is not unready:
@@ -94,7 +96,12 @@ class Worker:
         return {"breakers": self.breakers.snapshot()}
 
     async def handle(self, req: Request) -> Reply:
-        """Serve one request; always returns a reply."""
+        """Serve one request; always returns a reply. A redelivery of a request this worker
+        answered (its ack was lost with a broker node) gets the same reply again, and one
+        of a request it is still serving waits for that: the upstream is called once."""
+        return await self.redeliveries.serve(req, self._serve)
+
+    async def _serve(self, req: Request) -> Reply:
         structlog.contextvars.bind_contextvars(
             correlation_id=req.trace_id or req.request_id,
             service=req.service,
