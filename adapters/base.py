@@ -10,7 +10,7 @@ entry-point group (each entry point names an :class:`AdapterKind` object).
 from __future__ import annotations
 
 import importlib
-import re
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,8 +19,8 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ValidationError
 
-from bus.config import ServiceConfig, UpstreamConfig
-from bus.errors import InvalidRequest
+from bus.config import RoutingConfig, ServiceConfig, UpstreamConfig, load_config, parse_config
+from bus.config.source import YamlDocument
 
 __all__ = [
     "Adapter",
@@ -28,21 +28,11 @@ __all__ = [
     "CallContext",
     "Registry",
     "config_issues",
-    "invalid_request",
+    "load_routing",
+    "parse_routing",
     "registry",
+    "request_models",
 ]
-
-
-_ERROR_CODE_RE = re.compile(r"[A-Z][A-Z0-9_]+")
-
-
-def invalid_request(exc: ValidationError) -> InvalidRequest:
-    """A request that fails its model again at the worker (it crossed the broker)."""
-    first = exc.errors(include_url=False, include_input=False)[0]
-    kind = str(first["type"])
-    code = kind if _ERROR_CODE_RE.fullmatch(kind) else "INVALID_REQUEST"
-    where = ".".join(str(part) for part in first["loc"]) or "request"
-    return InvalidRequest(f"{where}: {first['msg']}", code=code)
 
 
 def config_issues(prefix: str, exc: ValidationError) -> list[str]:
@@ -119,8 +109,8 @@ class Registry:
     _BUILTIN: ClassVar[dict[str, str]] = {
         "civil_status": "adapters.civil_status:KIND",
         "population_db": "adapters.population_db:KIND",
-        "rest": "adapters.rest:KIND",
-        "soap": "adapters.soap:KIND",
+        "rest": "adapters.rest.kind:KIND",
+        "soap": "adapters.soap.kind:KIND",
     }
 
     def __init__(self) -> None:
@@ -161,3 +151,25 @@ class Registry:
 
 
 registry = Registry()
+
+
+def load_routing(path: str | os.PathLike[str]) -> RoutingConfig:
+    """Read and validate a ``routing.yaml`` file, its adapter kinds checked by :data:`registry`."""
+    return load_config(path, kinds=registry)
+
+
+def parse_routing(data: Mapping[str, Any], doc: YamlDocument | None = None) -> RoutingConfig:
+    """Validate a routing mapping (see :func:`load_routing`); :class:`ConfigError` if invalid."""
+    return parse_config(data, doc, kinds=registry)
+
+
+def request_models(config: RoutingConfig) -> dict[tuple[str, str], type[BaseModel]]:
+    """The model the gateway validates each (service, operation)'s request body with."""
+    models: dict[tuple[str, str], type[BaseModel]] = {}
+    for name, svc in config.services.items():
+        kind = registry.get(svc.adapter)
+        if kind is None:
+            raise ValueError(f"unknown adapter kind {svc.adapter!r}")
+        for op in svc.operations:
+            models[(name, op)] = kind.request_model(svc, op)
+    return models

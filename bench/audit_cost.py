@@ -33,6 +33,7 @@ from typing import Any
 
 import aiohttp
 
+from adapters.base import parse_routing, request_models
 from adapters.civil_status.data import sample_person
 from adapters.civil_status.models import RecordType
 
@@ -45,7 +46,6 @@ TOKEN = "bench-sim-token"  # noqa: S105 - the simulator's, made up here
 
 
 def _config(sim_port: int, mode: str) -> Any:
-    from bus.config import parse_config
 
     service: dict[str, Any] = {
         "adapter": "civil_status",
@@ -54,7 +54,7 @@ def _config(sim_port: int, mode: str) -> Any:
     }
     if mode != "off":
         service["audit"] = mode
-    return parse_config(
+    return parse_routing(
         {
             "version": 1,
             "audit": {"subject_key": "env:B_AUDIT"},
@@ -97,12 +97,12 @@ async def serve(mode: str, port: int, store_url: str) -> None:
     from contextlib import AsyncExitStack
 
     from adapters.civil_status.simulator import build_app as build_sim
-    from bus.audit import AuditObserver, audit_trail
+    from bus.audit.observer import AuditObserver, audit_trail
     from bus.broker import open_broker, queue_specs
     from bus.exchange import ExchangeObserver
-    from bus.gateway import Runtime, build_app
-    from bus.runner import bound_port, http_site
-    from bus.worker import Worker, open_adapters
+    from bus.gateway.app import Gateway, Runtime, build_app
+    from bus.gateway.server import bound_port, http_site
+    from bus.worker.worker import Worker, open_adapters
 
     os.environ.update(B_KEY=KEY, B_TOKEN=TOKEN, B_AUDIT=AUDIT_KEY)
     async with AsyncExitStack() as stack:
@@ -130,11 +130,11 @@ async def serve(mode: str, port: int, store_url: str) -> None:
                     file=sys.stderr,
                 )
             )
-        runtime = Runtime.build(config, broker, observers=observers)
+        gateway = Gateway(broker, Runtime.build(config, observers, models=request_models(config)))
         stop = asyncio.Event()
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(worker.run(stop))
-            async with http_site(build_app(runtime), "127.0.0.1", port, shutdown_timeout=2):
+            async with http_site(build_app(gateway), "127.0.0.1", port, shutdown_timeout=2):
                 print("ready", flush=True)
                 await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
             stop.set()

@@ -27,11 +27,11 @@ import orjson
 from lxml import etree
 from lxml.builder import ElementMaker
 
-from adapters.generic import answer, context_values, operation_model
-from adapters.mapping import apply_rules
-from adapters.rest import RestOperationOptions
-from adapters.soap import SoapOperationOptions, SoapServiceOptions
-from adapters.soapcodec import SoapCodec
+from adapters.common.soap import SoapCodec
+from adapters.generic.mapping import apply_rules
+from adapters.generic.shared import answer, context_values, operation_model
+from adapters.rest.kind import RestOperationOptions
+from adapters.soap.kind import SoapOperationOptions, SoapServiceOptions
 from bus.config import ServiceConfig
 from tests.fixtures.generic_config import business_registry_service, social_insurance_service
 

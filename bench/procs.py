@@ -55,11 +55,11 @@ def free_port() -> int:
 
 
 def bus_command() -> list[str]:
-    """How to run ``lgsp-bus``: the console script beside this Python, else ``-m bus.cli``."""
+    """How to run ``lgsp-bus``: the console script beside this Python, else ``-m bus.cli.main``."""
     script = Path(sys.executable).with_name("lgsp-bus")
     if script.exists():
         return [str(script)]
-    return [sys.executable, "-m", "bus.cli"]
+    return [sys.executable, "-m", "bus.cli.main"]
 
 
 def child_env(extra: Mapping[str, str]) -> dict[str, str]:

@@ -27,13 +27,13 @@ import orjson
 from lxml import etree
 from zeep.helpers import serialize_object
 
+from adapters.common.soap import SoapCodec
+from adapters.common.xmlsafe import parse_xml
 from adapters.population_db.codec import C06Codec
 from adapters.population_db.data import sample_citizen
 from adapters.population_db.mapping import lookup_reply, to_c06
 from adapters.population_db.models import OperationOptions, PopulationLookup, ServiceOptions
 from adapters.population_db.simulator import lookup_envelope
-from adapters.soapcodec import SoapCodec
-from adapters.xmlsafe import parse_xml
 
 OP = "TraCuuThongTinCongDan"
 DL = "{http://www.mic.gov.vn/dancu/1.0}"

@@ -2,8 +2,8 @@
 
 Validation failures raise ``PydanticCustomError`` whose *type* is the stable error code
 (``INVALID_ID_NUMBER``, ``INVALID_NAME`` …); the gateway reports that code to the caller.
-Field constraints that pydantic checks itself map to ``INVALID_REQUEST``/``UNKNOWN_FIELD``/
-``MISSING_FIELD``.
+Field constraints that pydantic checks itself map to ``INVALID_FIELD``/``UNKNOWN_FIELD``/
+``MISSING_FIELD`` (:func:`validation_error`, the one mapper).
 """
 
 from __future__ import annotations
@@ -13,8 +13,17 @@ import unicodedata
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
+
+from bus.errors import InvalidRequest
 
 __all__ = [
     "Caller",
@@ -23,11 +32,48 @@ __all__ = [
     "Purpose",
     "RequestId",
     "StrictModel",
+    "exchange_id",
+    "validation_error",
 ]
 
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{7,63}$")
+"""A request_id in a body: the caller's idempotency key (8-64 characters, a ULID or UUID)."""
+_EXCHANGE_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}\Z")
+"""What may name an exchange anywhere else: an ``X-Request-Id`` header (the correlation id,
+which is also the request_id of a body without one), a ``GET /v1/messages/{id}``, an id
+kept in the audit trail. Every request_id matches it; free text (a name) never does."""
+
+
+def exchange_id(value: str | None) -> str | None:
+    """``value`` if it can name an exchange (see above), else ``None``."""
+    return value if value is not None and _EXCHANGE_ID_RE.match(value) else None
+
+
 _CODE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,63}$")
 _OFFICER_RE = re.compile(r"^[0-9]{12}$")
+_ERROR_TYPE_RE = re.compile(r"^[A-Z][A-Z0-9_]+\Z")
+
+
+def validation_error(exc: ValidationError) -> InvalidRequest:
+    """A request model's failure as one coded error — at the gateway, and again at a worker
+    if a message fails its model there. A custom error's *type* is its code; pydantic's own
+    map to ``UNKNOWN_FIELD``/``MISSING_FIELD``/``INVALID_FIELD``. Values are never echoed."""
+    errors = []
+    for err in exc.errors(include_url=False, include_input=False):
+        kind = err["type"]
+        if _ERROR_TYPE_RE.match(kind):
+            code = kind
+        elif kind == "extra_forbidden":
+            code = "UNKNOWN_FIELD"
+        elif kind == "missing":
+            code = "MISSING_FIELD"
+        else:
+            code = "INVALID_FIELD"
+        path = ".".join(str(p) for p in err["loc"])
+        errors.append({"path": path, "code": code, "message": err["msg"]})
+    first = errors[0]
+    message = f"{first['path'] or 'body'}: {first['message']}"
+    return InvalidRequest(message, code=first["code"], detail={"errors": errors})
 
 
 class StrictModel(BaseModel):
@@ -130,3 +176,12 @@ class CanonicalRequest(StrictModel):
     requested_at: Annotated[str, Field(max_length=40), AfterValidator(_plain_text)] | None = None
     caller: Caller = Caller()
     purpose: Purpose = Purpose()
+
+    def subject_id(self) -> str | None:
+        """The ID number of the citizen this request is about (audit key), if it names one.
+
+        A kind whose requests name their subject elsewhere (e.g. civil status's
+        ``by_person``) overrides this: the gateway asks, it knows no field names."""
+        subject = getattr(self, "subject", None)
+        value = getattr(subject, "id_number", None)
+        return value if isinstance(value, str) and value else None

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 __all__ = [
+    "REPLY_MARGIN_S",
     "DecodeError",
     "Reply",
     "Request",
@@ -23,6 +24,9 @@ __all__ = [
     "encode_reply",
     "encode_request",
 ]
+
+REPLY_MARGIN_S = 0.25
+"""Time a worker keeps back from the deadline for its reply to travel back to the gateway."""
 
 HeaderValue = str | int | float | bool
 _H = "x-lgsp-"

@@ -35,12 +35,14 @@ import structlog
 
 __all__ = [
     "NAME_KEYS",
+    "PERSONAL_KEYS",
     "configure",
     "forget_pii",
     "mask_id",
     "mask_name",
     "mask_pii",
     "mask_text",
+    "mask_value",
     "pii_of",
     "remember_pii",
     "remember_pii_here",
@@ -237,7 +239,7 @@ def _mask_id_match(m: re.Match[str]) -> str:
     return mask_id(m.group(0))
 
 
-def mask_text(text: str) -> str:
+def mask_text(text: str) -> str:  # noqa: C901 (ARCHITECTURE.md)
     """Mask IDs, the request's known personal data and free-text Vietnamese names."""
     known = _KNOWN.get()
     if known is not None:
@@ -288,18 +290,43 @@ _PLAIN = (int, float, bool, type(None))
 """Values that cannot hold personal data as they are (a number is not an ID string)."""
 
 
-def _mask(value: Any, key: str = "") -> Any:
+PERSONAL_KEYS = re.compile(r"birth|address|residence|id_number|personal_id|phone|email", re.I)
+"""Keys (searched, case-insensitively) whose string values are personal data other than
+names — dates of birth, addresses, ID numbers, contacts: masked whole (``***``)."""
+
+
+def mask_value(value: Any, key: str = "", *, whole_names: bool = False) -> Any:
+    """``value`` (any JSON-like structure) with its personal data masked: the one masker of
+    logs and of dead letters shown to operators. Under a name key (:data:`NAME_KEYS`) a
+    string is masked as a name (``whole_names``: as ``***``), under a :data:`PERSONAL_KEYS`
+    key whole, elsewhere its ID numbers and free-text names are masked."""
     if type(value) in _PLAIN:
         return value
     if isinstance(value, str):
-        return mask_name(value) if key and _is_name_key(key) else mask_text(value)
+        if key and _is_name_key(key):
+            return "***" if whole_names else mask_name(value)
+        if key and _is_personal_key(key):
+            return "***"
+        return mask_text(value)
     if isinstance(value, dict):
-        return {k: _mask(v, str(k)) for k, v in value.items()}
+        return {k: mask_value(v, str(k), whole_names=whole_names) for k, v in value.items()}
     if isinstance(value, list | tuple | set | frozenset):
-        return [_mask(v, key) for v in value]
+        return [mask_value(v, key, whole_names=whole_names) for v in value]
     if isinstance(value, BaseException):
         return mask_text(repr(value))
     return value
+
+
+_PERSONAL_KEY_MEMO: dict[str, bool] = {}
+
+
+def _is_personal_key(key: str) -> bool:
+    known = _PERSONAL_KEY_MEMO.get(key)
+    if known is None:
+        known = PERSONAL_KEYS.search(key) is not None
+        if len(_PERSONAL_KEY_MEMO) < _NAME_KEY_MEMO_MAX:
+            _PERSONAL_KEY_MEMO[key] = known
+    return known
 
 
 _STATIC_KEYS = frozenset(
@@ -332,7 +359,7 @@ def mask_pii(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMa
         if type(value) is str and key in _STATIC_KEYS:
             event_dict[key] = _mask_static(value)
         else:
-            event_dict[key] = _mask(value, key)
+            event_dict[key] = mask_value(value, key)
     return event_dict
 
 

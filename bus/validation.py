@@ -291,35 +291,38 @@ def check_full_name(value: str) -> str:
             "the name looks mis-encoded (UTF-8 read as cp1252, or TCVN3/VNI legacy text); "
             "send it as Unicode",
         )
-    scripts: set[str] = set()
-    for i, ch in enumerate(name):
-        cat = unicodedata.category(ch)
-        if ch == " ":
-            continue
-        if cat in ("Cc", "Cf", "Zl", "Zp", "Zs"):
-            raise _fail("INVALID_NAME", "the name contains control, invisible or odd spaces")
-        if cat.startswith("N"):
-            raise _fail("INVALID_NAME", "the name contains digits")
-        if ch in _MARKUP:
-            raise _fail("INVALID_NAME", "the name contains markup characters")
-        if ch in _JOINERS:
-            between = 0 < i < len(name) - 1 and name[i - 1].isalpha() and name[i + 1].isalpha()
-            if not between:
-                raise _fail("INVALID_NAME", "apostrophes and hyphens must join two letters")
-            continue
-        if not cat.startswith("L"):
-            raise _fail("INVALID_NAME", "the name contains symbols, emoji or punctuation")
-        if ch.isascii() or ch in _VN_LETTERS:
-            scripts.add("LATIN")
-        elif (script := _script(ch)) == "LATIN":
-            raise _fail("INVALID_NAME", "the name has letters outside the Vietnamese alphabet")
-        else:
-            scripts.add(script)
+    scripts = {s for i, ch in enumerate(name) if (s := _letter_script(name, i, ch)) is not None}
     if len(scripts) > 1:
         raise _fail("INVALID_NAME", "the name mixes scripts (look-alike letters?)")
     if scripts != {"LATIN"}:
         raise _fail("INVALID_NAME", "the name must be written in Vietnamese (Latin) letters")
     return name
+
+
+def _letter_script(name: str, i: int, ch: str) -> str | None:
+    """The script of the name's ``i``-th character (``None``: a space or a joiner), or the
+    coded failure that character is."""
+    if ch == " ":
+        return None
+    cat = unicodedata.category(ch)
+    if cat in ("Cc", "Cf", "Zl", "Zp", "Zs"):
+        raise _fail("INVALID_NAME", "the name contains control, invisible or odd spaces")
+    if cat.startswith("N"):
+        raise _fail("INVALID_NAME", "the name contains digits")
+    if ch in _MARKUP:
+        raise _fail("INVALID_NAME", "the name contains markup characters")
+    if ch in _JOINERS:
+        if not (0 < i < len(name) - 1 and name[i - 1].isalpha() and name[i + 1].isalpha()):
+            raise _fail("INVALID_NAME", "apostrophes and hyphens must join two letters")
+        return None
+    if not cat.startswith("L"):
+        raise _fail("INVALID_NAME", "the name contains symbols, emoji or punctuation")
+    if ch.isascii() or ch in _VN_LETTERS:
+        return "LATIN"
+    script = _script(ch)
+    if script == "LATIN":
+        raise _fail("INVALID_NAME", "the name has letters outside the Vietnamese alphabet")
+    return script
 
 
 FullName = Annotated[str, AfterValidator(check_full_name)]

@@ -31,8 +31,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from bus.accessconfig import XROAD_CLIENT_RE, XROAD_SERVICE_RE
 from bus.config import RoutingConfig
+from bus.config.access import XROAD_CLIENT_RE, XROAD_SERVICE_RE
 from bus.errors import Forbidden, InvalidRequest
 
 __all__ = [

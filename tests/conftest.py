@@ -11,8 +11,8 @@ import pytest
 
 from bus.broker import Broker, open_broker
 from bus.store import Store, open_store
-from tests.pg import TestDatabase
-from tests.rabbit import TestVhost
+from tests.support.pg import TestDatabase
+from tests.support.rabbit import TestVhost
 
 
 def _reachable(host: str, port: int) -> bool:

@@ -34,11 +34,12 @@ from typing import Any
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from adapters.base import CallContext, invalid_request
-from adapters.civil_status.dates import MojDateStyle
+from adapters.base import CallContext
 from adapters.civil_status.mapping import DEFAULT_PATHS, MojFormatError, lookup_result, query_params
 from adapters.civil_status.models import CivilStatusLookup, CivilStatusLookupResult, RecordType
-from adapters.http import HttpResult, UpstreamHttp, error_for_status
+from adapters.common.dates import MojDateStyle
+from adapters.common.http import HttpResult, UpstreamHttp, error_for_status
+from bus.canonical import validation_error
 from bus.config import ServiceConfig, UpstreamConfig
 from bus.errors import InvalidRequest, UpstreamBadResponse, UpstreamRejected
 
@@ -127,7 +128,7 @@ class CivilStatusAdapter:
         try:
             lookup = CivilStatusLookup.model_validate(request)
         except ValidationError as exc:
-            raise invalid_request(exc) from None
+            raise validation_error(exc) from None
         started = time.perf_counter()
         result = await self._http.request(
             "GET",

@@ -23,7 +23,6 @@ from collections.abc import Mapping, Sequence
 from datetime import date
 from typing import Any
 
-from adapters.civil_status.dates import MojDateError, MojDateStyle, PartialDate, from_moj, to_moj
 from adapters.civil_status.models import (
     AdminScheme,
     CivilStatusLookup,
@@ -39,6 +38,7 @@ from adapters.civil_status.models import (
     Role,
     Sex,
 )
+from adapters.common.dates import MojDateError, MojDateStyle, PartialDate, from_moj, to_moj
 
 __all__ = [
     "ADMIN_CUTOVER",

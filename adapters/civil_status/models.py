@@ -19,7 +19,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 from pydantic_core import PydanticCustomError
 
-from adapters.civil_status.dates import PartialDate, today_vn
+from adapters.common.dates import PartialDate, today_vn
 from bus.canonical import CanonicalRequest, StrictModel
 from bus.validation import FullName, check_old_id, check_personal_id
 
@@ -170,6 +170,10 @@ class CivilStatusLookup(CanonicalRequest):
                 "INVALID_QUERY", "give exactly one of by_registration or by_person"
             )
         return self
+
+    def subject_id(self) -> str | None:
+        """The person looked up by ID (a lookup by registration names nobody up front)."""
+        return self.by_person.id_number if self.by_person is not None else None
 
 
 class Registration(StrictModel):

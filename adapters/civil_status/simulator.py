@@ -50,8 +50,8 @@ from adapters.civil_status.data import (
     Dataset,
     build_dataset,
 )
-from adapters.civil_status.dates import MojDateError, from_moj
 from adapters.civil_status.models import RecordType
+from adapters.common.dates import MojDateError, from_moj
 
 __all__ = [
     "FAULT_NUMBERS",

@@ -17,9 +17,9 @@ from typing import Any
 import structlog
 from pydantic import BaseModel, ValidationError
 
-from adapters.auth import SoapSecurity
-from adapters.base import Adapter, CallContext, config_issues, invalid_request
-from adapters.http import UpstreamHttp
+from adapters.base import Adapter, CallContext, config_issues
+from adapters.common.auth import SoapSecurity
+from adapters.common.http import UpstreamHttp
 from adapters.population_db.codec import C06Codec
 from adapters.population_db.mapping import lookup_reply, to_c06, verify_reply
 from adapters.population_db.models import (
@@ -29,6 +29,7 @@ from adapters.population_db.models import (
     ServiceOptions,
     model_for,
 )
+from bus.canonical import validation_error
 from bus.config import ServiceConfig, UpstreamConfig
 from bus.errors import NotFoundError
 
@@ -91,7 +92,7 @@ class PopulationDbAdapter:
         try:
             model = route.model.model_validate(request)
         except ValidationError as exc:
-            raise invalid_request(exc) from None
+            raise validation_error(exc) from None
         payload = self._codec.build(
             route.c06_operation, to_c06(model, self._options, route.options), self._security
         )

@@ -1,6 +1,6 @@
 """zeep over the vendored C06 WSDL: build request envelopes, read replies and faults. No I/O.
 
-The machinery is :mod:`adapters.soapcodec`, shared with the generic ``soap`` kind (why zeep
+The machinery is :mod:`adapters.common.soap`, shared with the generic ``soap`` kind (why zeep
 only builds and parses, and how replies are read safely, is explained there). This module
 adds what is C06's own: the vendored WSDL, its service/port, and what its ``MaLoi`` fault
 codes mean.
@@ -14,10 +14,10 @@ from typing import Any
 
 from lxml import etree
 
-from adapters.auth import SoapSecurity
+from adapters.common.auth import SoapSecurity
+from adapters.common.soap import FaultPolicy, SoapCodec, SoapFault
 from adapters.population_db.fastbuild import build_request
 from adapters.population_db.fastread import read_reply
-from adapters.soapcodec import FaultPolicy, SoapCodec, SoapFault
 from bus.errors import UpstreamError
 
 __all__ = ["AUTH_CODES", "TRANSIENT_CODES", "WSDL_DIR", "C06Codec", "fault_error"]

@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from adapters.reqschema import AccountableRequest
+from adapters.generic.reqschema import AccountableRequest
 from bus.canonical import StrictModel
 from bus.validation import (
     FullName,

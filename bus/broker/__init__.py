@@ -1,5 +1,6 @@
 """Broker backends: ``memory`` (embedded, tests) and ``amqp`` (RabbitMQ via aio-pika)."""
 
+from bus.broker.amqp.broker import AmqpBroker
 from bus.broker.base import (
     NULL_RECORDER,
     Broker,
@@ -9,6 +10,7 @@ from bus.broker.base import (
     amqp_address,
     queue_specs,
 )
+from bus.broker.memory import MemoryBroker
 
 __all__ = [
     "NULL_RECORDER",
@@ -29,9 +31,5 @@ def open_broker(
     AMQP URLs separated by commas → the nodes of one cluster, with failover); it reports
     connection state, publish failures and dead letters to ``recorder`` (metrics)."""
     if url is None or url.startswith("memory:"):
-        from bus.broker.memory import MemoryBroker
-
         return MemoryBroker(recorder=recorder)
-    from bus.broker.amqp import AmqpBroker
-
     return AmqpBroker(url, name=name, recorder=recorder)

@@ -1,5 +1,5 @@
 """Dead letters: what a message in ``lgsp.dlq.<service>`` is, why it is there, and the
-operations both brokers offer on a DLQ (for ``lgsp-bus dlq``, see :mod:`bus.dlq`).
+operations both brokers offer on a DLQ (for ``lgsp-bus dlq``, see :mod:`bus.admin.deadletters`).
 
 A message reaches the DLQ three ways, and its headers say which:
 

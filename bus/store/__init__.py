@@ -22,6 +22,8 @@ from bus.store.base import (
     Store,
     StoredMessage,
 )
+from bus.store.postgres import PostgresStore
+from bus.store.sqlite import SqliteStore
 
 __all__ = [
     "DEFAULT_STORE_URL",
@@ -50,8 +52,6 @@ def open_store(url: str) -> Store:
     """An unconnected store for ``url`` (see the module docstring); ``ValueError`` if the
     URL names no known backend."""
     if url.startswith(("postgresql://", "postgres://")):
-        from bus.store.postgres import PostgresStore
-
         return PostgresStore(url)
     if url.startswith("sqlite://"):
         rest = url.removeprefix("sqlite://")
@@ -62,8 +62,6 @@ def open_store(url: str) -> Store:
         raise ValueError(f"unknown store URL scheme {url.split('://', 1)[0]!r}")
     else:
         path, query = url, ""
-    from bus.store.sqlite import SqliteStore
-
     options = dict(parse_qsl(query))
     unknown = set(options) - {"synchronous", "busy_timeout_ms"}
     if unknown:

@@ -49,7 +49,7 @@ GENESIS_HASH = "0" * 64
 
 @dataclass(frozen=True, slots=True)
 class AuditRecord:
-    """One sealed record of the audit trail, exactly as stored; :mod:`bus.audit` builds,
+    """One sealed record of the audit trail, exactly as stored; :mod:`bus.audit.observer` builds,
     hashes and verifies these. ``kind`` is ``exchange`` (one request) or ``admin``."""
 
     chain: str

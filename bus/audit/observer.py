@@ -1,0 +1,204 @@
+"""The audit trail: one hash-chained record per exchange and per admin action.
+
+Policies per route (``audit:`` of a service in routing.yaml; default fail_closed for
+personal data, else ``audit.default_policy``):
+
+* ``fail_closed`` — the answer waits until its record is durable; if the store fails, the
+  caller gets ``503 AUDIT_UNAVAILABLE`` instead of the answer (and the record, rewritten to
+  say so, stays queued until it can be written);
+* ``fail_open`` — the answer goes first; the record waits in the backlog, retried with
+  backoff, visible in ``/readyz`` (``audit.backlog``). Never dropped while the process
+  lives; when the backlog is full every answer is refused instead.
+
+:class:`AuditObserver` plugs the writer (:class:`Auditor`, in :mod:`bus.audit.writer`)
+into the gateway (``bus.exchange``); :meth:`Auditor.admin_action` records operator actions
+(config reload, DLQ replay, purge…); :func:`audit_trail` opens store and writer for a
+process; :func:`verify_store` walks every chain. The pure parts — canonical form, hashes,
+subject keys, verification — are in :mod:`bus.audit.chain`. Audit records are not logs:
+logs may be sampled, records are not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import structlog
+
+from bus.audit.chain import AuditEntry, ChainProblem, ChainVerifier, Pin, nfc
+from bus.audit.writer import LEASE_S, Auditor, AuditRecorder, AuditUnavailable
+from bus.canonical import exchange_id
+from bus.config import AuditPolicy, RoutingConfig, resolve_secret
+from bus.exchange import Exchange
+from bus.store import open_store, store_url_from_env
+from bus.store.base import ChainHead, Store
+
+__all__ = [
+    "LEASE_S",
+    "AuditKeyError",
+    "AuditObserver",
+    "AuditRecorder",
+    "AuditUnavailable",
+    "Auditor",
+    "ChainReport",
+    "audit_policy",
+    "audit_trail",
+    "exchange_entry",
+    "load_subject_key",
+    "open_auditor",
+    "verify_store",
+]
+
+log = structlog.get_logger("bus.audit.observer")
+
+MIN_KEY_CHARS = 16
+
+
+def audit_policy(config: RoutingConfig, service: str | None) -> AuditPolicy:
+    """The service's own policy; else fail_closed for personal data; else the default."""
+    svc = config.services.get(service) if service is not None else None
+    if svc is None:
+        return config.audit.default_policy
+    if svc.audit is not None:
+        return svc.audit
+    return "fail_closed" if svc.personal_data else config.audit.default_policy
+
+
+class AuditKeyError(ValueError):
+    """The configured audit key cannot be read, or is too short (a start-up error)."""
+
+
+def load_subject_key(config: RoutingConfig) -> bytes | None:
+    """The configured audit key's bytes (``None`` if none is configured); raises
+    :class:`AuditKeyError` if the reference cannot be read or the key is too short."""
+    ref = config.audit.subject_key
+    if ref is None:
+        return None
+    try:
+        key = resolve_secret(ref)
+    except (KeyError, OSError) as exc:
+        reason = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        raise AuditKeyError(f"audit.subject_key: {reason}") from None
+    if len(key) < MIN_KEY_CHARS:
+        raise AuditKeyError(
+            f"audit.subject_key: the key must be at least {MIN_KEY_CHARS} characters"
+        )
+    return key.encode("utf-8")
+
+
+class AuditObserver:
+    """The gateway's :class:`~bus.exchange.ExchangeObserver` writing one record per exchange.
+
+    Holds the config for per-route policies: on a config reload build a new one over the
+    same auditor (:meth:`with_config`)."""
+
+    def __init__(self, auditor: Auditor, config: RoutingConfig) -> None:
+        self.auditor = auditor
+        self.config = config
+
+    def with_config(self, config: RoutingConfig) -> AuditObserver:
+        """The same auditor under a new config."""
+        return AuditObserver(self.auditor, config)
+
+    async def exchange_finished(self, exchange: Exchange) -> None:
+        """Record the exchange under its route's policy."""
+        durable = audit_policy(self.config, exchange.service) == "fail_closed"
+        await self.auditor.record(exchange_entry(self.auditor, exchange), durable=durable)
+
+
+def exchange_entry(auditor: Auditor, exchange: Exchange) -> AuditEntry:
+    """The record of a finished exchange (the raw subject ID is hashed, not copied)."""
+    skey = auditor.subject_key(exchange.subject_id)
+    return AuditEntry(
+        time_us=int(exchange.started_at * 1_000_000),
+        kind="exchange",
+        # A rejected body's request_id is whatever the caller sent: kept only if it has the
+        # shape of an id, so free text (a name, say) never reaches the trail.
+        request_id=exchange_id(exchange.request_id),
+        correlation_id=exchange.correlation_id,
+        consumer=exchange.consumer,
+        officer=exchange.officer,
+        unit=exchange.unit,
+        service=exchange.service,
+        operation=exchange.operation,
+        purpose={str(k): str(nfc(v)) for k, v in exchange.purpose.items()},
+        subject_key=skey,
+        key_id=auditor.key_id if skey is not None else None,
+        fields=tuple(nfc(f) for f in exchange.fields_returned),
+        outcome=exchange.outcome,
+        status=exchange.status,
+        latency_us=int(exchange.latency_s * 1_000_000),
+    )
+
+
+@asynccontextmanager
+async def open_auditor(
+    config: RoutingConfig, store: Store, *, holder: str | None = None
+) -> AsyncIterator[Auditor]:
+    """A started auditor for ``config`` on a connected ``store``; closed (drained) on exit."""
+    key = load_subject_key(config)
+    if key is None:
+        log.warning("audit.no_subject_key", hint="set audit.subject_key in routing.yaml")
+    auditor = Auditor(store, node=config.node, key=key, settings=config.audit, holder=holder)
+    async with auditor:
+        yield auditor
+
+
+@asynccontextmanager
+async def audit_trail(
+    config: RoutingConfig, store_url: str | None = None
+) -> AsyncIterator[Auditor]:
+    """Open the store (``store_url``, else ``$LGSP_STORE_URL``, else the SQLite default) and
+    a started auditor on it; the gateway's ``Runtime.store`` is ``auditor.store``."""
+    store = open_store(store_url or store_url_from_env())
+    await store.connect()
+    try:
+        async with open_auditor(config, store) as auditor:
+            yield auditor
+    finally:
+        await store.aclose()
+
+
+@dataclass
+class ChainReport:
+    """What verification found on one chain."""
+
+    head: ChainHead
+    checked: int
+    problem: ChainProblem | None
+
+
+async def verify_store(
+    store: Store, pins: Iterable[Pin] = (), page: int = 1000
+) -> list[ChainReport]:
+    """Walk every chain; each report names its chain's first problem, if any. A chain whose
+    prune anchor no surviving ``audit.prune`` record names is reported as ``anchor``."""
+    pins = list(pins)
+    reports: list[ChainReport] = []
+    witnesses: set[tuple[str, int, str]] = set()
+    for head in await store.audit_chains():
+        verifier = ChainVerifier(head, pins)
+        after = head.anchor_seq
+        while verifier.problem is None:
+            records = await store.audit_records(head.chain, after, page)
+            for rec in records:
+                if verifier.feed(rec) is not None:
+                    break
+            if len(records) < page:
+                break
+            after = records[-1].seq
+        verifier.finish()
+        witnesses |= verifier.witnesses
+        reports.append(ChainReport(head, verifier.checked, verifier.problem))
+    for report in reports:
+        head = report.head
+        anchor = (head.chain, head.anchor_seq, head.anchor_hash)
+        if report.problem is None and head.anchor_seq > 0 and anchor not in witnesses:
+            report.problem = ChainProblem(
+                head.chain,
+                head.anchor_seq,
+                "anchor",
+                "records up to here were removed, but no audit.prune record names this anchor",
+            )
+    return reports

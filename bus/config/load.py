@@ -1,0 +1,79 @@
+"""Load and validate ``routing.yaml``: schema, cross-field rules, adapter kinds, all at once.
+
+Every issue comes back in one :class:`~bus.config.source.ConfigError`, each with its YAML
+path and line:column. Adapter kinds are checked through the :class:`KindCatalog` the caller
+hands in (the adapter registry; ``adapters.base.load_routing`` passes it).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from bus.config.kinds import KindCatalog
+from bus.config.models import RoutingConfig
+from bus.config.rules import config_errors, with_reference_errors
+from bus.config.source import ConfigError, ConfigIssue, YamlDocument, issues_from_validation
+
+__all__ = ["CONFIG_ENV", "default_config_path", "load_config", "parse_config"]
+
+CONFIG_ENV = "LGSP_CONFIG"
+
+
+def parse_config(
+    data: Mapping[str, Any], doc: YamlDocument | None = None, *, kinds: KindCatalog
+) -> RoutingConfig:
+    """Validate a routing mapping; raise :class:`ConfigError` listing every issue."""
+    try:
+        config = RoutingConfig.model_validate(data)
+    except ValidationError as exc:
+        issues = issues_from_validation(exc, doc, RoutingConfig)
+        raise ConfigError(with_reference_errors(data, doc, issues, kinds)) from None
+    extra = _kind_issues(config, doc, kinds) + config_errors(config, doc)
+    if extra:
+        raise ConfigError(extra)
+    return config
+
+
+def _kind_issues(
+    config: RoutingConfig, doc: YamlDocument | None, kinds: KindCatalog
+) -> list[ConfigIssue]:
+    issues: list[ConfigIssue] = []
+    for name, svc in config.services.items():
+        path: tuple[str | int, ...] = ("services", name, "adapter")
+        kind = kinds.get(svc.adapter)
+        if kind is None:
+            known = ", ".join(sorted(kinds.kinds()))
+            issues.append(
+                ConfigIssue.at(doc, path, f"unknown adapter kind {svc.adapter!r} (known: {known})")
+            )
+            continue
+        for message in kind.check(name, svc):
+            issues.append(ConfigIssue.at(doc, ("services", name), message))
+    return issues
+
+
+def load_config(path: str | os.PathLike[str], *, kinds: KindCatalog) -> RoutingConfig:
+    """Read and validate a ``routing.yaml`` file."""
+    doc = YamlDocument.from_file(Path(path))
+    return parse_config(doc.data, doc, kinds=kinds)
+
+
+def default_config_path() -> Path:
+    """``$LGSP_CONFIG``, else ``./routing.yaml``, else the copy shipped in the package."""
+    env = os.environ.get(CONFIG_ENV)
+    if env:
+        return Path(env)
+    local = Path("routing.yaml")
+    if local.exists():
+        return local
+    shipped = resources.files("bus") / "default_routing.yaml"
+    if shipped.is_file():
+        return Path(str(shipped))
+    # Running from a source checkout without installing: the repository's own file.
+    return Path(__file__).resolve().parents[2] / "routing.yaml"

@@ -1,0 +1,369 @@
+"""Idempotency and async mode at the gateway, on the store's message results.
+
+``request_id`` is the idempotency key, per calling system (the store keys results by
+consumer + request_id). The first request claims the key (``pending``) and its answer is
+stored (``done``) exactly as sent: status and JSON bytes. A repeat with the same request
+(same SHA-256 of service, operation and canonical body):
+
+* answered before → the stored answer, without calling the upstream again
+  (``Idempotent-Replayed: true``); a stored *retryable* failure (timeout, unavailable,
+  circuit open …) is not final: the repeat runs the request again;
+* still in flight → waits for that answer (until its own deadline), or in async mode
+  ``202`` with its ``Location``;
+* left pending by a gateway that died (older than the operation's timeout + a grace) →
+  taken over and run again.
+
+The same ``request_id`` with a different request is ``409 IDEMPOTENCY_CONFLICT`` and changes
+nothing. An answer the bus never accepted (``OVERLOADED``, ``NO_ROUTE``) is not stored.
+
+Async mode (``Prefer: respond-async``): the request runs in the background (still counted
+in the gateway's in-flight bound); an outcome ready within :data:`ASYNC_GRACE_S` (an
+immediate refusal, a fast answer) is returned at once, otherwise ``202`` +
+``Location: /v1/messages/{request_id}``. ``GET /v1/messages/{id}`` serves the stored answer
+from the store, so it survives a gateway restart; a ``pending`` record is ``202`` with
+``Retry-After``. In-progress takeovers are stored as a ``202`` marker answer, because the
+store's only way back from ``done`` is a new answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import orjson
+import structlog
+
+from bus.errors import (
+    BusError,
+    BusUnavailable,
+    Conflict,
+    DeadlineExceeded,
+    InternalError,
+    error_from_code,
+)
+from bus.store.base import Store, StoredMessage
+
+__all__ = [
+    "ASYNC_GRACE_S",
+    "STALE_GRACE_S",
+    "Background",
+    "Idempotency",
+    "Outcome",
+    "StoreUnavailable",
+    "awaits_answer",
+    "body_hash",
+    "location",
+    "prefers_async",
+    "prune_forever",
+    "stored_outcome",
+]
+
+log = structlog.get_logger("bus.gateway.idempotency")
+T = TypeVar("T")
+
+ASYNC_GRACE_S = 0.05
+"""Async mode returns an outcome ready this soon (refusals, fast answers) instead of 202."""
+STALE_GRACE_S = 5.0
+"""A claim still pending this long after its operation's timeout is abandoned."""
+POLL_MAX_S = 0.5
+"""Longest pause between store reads while waiting for an earlier request's answer."""
+NOT_ACCEPTED = frozenset({"OVERLOADED", "NO_ROUTE"})
+"""Error codes meaning the bus never took the request: nothing is stored."""
+STORE_TIMEOUT_S = 5.0
+
+
+class StoreUnavailable(BusUnavailable):
+    """The store holding request results cannot be reached."""
+
+    default_code = "STORE_UNAVAILABLE"
+
+
+@dataclass
+class Outcome:
+    """What the caller gets: an error (rendered by the gateway) or status + JSON bytes."""
+
+    status: int
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+    error: BusError | None = None
+
+    @classmethod
+    def failure(cls, exc: BusError, request_id: str | None) -> Outcome:
+        """An error as the caller sees it (the gateway's one error shape)."""
+        payload = exc.to_dict()
+        payload["request_id"] = request_id
+        return cls(exc.status, orjson.dumps({"error": payload}), error=exc)
+
+
+def body_hash(service: str, operation: str, body: Mapping[str, Any]) -> str:
+    """SHA-256 hex of the request in canonical form (sorted keys, compact UTF-8 JSON)."""
+    canonical = orjson.dumps(
+        {"service": service, "operation": operation, "body": body}, option=orjson.OPT_SORT_KEYS
+    )
+    return hashlib.sha256(canonical).hexdigest()
+
+
+def prefers_async(header: str | None) -> bool:
+    """Whether a ``Prefer`` header asks for ``respond-async`` (RFC 7240)."""
+    if not header:
+        return False
+    for preference in header.split(","):
+        name = preference.split(";", 1)[0].split("=", 1)[0].strip().lower()
+        if name == "respond-async":
+            return True
+    return False
+
+
+def location(request_id: str) -> str:
+    """Where the answer of ``request_id`` is served."""
+    return f"/v1/messages/{request_id}"
+
+
+def _pending_body(request_id: str) -> bytes:
+    return orjson.dumps({"request_id": request_id, "state": "pending"})
+
+
+def _accepted(request_id: str) -> Outcome:
+    return Outcome(
+        202,
+        _pending_body(request_id),
+        {
+            "Location": location(request_id),
+            "Retry-After": "1",
+            "Preference-Applied": "respond-async",
+        },
+    )
+
+
+def _in_progress(record: StoredMessage) -> bool:
+    return record.state == "pending" or record.status == 202
+
+
+def _stale(record: StoredMessage, stale_after_s: float, now: float) -> bool:
+    return _in_progress(record) and now - record.updated_at > stale_after_s
+
+
+def stored_outcome(record: StoredMessage, *, rebuild: bool = True) -> Outcome:
+    """A ``done`` record as the answer it was: the bytes (always for a success; for a
+    failure unless ``rebuild``), else the error rebuilt from its code so observers see it."""
+    status = record.status or 500
+    body = record.reply or b"{}"
+    if status < 400 or not rebuild:
+        return Outcome(status, body, {"Idempotent-Replayed": "true"})
+    try:
+        error = orjson.loads(body)["error"]
+        rebuilt = error_from_code(str(error["code"]), str(error["message"]), error.get("detail"))
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        rebuilt = InternalError("the stored answer is unreadable")
+    return Outcome(status, body, error=rebuilt)
+
+
+def _retryable_failure(record: StoredMessage) -> bool:
+    if record.state != "done" or (record.status or 0) < 400:
+        return False
+    try:
+        return bool(orjson.loads(record.reply or b"{}")["error"]["retryable"])
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return True
+
+
+def awaits_answer(record: StoredMessage) -> bool:
+    """Whether a record still wants an answer: in progress, or failed retryably (so a
+    later answer, e.g. from ``lgsp-bus dlq replay``, may replace it)."""
+    return _in_progress(record) or _retryable_failure(record)
+
+
+class Background:
+    """Owns the async-mode tasks of one gateway app; drained/cancelled on shutdown."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[Outcome]] = set()
+
+    def spawn(self, work: Awaitable[Outcome]) -> asyncio.Task[Outcome]:
+        """Run ``work`` as an owned task."""
+        task: asyncio.Task[Outcome] = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    async def aclose(self, bound_s: float) -> None:
+        """Let running tasks finish within ``bound_s``, then cancel the rest."""
+        if not self._tasks:
+            return
+        _, pending = await asyncio.wait(set(self._tasks), timeout=bound_s)
+        for task in pending:
+            task.cancel()
+        if pending:
+            log.warning("idempotency.background_cancelled", tasks=len(pending))
+            await asyncio.wait(pending, timeout=STORE_TIMEOUT_S)
+
+
+Execute = Callable[[], Awaitable[Outcome]]
+
+
+class Idempotency:
+    """The idempotency/async step of one request (cheap: build one per request)."""
+
+    def __init__(self, store: Store, *, ttl_s: float, background: Background) -> None:
+        self.store = store
+        self.ttl_s = ttl_s
+        self.background = background
+
+    async def _store(self, action: Awaitable[T]) -> T:
+        try:
+            async with asyncio.timeout(STORE_TIMEOUT_S):
+                return await action
+        except (OSError, TimeoutError, ConnectionError, RuntimeError) as exc:
+            log.warning("idempotency.store_failed", error=type(exc).__name__)
+            raise StoreUnavailable("the store of request results is unreachable") from exc
+        except Exception as exc:  # a driver's own error class (asyncpg, sqlite3 …)
+            log.warning("idempotency.store_failed", error=type(exc).__name__)
+            raise StoreUnavailable("the store of request results failed") from exc
+
+    async def answer(
+        self,
+        *,
+        consumer: str,
+        request_id: str,
+        digest: str,
+        deadline: float,
+        stale_after_s: float,
+        asynchronous: bool,
+        execute: Execute,
+        hold: Callable[[], Callable[[], None]],
+    ) -> Outcome:
+        """The answer to this request under the idempotency rules (see the module doc).
+
+        ``execute`` sends the request and returns its outcome; ``hold`` counts a background
+        run in the gateway's in-flight bound and returns its release."""
+        record = await self._store(
+            self.store.message_begin(consumer, request_id, digest, self.ttl_s)
+        )
+        while record is not None:
+            if record.body_hash != digest:
+                raise Conflict(
+                    "this request_id was already used for a different request; "
+                    "send a new request_id",
+                    code="IDEMPOTENCY_CONFLICT",
+                )
+            now = time.time()
+            if _stale(record, stale_after_s, now) or _retryable_failure(record):
+                # Take it over: mark it in progress again, then run it.
+                log.info("idempotency.takeover", stale=_in_progress(record))
+                await self._store(
+                    self.store.message_finish(consumer, request_id, 202, _pending_body(request_id))
+                )
+                break
+            if not _in_progress(record):
+                log.info("idempotency.replayed")
+                return stored_outcome(record)
+            if asynchronous:
+                return _accepted(request_id)
+            record = await self._wait(consumer, request_id, deadline)
+            if record is None:  # expired and pruned meanwhile: claim afresh
+                record = await self._store(
+                    self.store.message_begin(consumer, request_id, digest, self.ttl_s)
+                )
+        run = self._run(consumer, request_id, execute)
+        if not asynchronous:
+            return await run
+        release = hold()
+        task = self.background.spawn(run)
+        task.add_done_callback(lambda _: release())  # also if cancelled before it started
+        done, _ = await asyncio.wait({task}, timeout=ASYNC_GRACE_S)
+        return task.result() if done else _accepted(request_id)
+
+    async def _wait(self, consumer: str, request_id: str, deadline: float) -> StoredMessage | None:
+        """Wait for an earlier request with this id to be answered, until ``deadline``."""
+        pause = 0.05
+        while True:
+            left = deadline - time.time()
+            if left <= 0:
+                raise DeadlineExceeded(
+                    "an earlier request with this request_id is still in progress; "
+                    f"ask again later or GET {location(request_id)}",
+                    retry_after=1.0,
+                )
+            await asyncio.sleep(min(pause, left))
+            pause = min(pause * 2, POLL_MAX_S)
+            record = await self._store(self.store.message_get(consumer, request_id))
+            if record is None or not _in_progress(record) or time.time() >= deadline:
+                return record
+
+    async def _run(self, consumer: str, request_id: str, execute: Execute) -> Outcome:
+        """Send, then store the outcome (or forget the claim if the bus never took it)."""
+        try:
+            outcome = await execute()
+        except asyncio.CancelledError:
+            # The gateway is stopping: say so in the record rather than leave it pending.
+            stopped = BusUnavailable("the gateway stopped before the answer arrived")
+            await asyncio.shield(self._settle(consumer, request_id, _failed(stopped, request_id)))
+            raise
+        except BusError as exc:
+            outcome = _failed(exc, request_id)
+        except Exception:
+            log.exception("idempotency.execute_crashed")
+            outcome = _failed(InternalError("the gateway failed unexpectedly"), request_id)
+        await self._settle(consumer, request_id, outcome)
+        return outcome
+
+    async def _settle(self, consumer: str, request_id: str, outcome: Outcome) -> None:
+        try:
+            if outcome.error is not None and outcome.error.code in NOT_ACCEPTED:
+                await self._store(self.store.message_release(consumer, request_id))
+            else:
+                await self._store(
+                    self.store.message_finish(consumer, request_id, outcome.status, outcome.body)
+                )
+        except StoreUnavailable:
+            # The caller still gets this answer; only a repeat would run the request again.
+            log.warning("idempotency.answer_not_stored", status=outcome.status)
+
+    async def lookup(self, consumer: str, request_id: str, stale_after_s: float) -> Outcome | None:
+        """``GET /v1/messages/{id}``: the stored answer, ``202`` while pending, ``None`` if
+        there is no such message (for this consumer)."""
+        record = await self._store(self.store.message_get(consumer, request_id))
+        if record is None:
+            return None
+        if _stale(record, stale_after_s, time.time()):
+            error = DeadlineExceeded(
+                "no answer was recorded before the deadline; send the request again with "
+                "the same request_id"
+            )
+            return Outcome(error.status, _failed(error, request_id).body)
+        if _in_progress(record):
+            accepted = _accepted(request_id)
+            del accepted.headers["Preference-Applied"]
+            return accepted
+        outcome = stored_outcome(record, rebuild=False)
+        outcome.headers.pop("Idempotent-Replayed", None)
+        return outcome
+
+
+def _failed(exc: BusError, request_id: str) -> Outcome:
+    return Outcome.failure(exc, request_id)
+
+
+async def prune_forever(store: Store, interval_s: float, stop: asyncio.Event) -> None:
+    """Delete expired message results every ``interval_s`` until ``stop``."""
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval_s)
+        if stop.is_set():
+            return
+        try:
+            async with asyncio.timeout(60):
+                removed = await store.messages_prune(time.time())
+        except Exception as exc:  # the next round tries again
+            log.warning("idempotency.prune_failed", error=type(exc).__name__)
+            continue
+        if removed:
+            log.info("idempotency.pruned", records=removed)

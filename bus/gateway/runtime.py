@@ -1,0 +1,119 @@
+"""The gateway's state, split by how long it lives.
+
+* :class:`Runtime` — a frozen view of one routing config: the config, its resolved API
+  keys, the request models, the observers bound to it. A reload builds a new one; a
+  request keeps the one it started with.
+* :class:`Gateway` — the process: broker, store, readiness providers, the in-flight count
+  and its idle event, the rate limiter. It outlives every reload; on each one it takes the
+  new :class:`Runtime` and rebuilds its limiter *from the old buckets* (a reload never
+  refills a consumer's bucket, and the in-flight bound keeps counting what is in flight).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel
+
+from bus.broker.base import Broker
+from bus.config import RoutingConfig
+from bus.exchange import ExchangeObserver
+from bus.gateway.ratelimit import RateLimiter
+from bus.gateway.security import Authenticator
+from bus.store import Store
+
+__all__ = ["GATEWAY", "Gateway", "Runtime"]
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    """Everything that follows one config, built once per config (not per request)."""
+
+    config: RoutingConfig
+    auth: Authenticator
+    models: Mapping[tuple[str, str], type[BaseModel]]
+    observers: tuple[ExchangeObserver, ...] = ()
+
+    @classmethod
+    def build(
+        cls,
+        config: RoutingConfig,
+        observers: Sequence[ExchangeObserver] = (),
+        *,
+        models: Mapping[tuple[str, str], type[BaseModel]],
+    ) -> Runtime:
+        """Resolve keys once; ``models`` are the adapter kinds' request models, built by the
+        composition root (the gateway knows no adapter)."""
+        return cls(config, Authenticator(config), dict(models), tuple(observers))
+
+    def with_observer(self, observer: ExchangeObserver) -> Runtime:
+        """This runtime with one more observer, told last."""
+        return dataclasses.replace(self, observers=(*self.observers, observer))
+
+
+@dataclass(eq=False)
+class Gateway:
+    """One gateway process's long-lived state; ``runtime`` is the config view in force."""
+
+    broker: Broker
+    runtime: Runtime
+    store: Store | None = None
+    readiness: list[Callable[[], dict[str, Any]]] = field(default_factory=list)
+    """Extra ``/readyz`` detail providers (e.g. the in-process worker's breakers)."""
+    limiter: RateLimiter = field(init=False)
+    """Per-consumer token buckets (``consumers.<c>.rate_limit``)."""
+    in_flight: int = field(default=0, init=False)
+    idle: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+
+    def __post_init__(self) -> None:
+        self.limiter = RateLimiter.from_config(self.runtime.config)
+        self.idle.set()
+
+    @property
+    def config(self) -> RoutingConfig:
+        """The config in force now."""
+        return self.runtime.config
+
+    def swap(self, runtime: Runtime) -> None:
+        """Take a reloaded config: new requests get ``runtime``; buckets keep their tokens."""
+        self.limiter = self.limiter.reconfigured(runtime.config)
+        self.runtime = runtime
+
+    def add_observer(self, observer: ExchangeObserver) -> None:
+        """Tell ``observer`` of every exchange from now on (kept across reloads that rebind)."""
+        self.runtime = self.runtime.with_observer(observer)
+
+    def enter(self) -> bool:
+        """Count a request in flight; ``False`` if the bound was already reached."""
+        admitted = self.in_flight < self.runtime.config.gateway.max_in_flight
+        self.in_flight += 1
+        self.idle.clear()
+        return admitted
+
+    def leave(self) -> None:
+        """A request counted by :meth:`enter` is done."""
+        self.in_flight -= 1
+        if not self.in_flight:
+            self.idle.set()
+
+    def hold(self) -> Callable[[], None]:
+        """Count a background (async-mode) request in flight; returns its release."""
+        self.in_flight += 1
+        self.idle.clear()
+        return self.leave
+
+    async def wait_idle(self, bound_s: float) -> None:
+        """Wait until no request is in flight, at most ``bound_s`` seconds."""
+        if self.in_flight:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.idle.wait(), bound_s)
+
+
+GATEWAY = web.AppKey("gateway", Gateway)
+"""The gateway an app serves (its ``runtime`` changes on reload; the object does not)."""

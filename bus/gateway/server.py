@@ -1,0 +1,157 @@
+"""The gateway's HTTP server: TLS and mTLS, the peer certificate, protocol errors as JSON.
+
+* :func:`server_ssl_context` builds the server's context from ``gateway.tls``:
+  ``client_auth: required`` → ``CERT_REQUIRED`` (no certificate, no handshake),
+  ``optional`` → ``CERT_OPTIONAL`` (a certificate, if sent, must chain to
+  ``client_ca_file``), ``none`` → plain HTTPS.
+* :func:`peer_certificate` reads the verified client certificate of a request from the TLS
+  layer (never from a header, which anyone could set).
+* :func:`json_protocol_errors` makes a request that fails before it reaches the app —
+  a header line over ``max_field_size``/``max_line_size`` (8190 bytes), more than
+  ``max_headers`` (128) headers, a malformed request line — get the gateway's one JSON
+  error shape (``431 HEADERS_TOO_LARGE`` / ``400 BAD_HTTP_REQUEST``) instead of aiohttp's
+  plain-text page, and logs only the error's type: aiohttp's own message quotes the
+  offending line, which may hold personal data.
+* :func:`http_site` serves an app (HTTPS with a context) until its block ends, then stops
+  accepting and waits for in-flight requests; :func:`bound_port` tells the port it got.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import orjson
+import structlog
+from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
+from aiohttp.web_protocol import RequestHandler
+
+from bus.config import GatewayTls, resolve_secret
+from bus.errors import BusError, InvalidRequest, RequestError
+from bus.gateway.security import PeerCertificate
+
+__all__ = [
+    "HeadersTooLarge",
+    "bound_port",
+    "http_site",
+    "json_protocol_errors",
+    "peer_certificate",
+    "server_ssl_context",
+]
+
+log = structlog.get_logger("bus.gateway.server")
+
+
+class HeadersTooLarge(RequestError):
+    """A header line, or the number of headers, is over the server's limit."""
+
+    status = 431
+    default_code = "HEADERS_TOO_LARGE"
+
+
+def server_ssl_context(tls: GatewayTls) -> ssl.SSLContext:
+    """The gateway's server-side TLS context (blocking file reads: call at start only)."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = (
+        ssl.TLSVersion.TLSv1_3 if tls.min_version == "TLSv1.3" else ssl.TLSVersion.TLSv1_2
+    )
+    password = resolve_secret(tls.key_password) if tls.key_password else None
+    ctx.load_cert_chain(tls.cert_file, tls.key_file, password=password)
+    if tls.client_auth == "none":
+        ctx.verify_mode = ssl.CERT_NONE
+    else:
+        assert tls.client_ca_file is not None
+        ctx.load_verify_locations(cafile=tls.client_ca_file)
+        ctx.verify_mode = ssl.CERT_REQUIRED if tls.client_auth == "required" else ssl.CERT_OPTIONAL
+    return ctx
+
+
+def peer_certificate(request: web.BaseRequest) -> PeerCertificate | None:
+    """The client certificate the TLS handshake verified, if any."""
+    transport = request.transport
+    ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+    if not isinstance(ssl_object, ssl.SSLObject | ssl.SSLSocket):
+        return None
+    # getpeercert() is empty unless the certificate was verified (CERT_OPTIONAL/REQUIRED).
+    return PeerCertificate.from_ssl(ssl_object.getpeercert(True), ssl_object.getpeercert())
+
+
+def _protocol_error(exc: BaseException | None) -> BusError:
+    if isinstance(exc, LineTooLong) or (
+        isinstance(exc, BadHttpMessage) and "headers" in str(exc.message).lower()
+    ):
+        return HeadersTooLarge(
+            "the request line or a header is over 8190 bytes, or there are over 128 headers"
+        )
+    return InvalidRequest("the HTTP request is malformed", code="BAD_HTTP_REQUEST")
+
+
+class _JsonErrorHandler(RequestHandler):
+    """aiohttp's connection handler, with parse errors rendered in the gateway's shape."""
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if status != 400 or request.writer.output_size > 0:
+            return super().handle_error(request, status, exc, message)
+        error = _protocol_error(exc)
+        log.info("gateway.bad_http_request", code=error.code, error_type=type(exc).__name__)
+        body = {"error": {**error.to_dict(), "request_id": None}}
+        resp = web.Response(
+            body=orjson.dumps(body), status=error.status, content_type="application/json"
+        )
+        resp.force_close()
+        return resp
+
+
+class _JsonErrorServer(web.Server):
+    def __call__(self) -> RequestHandler:
+        kwargs: dict[str, Any] = self._kwargs
+        return _JsonErrorHandler(self, loop=self._loop, **kwargs)
+
+
+def json_protocol_errors(runner: web.BaseRunner) -> None:
+    """After ``runner.setup()``: new connections answer HTTP parse errors in JSON."""
+    server = runner.server
+    if server is None:
+        raise RuntimeError("call json_protocol_errors after runner.setup()")
+    # aiohttp has no hook for parse errors (they never reach the app or its middlewares);
+    # the server only builds connection handlers, so swapping its class is contained.
+    # tests/test_hardening.py pins this against aiohttp upgrades.
+    server.__class__ = _JsonErrorServer
+
+
+@asynccontextmanager
+async def http_site(
+    app: web.Application,
+    host: str,
+    port: int,
+    *,
+    shutdown_timeout: float = 15.0,
+    ssl_context: ssl.SSLContext | None = None,
+    json_errors: bool = False,
+) -> AsyncIterator[web.AppRunner]:
+    """Serve ``app`` on host:port (HTTPS with ``ssl_context``); on exit stop accepting and
+    wait for in-flight requests. ``json_errors``: HTTP parse errors in the gateway's shape."""
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
+    await runner.setup()
+    if json_errors:
+        json_protocol_errors(runner)
+    site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=ssl_context)
+    await site.start()
+    try:
+        yield runner
+    finally:
+        await runner.cleanup()
+
+
+def bound_port(runner: web.AppRunner) -> int:
+    """The port a runner's first site listens on (for port 0)."""
+    return int(runner.addresses[0][1])

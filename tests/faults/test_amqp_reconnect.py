@@ -1,0 +1,155 @@
+"""The robust connection: after the broker connection drops, consumers and replies resume.
+
+The most reported failure of aio-pika/FastStream users is consumers silently not resumed
+after a reconnect. A TCP proxy between the bus and RabbitMQ cuts every connection; the test
+then proves that a new request is consumed and its reply delivered, and that requests in
+flight at the cut fail at once with a clear code instead of hanging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from bus.broker import QueueSpec
+from bus.broker.amqp.broker import AmqpBroker
+from bus.envelope import Reply, Request
+from bus.errors import BrokerUnavailable, DeadlineExceeded
+from tests.contract.test_broker_contract import echo, fresh_service, make_request, serving
+from tests.support.rabbit import TestVhost
+from tests.support.tcpproxy import TcpProxy
+
+pytestmark = pytest.mark.rabbitmq
+
+
+@pytest.fixture
+async def proxy() -> AsyncIterator[TcpProxy]:
+    p = await TcpProxy("127.0.0.1", 5672).start()
+    yield p
+    await p.aclose()
+
+
+async def wait_ready(broker: AmqpBroker, bound_s: float) -> float:
+    started = time.monotonic()
+    while not broker.ready:
+        if time.monotonic() - started > bound_s:
+            raise AssertionError(f"broker not ready within {bound_s}s")
+        await asyncio.sleep(0.05)
+    return time.monotonic() - started
+
+
+async def request_until_ok(broker: AmqpBroker, service: str, bound_s: float) -> Reply:
+    """Retry like a client would, until the bus answers again."""
+    end = time.monotonic() + bound_s
+    while True:
+        try:
+            return await broker.request(make_request(service, {"after": "cut"}, timeout=2))
+        except (BrokerUnavailable, DeadlineExceeded):
+            if time.monotonic() > end:
+                raise
+            await asyncio.sleep(0.2)
+
+
+async def test_consumers_and_replies_resume_after_connection_drop(
+    rabbit_vhost: TestVhost, proxy: TcpProxy
+) -> None:
+    url = rabbit_vhost.url(port=proxy.port)
+    service = fresh_service()
+    client = AmqpBroker(url, name="test-client")
+    server = AmqpBroker(url, name="test-worker")
+    await client.connect()
+    await server.connect()
+    await client.declare([QueueSpec(service)])
+    stop = asyncio.Event()
+    handled: list[str] = []
+
+    async def handler(req: Request) -> Reply:
+        handled.append(req.request_id)
+        if req.body.get("slow"):
+            await asyncio.sleep(1.0)
+        return await echo(req)
+
+    serving = asyncio.create_task(server.serve(service, handler, prefetch=4, stop=stop))
+    try:
+        before = await client.request(make_request(service, {"before": "cut"}))
+        assert before.ok
+
+        in_flight = asyncio.create_task(
+            client.request(make_request(service, {"slow": True}, timeout=8))
+        )
+        await asyncio.sleep(0.3)
+        connections_before = proxy.connections_made
+        cut_at = time.monotonic()
+        proxy.cut()
+        # A request whose reply channel died fails at once, not at its 8 s deadline.
+        with pytest.raises(BrokerUnavailable):
+            await asyncio.wait_for(in_flight, timeout=3)
+        assert time.monotonic() - cut_at < 3
+
+        await wait_ready(client, 10)
+        reply = await request_until_ok(client, service, 10)
+        resumed_s = time.monotonic() - cut_at
+        assert reply.ok
+        assert reply.body is not None
+        assert reply.body["echo"] == {"after": "cut"}
+        # Both processes reconnected (new TCP connections through the proxy).
+        assert proxy.connections_made >= connections_before + 2
+        assert resumed_s < 10
+
+        # And the consumer keeps working for a batch, not just one message.
+        replies = await asyncio.gather(
+            *(client.request(make_request(service, {"n": i})) for i in range(20))
+        )
+        assert all(r.ok for r in replies)
+    finally:
+        stop.set()
+        await asyncio.wait_for(serving, 15)
+        await client.aclose()
+        await server.aclose()
+
+
+async def test_publish_while_disconnected_fails_fast(
+    rabbit_vhost: TestVhost, proxy: TcpProxy
+) -> None:
+    client = AmqpBroker(rabbit_vhost.url(port=proxy.port), name="test-client")
+    await client.connect()
+    service = fresh_service()
+    await client.declare([QueueSpec(service)])
+    proxy.accepting = False
+    proxy.cut()
+    await asyncio.sleep(0.3)
+    started = time.monotonic()
+    with pytest.raises(BrokerUnavailable):
+        await client.request(make_request(service, {}, timeout=5))
+    assert time.monotonic() - started < 1.0
+    proxy.accepting = True
+    await wait_ready(client, 10)
+    await client.aclose()
+
+
+async def test_replies_fall_back_to_the_consuming_channel_when_the_reply_channel_is_down(
+    rabbit_vhost: TestVhost,
+) -> None:
+    # Workers reply on a channel of their own (no publisher confirms); when it is closed
+    # the reply must still reach the caller, over the consuming channel.
+    broker = AmqpBroker(rabbit_vhost.url(), name="test-replies")
+    await broker.connect()
+    try:
+        service = fresh_service()
+        await broker.declare([QueueSpec(service)])
+        async with serving(broker, service, echo):
+            first = await broker.request(make_request(service, {"n": 1}))
+            replies = broker._reply_channel
+            assert replies is not None
+            await replies.close()  # closed by us: a robust channel does not reopen it
+            assert replies.is_closed
+            second = await broker.request(make_request(service, {"n": 2}, timeout=3))
+    finally:
+        await broker.aclose()
+    assert first.body is not None
+    assert first.body["echo"] == {"n": 1}
+    assert second.body is not None
+    assert second.body["echo"] == {"n": 2}
