@@ -8,10 +8,13 @@ import importlib
 import os
 import sys
 from collections.abc import Coroutine, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bus import logs
 from bus.cli.common import CONFIG_HELP, load_or_exit
+
+if TYPE_CHECKING:
+    from bus.config import RoutingConfig
 
 __all__ = ["main"]
 
@@ -32,6 +35,22 @@ def _serve(main: Coroutine[Any, Any, None]) -> int:
 
 
 async def _with_signals(role: str, args: argparse.Namespace) -> None:
+    from bus.observe import tracing
+
+    config = load_or_exit(args.config)
+    try:
+        if tracing.configure(config, role):
+            print(f"lgsp-bus {role}: tracing on (OTLP/HTTP)", file=sys.stderr)
+    except tracing.TracingUnavailable as exc:
+        print(f"lgsp-bus {role}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    try:
+        await _serve_role(role, args, config)
+    finally:
+        tracing.shutdown()  # exports the spans still buffered
+
+
+async def _serve_role(role: str, args: argparse.Namespace, config: RoutingConfig) -> None:
     from bus.broker import amqp_address
     from bus.cli import roles as runner
     from bus.cli.audit import check_audit_key
@@ -41,7 +60,6 @@ async def _with_signals(role: str, args: argparse.Namespace) -> None:
     stop = asyncio.Event()
     runner.install_signal_handlers(stop)
     metrics = Metrics(role="all" if role == "run" else role)
-    config = load_or_exit(args.config)
     amqp_url = amqp_address(config, os.environ)
     if role == "run":
         check_audit_key(config, role)
