@@ -35,15 +35,20 @@ def _serve(main: Coroutine[Any, Any, None]) -> int:
 
 
 async def _with_signals(role: str, args: argparse.Namespace) -> None:
+    import structlog
+
     from bus.observe import tracing
 
     config = load_or_exit(args.config)
     try:
-        if tracing.configure(config, role):
-            print(f"lgsp-bus {role}: tracing on (OTLP/HTTP)", file=sys.stderr)
+        on = tracing.configure(config, role)
     except tracing.TracingUnavailable as exc:
         print(f"lgsp-bus {role}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    log = structlog.get_logger("bus.cli")
+    log.info("tracing.configured", on=on, exporter="otlp/http" if on else None)
+    if role in ("run", "gateway"):  # the backend in force (also in /readyz, rate_limit)
+        log.info("ratelimit.backend", backend=config.gateway.rate_limit_backend.kind)
     try:
         await _serve_role(role, args, config)
     finally:
