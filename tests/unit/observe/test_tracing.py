@@ -53,3 +53,26 @@ async def test_off_makes_no_span(monkeypatch: pytest.MonkeyPatch) -> None:
             body = lookup(by_registration=sample_registration(0, RecordType.BIRTH, 1))
             status, reply = await bus.post("/v1/civil-status/lookup", body)
     assert status == 200, reply
+
+
+def test_asked_for_without_the_otel_extra_says_how_to_get_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sys
+
+    for name in list(sys.modules):
+        if name.startswith(("opentelemetry.sdk", "opentelemetry.exporter")):
+            monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "opentelemetry.sdk", None)  # an import of it fails
+    on = parse_routing({"version": 1, "tracing": {"enabled": True}})
+    with pytest.raises(tracing.TracingUnavailable, match=r"lgsp-bus\[otel\]"):
+        tracing.configure(on, "gateway")
+    assert not tracing.enabled()
+    assert tracing.configure(parse_routing({"version": 1}), "gateway") is False  # off: fine
+
+
+def test_an_endpoint_with_a_password_is_refused() -> None:
+    from bus.config import ConfigError
+
+    with pytest.raises(ConfigError, match="inline secrets"):
+        parse_routing({"version": 1, "tracing": {"endpoint": "http://u:p@collector:4318/"}})
