@@ -34,7 +34,8 @@ from bus.gateway.app import Gateway, Runtime, build_app, instrument_gateway
 from bus.gateway.server import bound_port, http_site, server_ssl_context
 from bus.observe.accesslog import AccessLogObserver
 from bus.observe.health import WorkerStatus, build_worker_app, sample_queues
-from bus.observe.metrics import Metrics, MetricsObserver
+from bus.observe.metrics import Metrics
+from bus.observe.observer import MetricsObserver
 from bus.reload.reloader import ConfigReloader
 from bus.worker.worker import Worker, open_adapters
 
