@@ -63,6 +63,10 @@ def test_compose_has_three_nodes_that_find_each_other_and_the_bus_knows_them() -
     for name in ("gateway-1", "gateway-2", "worker-1", "worker-2"):
         assert set(nodes) <= set(services[name]["depends_on"]), name
     assert "redis" in services
+    prometheus = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text("utf-8"))
+    (job,) = [j for j in prometheus["scrape_configs"] if j["job_name"] == "rabbitmq"]
+    targets = [t for c in job["static_configs"] for t in c["targets"]]
+    assert sorted(t.split(":")[0] for t in targets) == nodes  # each node's own metrics
     assert urlsplit(stack["x-lgsp-env"]["LGSP_REDIS_URL"]).hostname == "redis"
     routing = load_routing(COMPOSE_ROUTING)
     assert routing.gateway.rate_limit_backend.kind == "redis"
