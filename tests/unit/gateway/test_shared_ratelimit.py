@@ -124,3 +124,15 @@ def test_backend_config_errors(backend: dict[str, str], message: str) -> None:
 
     with pytest.raises(ConfigError, match=message):
         parse_routing({"version": 1, "gateway": {"rate_limit_backend": backend}})
+
+
+def test_changing_the_backend_or_tracing_needs_a_restart() -> None:
+    from bus.config.diff import needs_restart
+
+    before = parse_routing({"version": 1})
+    after = config("redis://127.0.0.1:6379/0", "p:")
+    traced = parse_routing({"version": 1, "tracing": {"enabled": True}})
+    changed = needs_restart(before, after)
+    assert changed
+    assert all(path.startswith("gateway.rate_limit_backend.") for path in changed)
+    assert needs_restart(before, traced) == ["tracing.enabled"]
