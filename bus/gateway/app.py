@@ -347,7 +347,6 @@ async def readyz(request: web.Request) -> web.Response:
         "checks": checks,
         "in_flight": gateway.in_flight,
         "services": sorted(config.services),
-        "rate_limit": gateway.limiter.describe(),
     }
     for provider in gateway.readiness:
         detail.update(provider())
