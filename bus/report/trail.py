@@ -12,17 +12,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from bus.audit.chain import Pin
+from bus.audit.evidence import VN
 from bus.audit.observer import verify_store
 from bus.store.base import AuditRecord, Store
 
 __all__ = ["VN", "Trail", "Verification", "parse_time", "read_trail", "show_time"]
-
-VN = timezone(timedelta(hours=7), "ICT")
-"""Vietnam time: every time a report shows."""
 
 
 def parse_time(text: str, *, end_of_day: bool = False) -> int:

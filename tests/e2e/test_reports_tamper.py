@@ -105,6 +105,13 @@ async def test_tampered_chain_is_not_certified_by_cli_admin_or_library(trail: Tr
         assert json.loads(text)["error"]["code"] == "INVALID_REPORT_PARAMETER"
         status, _, _ = await admin_get(s, base + "dpia", trail.keys["portal-q1"])
         assert status == 401, "a consumer's key is not an admin key"
+        status, text, _ = await admin_get(
+            s, base + "access", trail.keys["operator"], **{"from": day, "to": day}
+        )
+        assert status == 403, "an operator never reads the audit trail"
+        assert json.loads(text)["error"]["code"] == "FORBIDDEN_ROLE"
+        status, _, _ = await admin_get(s, base + "dpia", trail.keys["operator"])
+        assert status == 200, "the DPIA is the config's: any role"
         async with s.post(
             base + "subject",
             json={"id_numbers": [PEOPLE[0]["id_number"]]},

@@ -52,7 +52,7 @@ CONSENT = {
 }
 DAY_US = 86_400 * 1_000_000
 PEOPLE = [sample_person(0, RecordType.BIRTH, i) for i in range(20, 26)]
-CREDENTIALS = ("portal-q1", "portal-q2", "police", "tax", "outsider", "admin")
+CREDENTIALS = ("portal-q1", "portal-q2", "police", "tax", "outsider", "admin", "operator")
 
 
 def routing(civil_url: str) -> dict[str, Any]:
@@ -103,7 +103,12 @@ def routing(civil_url: str) -> dict[str, Any]:
                 },
             }
         },
-        "admin": {"api_keys": [{"name": "ops", "key": "env:T_ADMIN"}]},
+        "admin": {
+            "api_keys": [
+                {"name": "ops", "key": "env:T_ADMIN", "role": "auditor"},
+                {"name": "hanh", "key": "env:T_OPERATOR", "role": "operator"},
+            ]
+        },
         "audit": {"subject_key": "env:T_AUDIT_KEY"},
         "reports": {"k_anonymity": 3},
     }
