@@ -40,8 +40,10 @@ from bus.errors import (
     BusError,
     InternalError,
     InvalidRequest,
+    MethodNotAllowed,
     NotFoundError,
     PayloadTooLarge,
+    RateLimited,
 )
 from bus.exchange import Exchange
 from bus.gateway import pipeline
@@ -97,8 +99,9 @@ def _http_error(exc: web.HTTPException) -> BusError:
         return PayloadTooLarge("request body is too large")
     if exc.status == 404:
         return NotFoundError("no such endpoint", code="NOT_FOUND")
-    if exc.status == 405:
-        return InvalidRequest("method not allowed here", code="METHOD_NOT_ALLOWED")
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        return MethodNotAllowed(f"use {allowed} here", headers={"Allow": allowed})
     return InvalidRequest(exc.reason or "bad request", code="BAD_REQUEST")
 
 
@@ -126,10 +129,25 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         log.exception("gateway.unhandled_error")
         error = InternalError("the gateway failed unexpectedly")
     request_id = request.get(REQUEST_ID)
-    headers = {"X-Request-Id": correlation_id, **xroad_reply_headers(request)}
+    if request_id is None and isinstance(error, RateLimited):
+        request_id = await _body_request_id(request)
+    headers = {"X-Request-Id": correlation_id, **xroad_reply_headers(request), **error.headers}
     if error.retry_after is not None:
         headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
     return _json(error_body(error, request_id), error.status, headers)
+
+
+async def _body_request_id(request: web.Request) -> str | None:
+    """The ``request_id`` of a JSON body the pipeline refused before reading it (``429``), so
+    the caller can match the refusal; only a well-formed id is echoed."""
+    if request.content_type != "application/json" or not request.can_read_body:
+        return None
+    try:
+        body = orjson.loads(await request.read())
+    except (orjson.JSONDecodeError, web.HTTPException, ConnectionError):
+        return None
+    value = body.get("request_id") if isinstance(body, dict) else None
+    return exchange_id(value) if isinstance(value, str) else None
 
 
 @web.middleware

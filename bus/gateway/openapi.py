@@ -19,7 +19,7 @@ ERROR_CODES: dict[str, str] = {
     "UNKNOWN_SERVICE": "404: no such service",
     "UNKNOWN_OPERATION": "404: the service has no such operation",
     "NOT_FOUND": "404: no such endpoint",
-    "METHOD_NOT_ALLOWED": "400: wrong HTTP method for this endpoint",
+    "METHOD_NOT_ALLOWED": "405: wrong HTTP method for this endpoint (Allow lists the right one)",
     "MALFORMED_JSON": "400: the body is not a JSON object",
     "UNKNOWN_FIELD": "400: a field the operation does not define (path in detail)",
     "MISSING_FIELD": "400: a required field is absent (path in detail)",
