@@ -10,7 +10,7 @@
     │   ├── Conflict                409 IDEMPOTENCY_CONFLICT
     │   ├── PayloadTooLarge         413 PAYLOAD_TOO_LARGE
     │   ├── UnsupportedMediaType    415 UNSUPPORTED_MEDIA_TYPE
-    │   └── RateLimited             429 RATE_LIMITED (with Retry-After, RateLimit-Limit/-Remaining/-Reset)
+    │   └── RateLimited             429 RATE_LIMITED (Retry-After, RateLimit-*)
     ├── UpstreamError (the national DB failed us: 502/503/504)
     │   ├── UpstreamTimeout         504 UPSTREAM_TIMEOUT (retryable)
     │   ├── UpstreamUnavailable     503 UPSTREAM_UNAVAILABLE (retryable)

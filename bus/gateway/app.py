@@ -25,7 +25,6 @@ import asyncio
 import functools
 import math
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -33,7 +32,7 @@ import orjson
 import structlog
 from aiohttp import web
 
-from bus.canonical import exchange_id
+from bus.canonical import exchange_id, new_id
 from bus.config.access import allowed_operations
 from bus.envelope import Request
 from bus.errors import (
@@ -113,7 +112,7 @@ def _route_name(request: web.Request) -> str | None:
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Bind the correlation id; render every failure in the one error shape."""
     header_id = request.headers.get("X-Request-Id", "")
-    correlation_id = exchange_id(header_id) or uuid.uuid4().hex
+    correlation_id = exchange_id(header_id) or new_id()
     request[CORRELATION_ID] = correlation_id
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(correlation_id=correlation_id)

@@ -24,7 +24,6 @@ the in-flight count, error shape and observers are middlewares (:mod:`bus.gatewa
 from __future__ import annotations
 
 import time
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -34,7 +33,7 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from bus.canonical import CanonicalRequest, validation_error
+from bus.canonical import CanonicalRequest, new_id, validation_error
 from bus.config import OperationConfig, RoutingConfig, ServiceConfig
 from bus.config.access import authorize
 from bus.envelope import Request
@@ -220,7 +219,7 @@ def envelope(request: web.Request, checked: Checked) -> Request:
         service=r.service,
         operation=r.operation,
         consumer=r.consumer,
-        correlation_id=uuid.uuid4().hex,
+        correlation_id=new_id(),
         trace_id=request[CORRELATION_ID],
         deadline=_deadline(request, r.op.timeout_s),
         body=_with_officer(v.model.model_dump(mode="json", exclude_none=True), checked.officer),

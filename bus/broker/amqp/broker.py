@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
 from collections import OrderedDict
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -55,6 +54,7 @@ from bus.broker.base import (
     queue_name,
 )
 from bus.broker.deadletters import MAX_SCAN, ClaimedLetter, scrub_error
+from bus.canonical import new_id
 from bus.envelope import (
     DecodeError,
     Reply,
@@ -215,7 +215,7 @@ class AmqpBroker:
         if not self.ready:
             raise BrokerUnavailable("broker connection is down; try again shortly")
         body, headers = encode_request(req)
-        correlation_id = req.correlation_id or uuid.uuid4().hex
+        correlation_id = req.correlation_id or new_id()
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._pending[correlation_id] = future
         properties = Basic.Properties(
