@@ -392,6 +392,29 @@ def mask_pii(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMa
     return event_dict
 
 
+class _NamedPrintLogger(structlog.PrintLogger):
+    """A :class:`structlog.PrintLogger` that knows its name (``structlog.get_logger(name)``)."""
+
+    def __init__(self, file: Any, name: str) -> None:
+        super().__init__(file)
+        self.name = name
+
+
+class _NamedPrintLoggerFactory:
+    """Logger factory: lines of ``structlog.get_logger("bus.x")`` carry ``"logger": "bus.x"``."""
+
+    def __init__(self, file: Any) -> None:
+        self._file = file
+
+    def __call__(self, *args: Any) -> _NamedPrintLogger:
+        return _NamedPrintLogger(self._file, str(args[0]) if args else "lgsp-bus")
+
+
+QUIET_LIBRARIES = {"watchfiles": logging.WARNING}
+"""Libraries whose info lines are chatter, not events: logged from this level only
+(watchfiles says "1 change detected" for every file event it sees)."""
+
+
 class _StdlibHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Marks the handler :func:`configure` adds, so a second call replaces it."""
 
@@ -420,6 +443,7 @@ def configure(
         renderer = structlog.dev.ConsoleRenderer(colors=False)
     numeric = logging.getLevelNamesMapping()[level.upper()]
     shared: list[Any] = [
+        structlog.stdlib.add_logger_name,  # structlog's name, or the stdlib record's
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
@@ -432,7 +456,7 @@ def configure(
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(out),
+        logger_factory=_NamedPrintLoggerFactory(out),
         cache_logger_on_first_use=cache,
     )
     handler = _StdlibHandler(out)
@@ -453,6 +477,8 @@ def configure(
     root.addHandler(handler)
     # Library debug output (aio-pika frames …) would drown ours: stdlib stays at info or above.
     root.setLevel(max(numeric, logging.INFO))
+    for name, quiet in QUIET_LIBRARIES.items():
+        logging.getLogger(name).setLevel(max(numeric, quiet))
 
 
 def reset() -> None:
