@@ -13,6 +13,7 @@ import io
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -46,9 +47,9 @@ def log_output() -> Iterator[io.StringIO]:
     logs.reset()
 
 
-def _with_key_file(sims: Sims, key_file: Path) -> dict[str, object]:
+def _with_key_file(sims: Sims, key_file: Path) -> dict[str, Any]:
     data = civil_config(sims)
-    data["consumers"]["portal"]["api_keys"] = [{"key": f"file:{key_file}"}]  # type: ignore[index]
+    data["consumers"]["portal"]["api_keys"] = [{"key": f"file:{key_file}"}]
     return data
 
 
