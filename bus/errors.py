@@ -22,6 +22,8 @@
         ├── BrokerUnavailable       503 BROKER_UNAVAILABLE (retryable)
         ├── Overloaded              503 OVERLOADED (retryable)
         ├── DeadlineExceeded        504 DEADLINE_EXCEEDED (retryable)
+        ├── AuditUnavailable        503 AUDIT_UNAVAILABLE (retryable: a fail_closed route's
+        │                           record cannot be written, so nothing is fetched or answered)
         └── InternalError           500 INTERNAL_ERROR
 
 Library errors (aiohttp, aio-pika, zeep) are mapped into this tree at the boundary with
@@ -33,6 +35,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 __all__ = [
+    "AuditUnavailable",
     "BrokerUnavailable",
     "BusError",
     "BusUnavailable",
@@ -240,6 +243,16 @@ class DeadlineExceeded(BusUnavailable):
 
     status = 504
     default_code = "DEADLINE_EXCEEDED"
+
+
+class AuditUnavailable(BusUnavailable):
+    """A ``fail_closed`` route's audit record cannot be made durable: the request is refused
+    before any personal data is fetched (the store is known to be down), or its answer is
+    withheld (the record failed to commit)."""
+
+    status = 503
+    default_code = "AUDIT_UNAVAILABLE"
+    retryable = True
 
 
 class InternalError(BusUnavailable):

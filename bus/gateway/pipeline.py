@@ -8,7 +8,9 @@ the one place that records what a stage learnt onto the :class:`~bus.exchange.Ex
 1. :func:`admit` — in-flight bound (``OVERLOADED``), authenticate (API key / mTLS), the
    consumer's rate limit (``RATE_LIMITED``) → :class:`Admitted`;
 2. :func:`route` — service and operation (``UNKNOWN_SERVICE``/``UNKNOWN_OPERATION``)
-   → :class:`Routed`;
+   → :class:`Routed`; then every observer that is an :class:`~bus.exchange.ExchangeGate`
+   may refuse the exchange (``AUDIT_UNAVAILABLE``: a ``fail_closed`` route whose audit
+   store is down is refused before any personal data is fetched);
 3. :func:`allow` — ACL (``FORBIDDEN_OPERATION``), X-Road headers against consumer and
    service → :class:`Allowed`;
 4. :func:`read` — content type, body size, strict JSON → :class:`Read`;
@@ -233,6 +235,8 @@ async def run(request: web.Request, gateway: Gateway, rt: Runtime, exchange: Exc
     exchange.consumer = admitted.consumer
     routed = route(request, rt, admitted)
     exchange.service, exchange.operation = routed.service, routed.operation
+    for gate in rt.gates:  # e.g. the audit trail of a fail_closed route, its store down
+        await gate.exchange_starting(exchange)
     structlog.contextvars.bind_contextvars(
         service=routed.service, operation=routed.operation, consumer=routed.consumer
     )

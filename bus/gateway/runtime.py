@@ -23,7 +23,7 @@ from pydantic import BaseModel
 
 from bus.broker.base import Broker
 from bus.config import RoutingConfig
-from bus.exchange import ExchangeObserver
+from bus.exchange import ExchangeGate, ExchangeObserver
 from bus.gateway.ratelimit import RateLimiter
 from bus.gateway.security import Authenticator
 from bus.store import Store
@@ -39,6 +39,12 @@ class Runtime:
     auth: Authenticator
     models: Mapping[tuple[str, str], type[BaseModel]]
     observers: tuple[ExchangeObserver, ...] = ()
+    gates: tuple[ExchangeGate, ...] = dataclasses.field(init=False, default=())
+    """The observers that may refuse an exchange before it starts (worked out once)."""
+
+    def __post_init__(self) -> None:
+        gates = tuple(o for o in self.observers if isinstance(o, ExchangeGate))
+        object.__setattr__(self, "gates", gates)
 
     @classmethod
     def build(
