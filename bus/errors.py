@@ -2,7 +2,8 @@
 
     BusError
     ├── RequestError (4xx: the caller's request is wrong; retrying the same request never helps)
-    │   ├── InvalidRequest          400 INVALID_REQUEST / MALFORMED_JSON / UNKNOWN_FIELD …
+    │   ├── InvalidRequest          400 INVALID_REQUEST / MALFORMED_JSON / DUPLICATE_KEY /
+    │   │                           UNKNOWN_FIELD / CALLER_REQUIRED / OFFICER_REQUIRED …
     │   ├── Unauthenticated         401 UNAUTHENTICATED (with WWW-Authenticate: Bearer)
     │   ├── Forbidden               403 FORBIDDEN_OPERATION
     │   ├── NotFoundError           404 UNKNOWN_SERVICE / UNKNOWN_OPERATION / MESSAGE_NOT_FOUND

@@ -21,6 +21,7 @@ ERROR_CODES: dict[str, str] = {
     "NOT_FOUND": "404: no such endpoint",
     "METHOD_NOT_ALLOWED": "405: wrong HTTP method for this endpoint (Allow lists the right one)",
     "MALFORMED_JSON": "400: the body is not a JSON object",
+    "DUPLICATE_KEY": "400: the body names a key twice in one object",
     "UNKNOWN_FIELD": "400: a field the operation does not define (path in detail)",
     "MISSING_FIELD": "400: a required field is absent (path in detail)",
     "INVALID_FIELD": "400: a field has the wrong type or is out of range",
@@ -38,8 +39,8 @@ ERROR_CODES: dict[str, str] = {
     "BROKER_UNAVAILABLE": "503: the message broker is unreachable (retryable)",
     "NO_ROUTE": "503: no queue is bound for the service (operator error)",
     "OVERLOADED": "503: too many requests in flight; see Retry-After (retryable)",
-    "AUDIT_UNAVAILABLE": "503: the audit record could not be made durable, so the answer "
-    "is withheld (fail_closed route; retryable)",
+    "AUDIT_UNAVAILABLE": "503: fail_closed route: the audit store is down, so nothing is "
+    "fetched, or the record could not be made durable, so the answer is withheld (retryable)",
     "DEADLINE_EXCEEDED": "504: no answer before the request's deadline (retryable)",
     "INTERNAL_ERROR": "500: a bug in the bus",
     "ADMIN_DISABLED": "404: /admin/* is off (no admin.api_keys in routing.yaml)",
@@ -57,6 +58,7 @@ ERROR_CODES: dict[str, str] = {
     "PURPOSE_REQUIRED": "400: personal data: purpose.procedure_code, dossier_id and "
     "legal_basis are required",
     "OFFICER_REQUIRED": "400: personal data: caller.officer_id (or X-Road-UserId) is required",
+    "CALLER_REQUIRED": "400: personal data: caller.system_id and caller.unit_code are required",
     "CONSENT_REF_REQUIRED": "400: legal_basis CONSENT without purpose.consent_ref",
     "INVALID_OFFICER_ID": "400: caller.officer_id is not a 12-digit personal ID",
     "INVALID_CODE": "400: a caller/purpose code is not 1-64 of [A-Za-z0-9._/-]",

@@ -13,7 +13,8 @@ the one place that records what a stage learnt onto the :class:`~bus.exchange.Ex
    store is down is refused before any personal data is fetched);
 3. :func:`allow` — ACL (``FORBIDDEN_OPERATION``), X-Road headers against consumer and
    service → :class:`Allowed`;
-4. :func:`read` — content type, body size, strict JSON → :class:`Read`;
+4. :func:`read` — content type, body size, strict JSON (one object, no key twice:
+   ``DUPLICATE_KEY``, :mod:`bus.gateway.jsonbody`) → :class:`Read`;
 5. :func:`validate` — the operation's request model → :class:`Validated`;
 6. :func:`check` — officer (``X-Road-UserId``), purpose, sensitive fields asked for,
    ``requested_at`` → :class:`Checked`;
@@ -42,6 +43,7 @@ from bus.envelope import Request
 from bus.errors import InvalidRequest, NotFoundError, Overloaded, UnsupportedMediaType
 from bus.exchange import Exchange
 from bus.gateway import privacy
+from bus.gateway.jsonbody import duplicate_key
 from bus.gateway.runtime import Gateway, Runtime
 from bus.gateway.security import Identity
 from bus.gateway.server import peer_certificate
@@ -181,6 +183,12 @@ async def read(request: web.Request, allowed: Allowed) -> Read:
         raise InvalidRequest("request body is not valid JSON", code="MALFORMED_JSON") from None
     if not isinstance(body, dict):
         raise InvalidRequest("request body must be a JSON object", code="MALFORMED_JSON")
+    repeated = duplicate_key(raw, body)
+    if repeated is not None:
+        raise InvalidRequest(
+            f"request body names the key {repeated!r} twice in one object",
+            code="DUPLICATE_KEY",
+        )
     remember_pii_here(pii_of(body))
     return Read(allowed, body)
 

@@ -65,7 +65,7 @@ def lookup(**query: Any) -> dict[str, Any]:
     return {
         "request_id": f"req-{uuid.uuid4().hex[:16]}",
         "record_type": "BIRTH",
-        "caller": {"unit_code": "H01", "officer_id": OFFICER},
+        "caller": {"system_id": "motcua", "unit_code": "H01", "officer_id": OFFICER},
         "purpose": PURPOSE,
         **query,
     }
