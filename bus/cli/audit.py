@@ -24,6 +24,7 @@ from typing import Any
 from bus.audit.chain import PRUNE_ACTION, ChainVerifier, Pin, canonical_record, record_hash
 from bus.audit.observer import (
     AuditKeyError,
+    Auditor,
     ChainReport,
     load_subject_key,
     open_auditor,
@@ -248,7 +249,9 @@ def _export(args: argparse.Namespace) -> int:
             "request_id": args.request_id,
             "evidence": [await _evidence(store, r) for r in records],
         }
-        async with open_auditor(config, store) as auditor:
+        # An export names a request, not a citizen: its record needs no subject key, so the
+        # export runs without LGSP_AUDIT_KEY.
+        async with Auditor(store, node=config.node, key=None, settings=config.audit) as auditor:
             await auditor.admin_action(
                 "audit.export", args.actor, {"request_id": args.request_id, "records": len(records)}
             )

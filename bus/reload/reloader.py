@@ -145,8 +145,11 @@ class ConfigReloader:
         *,
         recorder: ReloadRecorder | None = None,
         auditor: AdminAuditor | None = None,
+        adjust: Callable[[RoutingConfig], RoutingConfig] | None = None,
     ) -> None:
         self.path = Path(path)
+        self.adjust = adjust
+        """Applied to every reloaded file (``run``'s simulator ports), as at start."""
         self.config = config
         self.version = config_version(config)
         self.loaded_at = time.time()
@@ -226,6 +229,11 @@ class ConfigReloader:
     def _result(self, outcome: Outcome, trigger: str, actor: str, **kw: Any) -> ReloadResult:
         return ReloadResult(outcome, trigger, actor, time.time(), self.version, **kw)
 
+    def _parse(self, raw: bytes) -> tuple[RoutingConfig, YamlDocument]:
+        doc = YamlDocument.from_text(raw.decode("utf-8"), str(self.path))
+        new = parse_routing(doc.data, doc)
+        return (new if self.adjust is None else self.adjust(new)), doc
+
     async def _reload(self, trigger: str, actor: str) -> ReloadResult:
         try:
             raw = self.path.read_bytes()
@@ -234,8 +242,7 @@ class ConfigReloader:
             return self._result("rejected", trigger, actor, errors=(error,))
         self._seen = _digest(raw)
         try:
-            doc = YamlDocument.from_text(raw.decode("utf-8"), str(self.path))
-            new = parse_routing(doc.data, doc)
+            new, doc = self._parse(raw)
         except UnicodeDecodeError:
             return self._result("rejected", trigger, actor, errors=("the file is not UTF-8",))
         except ConfigError as exc:
