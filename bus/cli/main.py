@@ -40,6 +40,7 @@ environment:
 
 
 def _serve(main: Coroutine[Any, Any, None]) -> int:
+    from bus.broker.base import TopologyConflict
     from bus.gateway.server import PortInUse
 
     try:
@@ -51,8 +52,8 @@ def _serve(main: Coroutine[Any, Any, None]) -> int:
     code = 0
     try:
         runner(main)
-    except* PortInUse as busy:  # raised inside a task group, or not
-        print(f"lgsp-bus: {busy.exceptions[0]}", file=sys.stderr)
+    except* (PortInUse, TopologyConflict) as refused:  # inside a task group, or not
+        print(f"lgsp-bus: {refused.exceptions[0]}", file=sys.stderr)
         code = 2
     return code
 
