@@ -14,7 +14,7 @@ import asyncio
 import hashlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from watchfiles import Change, awatch
@@ -126,7 +126,8 @@ async def watch(watched: Watched, changed: Callable[[], None], stop: asyncio.Eve
         try:
             async for _changes in awatch(
                 *sorted(directories),
-                stop_event=_Round(stop, watched, directories),
+                # watchfiles only calls is_set() and set(): _Round is such an event.
+                stop_event=cast(asyncio.Event, _Round(stop, watched, directories)),
                 watch_filter=watched.accepts,
                 debounce=WATCH_DEBOUNCE_MS,
                 step=50,
