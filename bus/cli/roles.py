@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 import structlog
 from aiohttp import web
 
-from adapters.base import request_models
+from adapters.base import reply_models, request_models
 from adapters.civil_status.simulator import build_app as build_civil
 from adapters.population_db.simulator import build_app as build_population
 from bus.audit.observer import AuditObserver, Auditor, audit_trail
@@ -176,7 +176,9 @@ async def run_gateway(
         observers.insert(0, AuditObserver(auditor, config))
     if metrics is not None:
         observers.append(MetricsObserver(metrics))
-    runtime = Runtime.build(config, observers, models=request_models(config))
+    runtime = Runtime.build(
+        config, observers, models=request_models(config), replies=reply_models(config)
+    )
     gateway = Gateway(broker, runtime, readiness=readiness if readiness is not None else [])
     if auditor is not None:
         gateway.store = auditor.store

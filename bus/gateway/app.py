@@ -349,7 +349,7 @@ async def readyz(request: web.Request) -> web.Response:
 async def openapi(request: web.Request) -> web.Response:
     """The OpenAPI document, generated from the request models."""
     rt = request.app[GATEWAY].runtime
-    return _json(openapi_document(rt.config, rt.models))
+    return _json(openapi_document(rt.config, rt.models, rt.replies))
 
 
 def build_app(gateway: Gateway) -> web.Application:
