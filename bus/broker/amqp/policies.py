@@ -1,9 +1,9 @@
 """The queue policies (``broker.*``), applied through RabbitMQ's management HTTP API.
 
 The AMQP protocol cannot set a policy, so the bus uses the management API the
-``rabbitmq_management`` plugin serves: ``LGSP_AMQP_MANAGEMENT_URL`` (default
-``http://<AMQP host>:15672``), with the AMQP URL's user and password (which needs the
-``policymaker`` or ``administrator`` tag) and the AMQP URL's vhost. ``PUT
+``rabbitmq_management`` plugin serves (on the first node of a cluster's URL list that
+answers): ``LGSP_AMQP_MANAGEMENT_URL`` (default ``http://<AMQP host>:15672``), with the
+AMQP URL's user and password (which needs the ``policymaker`` or ``administrator`` tag) and the AMQP URL's vhost. ``PUT
 /api/policies/<vhost>/<name>`` is idempotent: applying the same policy again changes
 nothing, a changed ``broker.*`` setting changes the running queues in place.
 
@@ -46,12 +46,24 @@ def management_url(amqp_url: str) -> str | None:
     return f"{scheme}://{parts.hostname or '127.0.0.1'}:15672"
 
 
-async def apply_policies(amqp_url: str, policies: Sequence[QueuePolicy]) -> bool:
-    """PUT each policy into the AMQP URL's vhost; ``False`` (logged) if it could not."""
-    base = management_url(amqp_url)
-    if base is None:
-        log.info("broker.policies_external", reason=f"{MANAGEMENT_ENV}=none")
-        return False
+async def apply_policies(amqp_urls: Sequence[str], policies: Sequence[QueuePolicy]) -> bool:
+    """PUT each policy into the AMQP URL's vhost, through the first cluster node whose
+    management API takes them; ``False`` (logged once) if none did."""
+    reasons: list[str] = []
+    for amqp_url in amqp_urls:
+        base = management_url(amqp_url)
+        if base is None:
+            log.info("broker.policies_external", reason=f"{MANAGEMENT_ENV}=none")
+            return False
+        reason = await _put(base, amqp_url, policies)
+        if reason is None:
+            return True
+        reasons.append(f"{base}: {reason}")
+    return _not_applied("; ".join(reasons))
+
+
+async def _put(base: str, amqp_url: str, policies: Sequence[QueuePolicy]) -> str | None:
+    """``None`` once every policy is in; else why not."""
     parts = urlsplit(amqp_url)
     vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
     user, password = unquote(parts.username or "guest"), unquote(parts.password or "")
@@ -70,17 +82,16 @@ async def apply_policies(amqp_url: str, policies: Sequence[QueuePolicy]) -> bool
                 }
                 async with session.put(url, json=body) as response:
                     if response.status not in (200, 201, 204):
-                        return _not_applied(base, f"HTTP {response.status} for {policy.name}")
+                        return f"HTTP {response.status} for {policy.name}"
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-        return _not_applied(base, type(exc).__name__)
+        return type(exc).__name__
     log.info("broker.policies_applied", vhost=vhost, policies=[p.name for p in policies])
-    return True
+    return None
 
 
-def _not_applied(base: str, reason: str) -> bool:
+def _not_applied(reason: str) -> bool:
     log.warning(
         "broker.policies_not_applied",
-        management=base,
         reason=reason,
         hint="the queue limits (broker.*) must come from deploy/rabbitmq/definitions.json or "
         f"rabbitmqctl set_policy; or enable rabbitmq_management and give the bus's user the "
