@@ -3,9 +3,10 @@
 The AMQP protocol cannot set a policy, so the bus uses the management API the
 ``rabbitmq_management`` plugin serves (on the first node of a cluster's URL list that
 answers): ``LGSP_AMQP_MANAGEMENT_URL`` (default ``http://<AMQP host>:15672``), with the
-AMQP URL's user and password (which needs the ``policymaker`` or ``administrator`` tag) and the AMQP URL's vhost. ``PUT
-/api/policies/<vhost>/<name>`` is idempotent: applying the same policy again changes
-nothing, a changed ``broker.*`` setting changes the running queues in place.
+AMQP URL's user and password (which needs the ``policymaker`` or ``administrator`` tag)
+and the AMQP URL's vhost. ``PUT /api/policies/<vhost>/<name>`` is idempotent: applying
+the same policy again changes nothing, a changed ``broker.*`` setting changes the
+running queues in place.
 
 Where the API is off, unreachable or refuses the user, the bus says so once (a warning
 naming the reason) and goes on: the policies must then come from elsewhere —
