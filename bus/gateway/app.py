@@ -55,6 +55,7 @@ from bus.gateway.idempotency import (
     prefers_async,
     prune_forever,
 )
+from bus.gateway.jsonbody import body_request_id
 from bus.gateway.openapi import openapi_document
 from bus.gateway.pipeline import ADMITTED, CORRELATION_ID, REQUEST_ID, xroad_reply_headers
 from bus.gateway.reply import error_body, render_reply, replayed_fields
@@ -130,24 +131,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         error = InternalError("the gateway failed unexpectedly")
     request_id = request.get(REQUEST_ID)
     if request_id is None and isinstance(error, RateLimited):
-        request_id = await _body_request_id(request)
+        request_id = await body_request_id(request)
     headers = {"X-Request-Id": correlation_id, **xroad_reply_headers(request), **error.headers}
     if error.retry_after is not None:
         headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
     return _json(error_body(error, request_id), error.status, headers)
-
-
-async def _body_request_id(request: web.Request) -> str | None:
-    """The ``request_id`` of a JSON body the pipeline refused before reading it (``429``), so
-    the caller can match the refusal; only a well-formed id is echoed."""
-    if request.content_type != "application/json" or not request.can_read_body:
-        return None
-    try:
-        body = orjson.loads(await request.read())
-    except (orjson.JSONDecodeError, web.HTTPException, ConnectionError):
-        return None
-    value = body.get("request_id") if isinstance(body, dict) else None
-    return exchange_id(value) if isinstance(value, str) else None
 
 
 @web.middleware

@@ -19,7 +19,12 @@ import json
 import re
 from typing import Any
 
-__all__ = ["duplicate_key"]
+import orjson
+from aiohttp import web
+
+from bus.canonical import exchange_id
+
+__all__ = ["body_request_id", "duplicate_key"]
 
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"(\s*:)?', re.DOTALL)
 """A JSON string token, and whether it is a key (followed by a colon). In valid JSON no
@@ -78,3 +83,16 @@ def duplicate_key(raw: bytes, body: Any) -> str | None:
         return None
     key = _first_repeated(raw)
     return key if _SHOWN_KEY.fullmatch(key) else "…"
+
+
+async def body_request_id(request: web.Request) -> str | None:
+    """The ``request_id`` of a JSON body the pipeline refused before reading it (``429``), so
+    the caller can match the refusal; only a well-formed id is echoed."""
+    if request.content_type != "application/json" or not request.can_read_body:
+        return None
+    try:
+        body = orjson.loads(await request.read())
+    except (orjson.JSONDecodeError, web.HTTPException, ConnectionError):
+        return None
+    value = body.get("request_id") if isinstance(body, dict) else None
+    return exchange_id(value) if isinstance(value, str) else None
