@@ -118,7 +118,7 @@ def body(purpose: dict[str, str], officer: str, **query: Any) -> dict[str, Any]:
     return {
         "request_id": f"req-{time.time_ns()}",
         "record_type": "BIRTH",
-        "caller": {"unit_code": "H01", "officer_id": officer},
+        "caller": {"system_id": "MOTCUA", "unit_code": "H01", "officer_id": officer},
         "purpose": purpose,
         **query,
     }
