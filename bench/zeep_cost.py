@@ -81,7 +81,11 @@ def main() -> None:
     request = PopulationLookup.model_validate(
         {
             "request_id": "01J0000000000000000000000",
-            "caller": {"officer_id": "001085000123", "unit_code": "000.00.01.H01"},
+            "caller": {
+                "system_id": "motcua",
+                "unit_code": "000.00.01.H01",
+                "officer_id": "001085000123",
+            },
             "purpose": {"procedure_code": "1.001234", "dossier_id": "HS-1"},
             "subject": {
                 "id_type": "CCCD12",
@@ -106,7 +110,7 @@ def main() -> None:
 
     # C06Codec takes its lxml fast paths for plain messages; SoapCodec's methods are zeep's.
     zeep_build = partial(SoapCodec.build, codec, OP)
-    zeep_body = partial(SoapCodec._body, codec, OP)
+    zeep_body = partial(codec.read_body, OP, fast=False)
     rows: list[tuple[str, Callable[[], object]]] = [
         ("zeep build (request)", lambda: zeep_build(to_c06(request, options, op_options))),
         ("C06 codec build (fast)", lambda: codec.build(OP, to_c06(request, options, op_options))),

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["Exchange", "ExchangeObserver"]
+__all__ = ["Exchange", "ExchangeGate", "ExchangeObserver"]
 
 
 @dataclass
@@ -26,6 +26,9 @@ class Exchange:
     started_at: float = field(default_factory=time.time)
     request_id: str | None = None
     consumer: str | None = None
+    credential: str | None = None
+    """Which of the consumer's credentials authenticated it: the API key's ``label`` (else
+    ``key-<n>``) or ``cert-<n>``; never the secret. Recorded as ``detail.credential``."""
     service: str | None = None
     operation: str | None = None
     officer: str | None = None
@@ -50,4 +53,14 @@ class ExchangeObserver(Protocol):
 
     async def exchange_finished(self, exchange: Exchange) -> None:
         """Record ``exchange``; raising a ``BusError`` replaces the answer with that error."""
+        ...
+
+
+@runtime_checkable
+class ExchangeGate(Protocol):
+    """An observer that may refuse an exchange before anything is fetched for it (the audit
+    trail, when a ``fail_closed`` route's record could not be written)."""
+
+    async def exchange_starting(self, exchange: Exchange) -> None:
+        """Raise a ``BusError`` to refuse ``exchange`` (its service and operation are known)."""
         ...

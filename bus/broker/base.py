@@ -14,6 +14,11 @@ Contract (checked by ``tests/test_broker_contract.py`` against every implementat
   message that cannot be decoded, or whose handler raised ``delivery_limit`` times, is
   dead-lettered to ``lgsp.dlq.<service>``. When ``stop`` is set it stops taking messages,
   finishes those in flight (unfinished ones return to the queue) and returns.
+
+Topology: queues are declared with immutable arguments only (:func:`queue_arguments`); the
+settings an operator changes (``broker.delivery_limit``, ``max_queue_length``,
+``dlq_ttl_s``) are RabbitMQ policies (:func:`queue_policies`), which a running queue takes
+on without being re-created.
 """
 
 from __future__ import annotations
@@ -22,9 +27,10 @@ import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from bus.broker.outbox import DeliveryHandler, OutboxSpec
-from bus.config import RoutingConfig
+from bus.config import RoutingConfig, resolve_secret
 from bus.envelope import Reply, Request
 
 __all__ = [
@@ -32,9 +38,13 @@ __all__ = [
     "Broker",
     "BrokerRecorder",
     "Handler",
+    "QueuePolicy",
     "QueueSpec",
+    "TopologyConflict",
+    "amqp_address",
     "dlq_arguments",
     "queue_arguments",
+    "queue_policies",
     "queue_specs",
 ]
 
@@ -62,32 +72,103 @@ class QueueSpec:
     delivery_limit: int = 5
     max_length: int = 10_000
     dlq_ttl_s: int = 14 * 24 * 3600
+    quorum_group_size: int | None = None
+    """Replicas of the quorum queues (``x-quorum-initial-group-size``); None: RabbitMQ's."""
+
+
+def _replicas(spec: QueueSpec) -> dict[str, Any]:
+    if spec.quorum_group_size is None:
+        return {}
+    return {"x-quorum-initial-group-size": spec.quorum_group_size}
 
 
 def queue_arguments(spec: QueueSpec) -> dict[str, Any]:
-    """Arguments of the service's work queue (``deploy/rabbitmq/definitions.json`` matches)."""
+    """Arguments declared on the service's work queue: only what never changes — the queue
+    type and where dead letters go (the fixed ``lgsp.dlx``, routed by the service's name;
+    RabbitMQ accepts a dead-letter routing key argument only beside its exchange). Every
+    setting of ``broker.*`` lives in the policy :data:`WORK_POLICY` (:func:`queue_policies`),
+    so changing one never makes a declaration conflict with the queue that exists."""
     return {
         "x-queue-type": "quorum",
-        "x-delivery-limit": spec.delivery_limit,
-        "x-max-length": spec.max_length,
-        "x-overflow": "reject-publish",
         "x-dead-letter-exchange": DLX,
         "x-dead-letter-routing-key": spec.service,
+        **_replicas(spec),
     }
 
 
 def dlq_arguments(spec: QueueSpec) -> dict[str, Any]:
-    """Arguments of the service's dead-letter queue."""
-    return {"x-queue-type": "quorum", "x-message-ttl": spec.dlq_ttl_s * 1000}
+    """Arguments declared on the service's dead-letter queue (its TTL is in a policy)."""
+    return {"x-queue-type": "quorum", **_replicas(spec)}
+
+
+WORK_POLICY = "lgsp-work-queues"
+DLQ_POLICY = "lgsp-dead-letter-queues"
+
+
+@dataclass(frozen=True, slots=True)
+class QueuePolicy:
+    """A RabbitMQ policy over one family of the bus's queues (vhost-wide)."""
+
+    name: str
+    pattern: str
+    definition: dict[str, Any]
+    priority: int = 0
+    apply_to: str = "queues"
+
+
+def queue_policies(spec: QueueSpec) -> list[QueuePolicy]:
+    """The policies carrying ``broker.*`` (the same for every service of a config): the
+    work queues' delivery limit, length bound, overflow and dead-lettering, the DLQs' TTL.
+    ``deploy/rabbitmq/definitions.json`` carries the same, by the same names."""
+    return [
+        QueuePolicy(
+            WORK_POLICY,
+            r"^lgsp\.svc\.",
+            {
+                "dead-letter-exchange": DLX,
+                "delivery-limit": spec.delivery_limit,
+                "max-length": spec.max_length,
+                "overflow": "reject-publish",
+            },
+        ),
+        QueuePolicy(DLQ_POLICY, r"^lgsp\.dlq\.", {"message-ttl": spec.dlq_ttl_s * 1000}),
+    ]
+
+
+class TopologyConflict(Exception):
+    """A queue exists with arguments the bus no longer declares (a one-line message that
+    says what differs and how to migrate)."""
 
 
 def queue_specs(config: RoutingConfig) -> list[QueueSpec]:
     """One spec per configured service."""
     b = config.broker
     return [
-        QueueSpec(name, b.delivery_limit, b.max_queue_length, b.dlq_ttl_s)
+        QueueSpec(name, b.delivery_limit, b.max_queue_length, b.dlq_ttl_s, b.quorum_group_size)
         for name in config.services
     ]
+
+
+def amqp_address(config: RoutingConfig, environ: Mapping[str, str]) -> str | None:
+    """The broker address the processes use: ``LGSP_AMQP_URL`` when set (one URL, or several
+    separated by commas), else ``broker.urls`` (each ``env:``/``file:`` reference resolved,
+    ``broker.password`` put into those that name a user), else None (in-memory broker)."""
+    given = environ.get("LGSP_AMQP_URL")
+    if given:
+        return given
+    settings = config.broker
+    urls: list[str] = []
+    for entry in settings.urls:
+        if entry.startswith(("env:", "file:")):
+            urls.append(resolve_secret(entry))
+            continue
+        parts = urlsplit(entry)
+        if settings.password is not None and parts.username is not None:
+            secret = quote(resolve_secret(settings.password), safe="")
+            host = parts.netloc.rpartition("@")[2]
+            entry = urlunsplit(parts._replace(netloc=f"{parts.username}:{secret}@{host}"))
+        urls.append(entry)
+    return ",".join(urls) or None
 
 
 class BrokerRecorder(Protocol):

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -32,6 +31,7 @@ from bus.broker.deadletters import (
     dead_letter_headers,
 )
 from bus.broker.outbox import Delivery, DeliveryHandler, OutboxSpec, outbox_queue
+from bus.canonical import new_id
 from bus.envelope import (
     DecodeError,
     Reply,
@@ -134,7 +134,7 @@ class MemoryBroker:
         if remaining <= 0:
             raise DeadlineExceeded("deadline passed before the request was sent")
         body, headers = encode_request(req)
-        correlation_id = req.correlation_id or uuid.uuid4().hex
+        correlation_id = req.correlation_id or new_id()
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._pending[correlation_id] = future
         try:

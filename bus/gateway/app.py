@@ -25,7 +25,6 @@ import asyncio
 import functools
 import math
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -34,15 +33,17 @@ import structlog
 from aiohttp import web
 
 from bus.broker.outbox import send_stream
-from bus.canonical import exchange_id
+from bus.canonical import exchange_id, new_id
 from bus.config.access import allowed_operations
 from bus.envelope import Request
 from bus.errors import (
     BusError,
     InternalError,
     InvalidRequest,
+    MethodNotAllowed,
     NotFoundError,
     PayloadTooLarge,
+    RateLimited,
 )
 from bus.exchange import Exchange
 from bus.gateway import pipeline
@@ -56,11 +57,13 @@ from bus.gateway.idempotency import (
     prefers_async,
     prune_forever,
 )
+from bus.gateway.jsonbody import body_request_id
 from bus.gateway.oneway import accept_send, status_body
 from bus.gateway.openapi import openapi_document
 from bus.gateway.pipeline import ADMITTED, CORRELATION_ID, REQUEST_ID, xroad_reply_headers
 from bus.gateway.reply import error_body, render_reply, replayed_fields
 from bus.gateway.runtime import GATEWAY, Gateway, Runtime
+from bus.observe import tracing
 from bus.observe.health import add_metrics_route
 from bus.observe.metrics import Metrics
 
@@ -101,8 +104,9 @@ def _http_error(exc: web.HTTPException) -> BusError:
         return PayloadTooLarge("request body is too large")
     if exc.status == 404:
         return NotFoundError("no such endpoint", code="NOT_FOUND")
-    if exc.status == 405:
-        return InvalidRequest("method not allowed here", code="METHOD_NOT_ALLOWED")
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        return MethodNotAllowed(f"use {allowed} here", headers={"Allow": allowed})
     return InvalidRequest(exc.reason or "bad request", code="BAD_REQUEST")
 
 
@@ -114,7 +118,7 @@ def _route_name(request: web.Request) -> str | None:
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Bind the correlation id; render every failure in the one error shape."""
     header_id = request.headers.get("X-Request-Id", "")
-    correlation_id = exchange_id(header_id) or uuid.uuid4().hex
+    correlation_id = exchange_id(header_id) or new_id()
     request[CORRELATION_ID] = correlation_id
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(correlation_id=correlation_id)
@@ -130,7 +134,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         log.exception("gateway.unhandled_error")
         error = InternalError("the gateway failed unexpectedly")
     request_id = request.get(REQUEST_ID)
-    headers = {"X-Request-Id": correlation_id, **xroad_reply_headers(request)}
+    if request_id is None and isinstance(error, RateLimited):
+        request_id = await body_request_id(request)
+    headers = {"X-Request-Id": correlation_id, **xroad_reply_headers(request), **error.headers}
     if error.retry_after is not None:
         headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
     return _json(error_body(error, request_id), error.status, headers)
@@ -188,7 +194,29 @@ async def _tell_observers(rt: Runtime, exchange: Exchange) -> None:
 
 
 async def call_operation(request: web.Request) -> web.Response:
-    """``POST /v1/{service}/{operation}``: the pipeline, then the exchange over the broker."""
+    """``POST /v1/{service}/{operation}``: the pipeline, then the exchange over the broker;
+    in a ``gateway.request`` span when tracing is on (:mod:`bus.observe.tracing`)."""
+    if not tracing.enabled():
+        return await _call_operation(request)
+    attributes = {
+        "lgsp.service": request.match_info["service"],
+        "lgsp.operation": request.match_info["operation"],
+        "lgsp.correlation_id": request[CORRELATION_ID],
+    }
+    parent = request.headers.get("traceparent")
+    with tracing.span("gateway.request", "server", attributes, parent) as span:
+        try:
+            response = await _call_operation(request)
+        except BusError as exc:
+            tracing.set_attributes(span, {"lgsp.consumer": request[EXCHANGE].consumer})
+            tracing.outcome(span, exc.code, exc.status)
+            raise
+        tracing.set_attributes(span, {"lgsp.consumer": request[EXCHANGE].consumer})
+        tracing.outcome(span, "OK", response.status)
+        return response
+
+
+async def _call_operation(request: web.Request) -> web.Response:
     gateway, rt, exchange = request.app[GATEWAY], request[RUNTIME], request[EXCHANGE]
     req = await pipeline.run(request, gateway, rt, exchange)
     if rt.config.services[req.service].operations[req.operation].mode == "send":
@@ -253,9 +281,10 @@ async def get_message(request: web.Request) -> web.Response:
     observed (audited) like a call, keyed by the same request_id as the original request.
     """
     gateway, rt, exchange = request.app[GATEWAY], request[RUNTIME], request[EXCHANGE]
-    consumer = pipeline.identify(request, rt).consumer
-    exchange.consumer = consumer
-    gateway.limiter.check(consumer)
+    identity = pipeline.identify(request, rt)
+    consumer = identity.consumer
+    exchange.consumer, exchange.credential = consumer, identity.credential
+    await gateway.limiter.admit(consumer)
     request_id = request.match_info["request_id"]
     if exchange_id(request_id) is None:
         raise InvalidRequest("not a request_id", code="INVALID_REQUEST_ID")
@@ -299,6 +328,7 @@ async def _background_ctx(app: web.Application) -> AsyncIterator[None]:
     await background.aclose(bound_s=gateway.config.gateway.shutdown_grace_s)
     if pruner is not None:
         await pruner
+    await gateway.limiter.aclose()
 
 
 async def list_services(request: web.Request) -> web.Response:
@@ -355,7 +385,7 @@ async def readyz(request: web.Request) -> web.Response:
 async def openapi(request: web.Request) -> web.Response:
     """The OpenAPI document, generated from the request models."""
     rt = request.app[GATEWAY].runtime
-    return _json(openapi_document(rt.config, rt.models))
+    return _json(openapi_document(rt.config, rt.models, rt.replies))
 
 
 def build_app(gateway: Gateway) -> web.Application:

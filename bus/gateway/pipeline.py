@@ -8,10 +8,13 @@ the one place that records what a stage learnt onto the :class:`~bus.exchange.Ex
 1. :func:`admit` — in-flight bound (``OVERLOADED``), authenticate (API key / mTLS), the
    consumer's rate limit (``RATE_LIMITED``) → :class:`Admitted`;
 2. :func:`route` — service and operation (``UNKNOWN_SERVICE``/``UNKNOWN_OPERATION``)
-   → :class:`Routed`;
+   → :class:`Routed`; then every observer that is an :class:`~bus.exchange.ExchangeGate`
+   may refuse the exchange (``AUDIT_UNAVAILABLE``: a ``fail_closed`` route whose audit
+   store is down is refused before any personal data is fetched);
 3. :func:`allow` — ACL (``FORBIDDEN_OPERATION``), X-Road headers against consumer and
    service → :class:`Allowed`;
-4. :func:`read` — content type, body size, strict JSON → :class:`Read`;
+4. :func:`read` — content type, body size, strict JSON (one object, no key twice:
+   ``DUPLICATE_KEY``, :mod:`bus.gateway.jsonbody`) → :class:`Read`;
 5. :func:`validate` — the operation's request model → :class:`Validated`;
 6. :func:`check` — officer (``X-Road-UserId``), purpose, sensitive fields asked for,
    ``requested_at`` → :class:`Checked`;
@@ -24,7 +27,6 @@ the in-flight count, error shape and observers are middlewares (:mod:`bus.gatewa
 from __future__ import annotations
 
 import time
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -34,17 +36,19 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from bus.canonical import CanonicalRequest, validation_error
+from bus.canonical import CanonicalRequest, new_id, validation_error
 from bus.config import OperationConfig, RoutingConfig, ServiceConfig
 from bus.config.access import authorize
 from bus.envelope import Request
 from bus.errors import InvalidRequest, NotFoundError, Overloaded, UnsupportedMediaType
 from bus.exchange import Exchange
 from bus.gateway import privacy
+from bus.gateway.jsonbody import duplicate_key
 from bus.gateway.runtime import Gateway, Runtime
 from bus.gateway.security import Identity
 from bus.gateway.server import peer_certificate
 from bus.logs import pii_of, remember_pii_here
+from bus.observe import tracing
 from bus.xroad import REQUEST_HASH, XRoadIdentity, request_hash
 
 __all__ = [
@@ -86,6 +90,8 @@ class Admitted:
     """An authenticated caller within its limits."""
 
     consumer: str
+    credential: str | None = None
+    """Which of its credentials (key label, ``key-<n>``, ``cert-<n>``): for the audit trail."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,13 +143,13 @@ def identify(request: web.Request, rt: Runtime) -> Identity:
     return rt.auth.identify(request.headers.get("Authorization"), peer_certificate(request))
 
 
-def admit(request: web.Request, gateway: Gateway, rt: Runtime) -> Admitted:
+async def admit(request: web.Request, gateway: Gateway, rt: Runtime) -> Admitted:
     """Stage 1: room in flight, an authenticated consumer, within its rate limit."""
     if not request.get(ADMITTED, True):
         raise Overloaded("the gateway has too many requests in flight", retry_after=1.0)
-    consumer = identify(request, rt).consumer
-    gateway.limiter.check(consumer)
-    return Admitted(consumer)
+    identity = identify(request, rt)
+    await gateway.limiter.admit(identity.consumer)
+    return Admitted(identity.consumer, identity.credential)
 
 
 def route(request: web.Request, rt: Runtime, admitted: Admitted) -> Routed:
@@ -180,6 +186,12 @@ async def read(request: web.Request, allowed: Allowed) -> Read:
         raise InvalidRequest("request body is not valid JSON", code="MALFORMED_JSON") from None
     if not isinstance(body, dict):
         raise InvalidRequest("request body must be a JSON object", code="MALFORMED_JSON")
+    repeated = duplicate_key(raw, body)
+    if repeated is not None:
+        raise InvalidRequest(
+            f"request body names the key {repeated!r} twice in one object",
+            code="DUPLICATE_KEY",
+        )
     remember_pii_here(pii_of(body))
     return Read(allowed, body)
 
@@ -220,8 +232,9 @@ def envelope(request: web.Request, checked: Checked) -> Request:
         service=r.service,
         operation=r.operation,
         consumer=r.consumer,
-        correlation_id=uuid.uuid4().hex,
+        correlation_id=new_id(),
         trace_id=request[CORRELATION_ID],
+        traceparent=tracing.traceparent() if tracing.enabled() else None,
         deadline=_deadline(request, r.op.timeout_s),
         body=_with_officer(v.model.model_dump(mode="json", exclude_none=True), checked.officer),
         officer=checked.officer,
@@ -230,10 +243,12 @@ def envelope(request: web.Request, checked: Checked) -> Request:
 
 async def run(request: web.Request, gateway: Gateway, rt: Runtime, exchange: Exchange) -> Request:
     """Every stage in order, each one's findings recorded onto ``exchange`` here."""
-    admitted = admit(request, gateway, rt)
-    exchange.consumer = admitted.consumer
+    admitted = await admit(request, gateway, rt)
+    exchange.consumer, exchange.credential = admitted.consumer, admitted.credential
     routed = route(request, rt, admitted)
     exchange.service, exchange.operation = routed.service, routed.operation
+    for gate in rt.gates:  # e.g. the audit trail of a fail_closed route, its store down
+        await gate.exchange_starting(exchange)
     structlog.contextvars.bind_contextvars(
         service=routed.service, operation=routed.operation, consumer=routed.consumer
     )
