@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from dataclasses import replace
 from typing import Any
 
@@ -107,7 +108,12 @@ class SendTarget:
             started = time.time()
             await self.store.delivery_set(stream, req.request_id, "DELIVERING", next_at=0.0)
             deadline = min(started + op.timeout_s, plan.deadline)
-            reply = await self.handler(replace(req, deadline=deadline, attempt=number))
+            # A fresh correlation id per attempt: the worker answers a repeated one from
+            # its memory of replies (bus/worker/redelivery.py), which would replay a failure.
+            attempt_req = replace(
+                req, deadline=deadline, attempt=number, correlation_id=uuid.uuid4().hex
+            )
+            reply = await self.handler(attempt_req)
             if reply.error is None:
                 result = Attempt("OK", status=200)
             else:

@@ -14,6 +14,8 @@ from tests.support.paths import REPO
 
 MAX_LINES = 400
 OVER_LIMIT = {
+    "bus/gateway/app.py": "routes and middlewares of calls, messages and events (issue 15 "
+    "grew it by 20 lines: move the request keys to runtime.py and the event routes out)",
     "bus/broker/amqp/broker.py": (
         "the RabbitMQ broker's one class (failover, policies and dead letters are apart)"
     ),
