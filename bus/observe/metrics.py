@@ -194,6 +194,11 @@ class Metrics:
             "Times the broker connection came back after a loss",
             registry=r,
         )
+        self.broker_link_failures = Counter(
+            "lgsp_broker_link_failures",
+            "Times the broker link's self-check found it dead (half-open) and tore it down",
+            registry=r,
+        )
         self.publish_failures = Counter(
             "lgsp_broker_publish_failures",
             "Publishes the broker did not confirm: nack (queue full), unroutable, error",
@@ -323,6 +328,10 @@ class Metrics:
         """The broker connection came back after a loss."""
         self.broker_reconnects.inc()
         self.broker_connected.set(1)
+
+    def link_failed(self) -> None:
+        """The broker link's self-check found it dead; a reconnect follows."""
+        self.broker_link_failures.inc()
 
     def publish_failed(self, reason: str) -> None:
         """A publish was not confirmed: ``nack`` (queue full), ``unroutable`` or ``error``."""
