@@ -52,6 +52,10 @@ class Request:
     officer: str | None = None
     trace_id: str | None = None
     """The gateway's correlation id (``X-Request-Id``), for logs across processes."""
+    short_deadline: bool = False
+    """The caller shortened the deadline below the operation's ``timeout_s``
+    (``X-Lgsp-Timeout-Ms``): a timeout at that deadline is the caller's doing, and the
+    upstream's circuit breaker does not count it."""
 
     @property
     def routing_key(self) -> str:
@@ -94,6 +98,8 @@ def encode_request(req: Request) -> tuple[bytes, dict[str, HeaderValue]]:
         headers[_H + "officer"] = req.officer
     if req.trace_id is not None:
         headers[_H + "trace-id"] = req.trace_id
+    if req.short_deadline:
+        headers[_H + "short-deadline"] = 1
     return orjson.dumps(req.body), headers
 
 
@@ -130,6 +136,7 @@ def decode_request(body: bytes, headers: dict[str, Any], correlation_id: str | N
         attempt=_header(headers, "attempt", int),
         officer=officer if isinstance(officer, str) else None,
         trace_id=trace_id if isinstance(trace_id, str) else None,
+        short_deadline=headers.get(_H + "short-deadline") == 1,
         body=payload,
     )
 

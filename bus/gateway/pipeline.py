@@ -215,6 +215,7 @@ def envelope(request: web.Request, checked: Checked) -> Request:
     by the caller's ``X-Lgsp-Timeout-Ms``."""
     v = checked.validated
     r = v.allowed.routed
+    deadline, short = _deadline(request, r.op.timeout_s)
     return Request(
         request_id=v.request_id,
         service=r.service,
@@ -222,7 +223,8 @@ def envelope(request: web.Request, checked: Checked) -> Request:
         consumer=r.consumer,
         correlation_id=uuid.uuid4().hex,
         trace_id=request[CORRELATION_ID],
-        deadline=_deadline(request, r.op.timeout_s),
+        deadline=deadline,
+        short_deadline=short,
         body=_with_officer(v.model.model_dump(mode="json", exclude_none=True), checked.officer),
         officer=checked.officer,
     )
@@ -269,15 +271,19 @@ def _describe(exchange: Exchange, validated: BaseModel) -> None:
         exchange.subject_id = validated.subject_id()
 
 
-def _deadline(request: web.Request, timeout_s: float) -> float:
+def _deadline(request: web.Request, timeout_s: float) -> tuple[float, bool]:
+    """The deadline, and whether the caller's header made it shorter than ``timeout_s``."""
     raw = request.headers.get(TIMEOUT_HEADER)
+    short = False
     if raw is not None:
-        if not raw.isdigit() or not 1 <= int(raw) <= 600_000:
+        # ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
+        if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 600_000:
             raise InvalidRequest(
                 f"{TIMEOUT_HEADER} must be whole milliseconds, 1..600000", code="INVALID_TIMEOUT"
             )
+        short = int(raw) / 1000 < timeout_s
         timeout_s = min(timeout_s, int(raw) / 1000)
-    return time.time() + timeout_s
+    return time.time() + timeout_s, short
 
 
 def _with_officer(body: dict[str, Any], officer: str | None) -> dict[str, Any]:

@@ -196,6 +196,7 @@ class Worker:
             deadline=ctx.deadline,
             breaker=self.breakers.for_service(req.service),
             on_retry=on_retry,
+            caller_deadline=req.short_deadline,
         )
 
     async def run(self, stop: asyncio.Event, services: Iterable[str] | None = None) -> None:
