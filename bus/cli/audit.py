@@ -17,11 +17,12 @@ import json
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, date, datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from bus.audit.chain import PRUNE_ACTION, ChainVerifier, Pin, canonical_record, record_hash
+from bus.audit.chain import PRUNE_ACTION, Pin
+from bus.audit.evidence import evidence_bundle, record_json, show_time
 from bus.audit.observer import (
     AuditKeyError,
     ChainReport,
@@ -33,7 +34,6 @@ from bus.cli.common import CONFIG_HELP, load_or_exit
 from bus.config import RoutingConfig
 from bus.logs import mask_id
 from bus.store import Store, open_store, store_url_from_env
-from bus.store.base import AuditRecord
 
 __all__ = ["check_audit_key", "parse_time", "register"]
 
@@ -58,16 +58,8 @@ def parse_time(text: str, *, end_of_day: bool = False) -> int:
     return int(moment.timestamp() * 1_000_000)
 
 
-def _show_time(time_us: int) -> str:
-    return datetime.fromtimestamp(time_us / 1_000_000, VN).isoformat(timespec="milliseconds")
-
-
-def _record_json(rec: AuditRecord) -> dict[str, Any]:
-    out = {name: getattr(rec, name) for name in AuditRecord.__dataclass_fields__}
-    out["purpose"], out["detail"] = dict(rec.purpose), dict(rec.detail)
-    out["fields"] = list(rec.fields)
-    out["time"] = _show_time(rec.time_us)
-    return out
+_show_time = show_time
+_record_json = record_json
 
 
 def _load(args: argparse.Namespace) -> RoutingConfig:
@@ -203,51 +195,15 @@ def _query(args: argparse.Namespace) -> int:
 # -- export ----------------------------------------------------------------------------------
 
 
-async def _evidence(store: Store, rec: AuditRecord) -> dict[str, Any]:
-    neighbours = await store.audit_records(rec.chain, max(rec.seq - 2, 0), 3)
-    head = await store.audit_head(rec.chain)
-    verdict: dict[str, Any] = {"verified": False, "problem": "chain head missing"}
-    if head is not None:
-        verifier, after = ChainVerifier(head), head.anchor_seq
-        while verifier.problem is None:
-            page = await store.audit_records(rec.chain, after, 1000)
-            for item in page:
-                verifier.feed(item)
-            if len(page) < 1000:
-                break
-            after = page[-1].seq
-        problem = verifier.finish()
-        verdict = {"verified": problem is None, "problem": str(problem) if problem else None}
-    return {
-        "record": _record_json(rec),
-        "canonical": canonical_record(rec).decode("utf-8"),
-        "hash_matches": record_hash(rec) == rec.hash,
-        "previous": next((_record_json(n) for n in neighbours if n.seq == rec.seq - 1), None),
-        "next": next((_record_json(n) for n in neighbours if n.seq == rec.seq + 1), None),
-        "chain_head": None
-        if head is None
-        else {"seq": head.head_seq, "hash": head.head_hash, "anchor_seq": head.anchor_seq},
-        "chain_verification": verdict,
-    }
-
-
 def _export(args: argparse.Namespace) -> int:
     config = _load(args)
 
     async def work(store: Store) -> int:
-        records = await store.audit_find(request_id=args.request_id, limit=100)
-        if not records:
+        bundle = await evidence_bundle(store, args.request_id)
+        if bundle is None:
             print(f"audit export: no record of request {args.request_id}", file=sys.stderr)
             return 1
-        bundle = {
-            "format": "lgsp-bus audit evidence v1",
-            "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "hash_rule": "hash = sha256(canonical).hexdigest(); canonical = JSON of every "
-            'field but hash plus "v": 1, keys sorted, no spaces, UTF-8 (RFC 8785 subset); '
-            "each record's prev_hash is the hash of the record before it in its chain",
-            "request_id": args.request_id,
-            "evidence": [await _evidence(store, r) for r in records],
-        }
+        records = bundle["evidence"]
         async with open_auditor(config, store) as auditor:
             await auditor.admin_action(
                 "audit.export", args.actor, {"request_id": args.request_id, "records": len(records)}

@@ -14,14 +14,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from adapters.base import load_routing, parse_routing
+from adapters.base import load_routing, registry
 from bus.cli.common import CONFIG_HELP
 from bus.config import ConfigError, RoutingConfig, default_config_path
 from bus.config.diff import diff_configs, needs_restart
 from bus.config.explain import explain as explain_call
 from bus.config.explain import render_table
-from bus.config.rules import config_warnings, secret_errors
-from bus.config.source import ConfigIssue, YamlDocument
+from bus.config.load import Validation, validate_text
+from bus.config.source import ConfigIssue
 
 __all__ = ["SCHEMA_URI", "diff", "explain", "register", "routing_schema", "schema", "validate"]
 
@@ -55,19 +55,13 @@ def _load_or_report(path: Path) -> RoutingConfig | None:
 def validate(args: argparse.Namespace) -> int:
     """``config validate [FILE]``: every error with its YAML path and line; exit 1 on any."""
     target = _target(args.file)
-    errors: list[ConfigIssue] = []
-    warnings: list[ConfigIssue] = []
-    config: RoutingConfig | None = None
     try:
-        doc = YamlDocument.from_file(target)
-
-        config = parse_routing(doc.data, doc)
-    except ConfigError as exc:
-        errors = exc.issues
+        text = target.read_text(encoding="utf-8")
+    except OSError as exc:
+        found = Validation(None, [ConfigIssue((), f"cannot read {target}: {exc.strerror}")])
     else:
-        warnings = config_warnings(config, doc)
-        if args.secrets:
-            errors = secret_errors(config, doc)
+        found = validate_text(text, str(target), kinds=registry, secrets=args.secrets)
+    config, errors, warnings = found.config, found.errors, found.warnings
     failed = bool(errors) or (args.strict and bool(warnings))
     if args.json:
         report = {

@@ -34,7 +34,8 @@ from bus.gateway.app import Gateway, Runtime, build_app, instrument_gateway
 from bus.gateway.server import bound_port, http_site, server_ssl_context
 from bus.observe.accesslog import AccessLogObserver
 from bus.observe.health import WorkerStatus, build_worker_app, sample_queues
-from bus.observe.metrics import Metrics, MetricsObserver
+from bus.observe.metrics import Metrics
+from bus.observe.observer import MetricsObserver
 from bus.reload.reloader import ConfigReloader
 from bus.worker.worker import Worker, open_adapters
 
@@ -160,6 +161,8 @@ async def run_gateway(
     app = build_app(gateway)
     if reloader is not None:  # hot reload: runtime swaps, /admin/*, readiness, audit
         follow_gateway(reloader, app, auditor)
+        handles = reloader.handles  # what the operators' console shows and acts on
+        handles.broker, handles.metrics, handles.readiness = broker, metrics, gateway.readiness
     if metrics is not None:
         instrument_gateway(app, metrics)
     tls = config.gateway.tls
@@ -199,6 +202,9 @@ async def run_worker(
     if readiness is not None:
         readiness.append(worker.readiness)
     names = list(adapters)
+    if reloader is not None and reloader.handles.broker is None:  # a worker on its own
+        reloader.handles.broker, reloader.handles.metrics = broker, metrics
+        reloader.handles.readiness.append(worker.readiness)
     async with AsyncExitStack() as stack:
         stack.push_async_callback(worker.aclose)
         if http is not None:

@@ -16,6 +16,7 @@ from bus.config.load import CONFIG_ENV, default_config_path, load_config, parse_
 from bus.config.models import (
     DEFAULT_SENSITIVE_FIELDS,
     AdminKey,
+    AdminRole,
     AdminSettings,
     ApiKey,
     AuditPolicy,
@@ -48,6 +49,7 @@ __all__ = [
     "CONFIG_ENV",
     "DEFAULT_SENSITIVE_FIELDS",
     "AdminKey",
+    "AdminRole",
     "AdminSettings",
     "ApiKey",
     "AuditPolicy",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -17,10 +18,17 @@ from pydantic import ValidationError
 
 from bus.config.kinds import KindCatalog
 from bus.config.models import RoutingConfig
-from bus.config.rules import config_errors, with_reference_errors
+from bus.config.rules import config_errors, config_warnings, secret_errors, with_reference_errors
 from bus.config.source import ConfigError, ConfigIssue, YamlDocument, issues_from_validation
 
-__all__ = ["CONFIG_ENV", "default_config_path", "load_config", "parse_config"]
+__all__ = [
+    "CONFIG_ENV",
+    "Validation",
+    "default_config_path",
+    "load_config",
+    "parse_config",
+    "validate_text",
+]
 
 CONFIG_ENV = "LGSP_CONFIG"
 
@@ -77,3 +85,27 @@ def default_config_path() -> Path:
         return Path(str(shipped))
     # Running from a source checkout without installing: the repository's own file.
     return Path(__file__).resolve().parents[2] / "routing.yaml"
+
+
+@dataclass(frozen=True)
+class Validation:
+    """What ``config validate`` finds in one file: the config if valid, errors, warnings."""
+
+    config: RoutingConfig | None
+    errors: list[ConfigIssue] = field(default_factory=list)
+    warnings: list[ConfigIssue] = field(default_factory=list)
+
+
+def validate_text(
+    text: str, source: str, *, kinds: KindCatalog, secrets: bool = False
+) -> Validation:
+    """Validate routing.yaml text as ``lgsp-bus config validate`` does (and the console's
+    config page): every error located; warnings when valid; with ``secrets``, references
+    that do not resolve on this host are errors too."""
+    try:
+        doc = YamlDocument.from_text(text, source)
+        config = parse_config(doc.data, doc, kinds=kinds)
+    except ConfigError as exc:
+        return Validation(None, exc.issues)
+    errors = secret_errors(config, doc) if secrets else []
+    return Validation(config, errors, config_warnings(config, doc))

@@ -38,6 +38,7 @@ from bus.config.source import ConfigError
 __all__ = [
     "DEFAULT_SENSITIVE_FIELDS",
     "AdminKey",
+    "AdminRole",
     "AdminSettings",
     "ApiKey",
     "AuditPolicy",
@@ -415,11 +416,21 @@ class BrokerSettings(_Model):
     dlq_ttl_s: int = Field(14 * 24 * 3600, ge=60, description="how long the DLQ keeps messages")
 
 
+AdminRole = Literal["viewer", "operator", "auditor"]
+"""What an admin key may do (:mod:`bus.admin.console.roles` enforces it)."""
+
+
 class AdminKey(ApiKey):
     """An operator's credential for ``/admin/*`` (never a consumer's key)."""
 
     name: str = Field(
         "admin", pattern=_NAME_RE, description="who holds the key; recorded with each admin action"
+    )
+    role: AdminRole = Field(
+        "operator",
+        description="viewer: read only; operator: also DLQ replay/purge and config reload; "
+        "auditor: also audit search, reveal of personal data, evidence (default operator: "
+        "what a key without a role could do before roles existed)",
     )
 
 
@@ -434,6 +445,12 @@ class AdminSettings(_Model):
     )
     port: int | None = Field(
         None, ge=0, le=65535, description="serve /admin/* on this port instead of the gateway's"
+    )
+    session_s: float = Field(
+        8 * 3600.0, ge=60, le=86_400, description="a console login lasts at most this long"
+    )
+    session_idle_s: float = Field(
+        1800.0, ge=60, le=86_400, description="a console session unused this long ends"
     )
 
 

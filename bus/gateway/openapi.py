@@ -11,7 +11,7 @@ from bus.config import RoutingConfig
 from bus.config.access import XROAD_CLIENT_RE, XROAD_SERVICE_RE
 from bus.xroad import XROAD_ID_RE, XROAD_USER_RE
 
-__all__ = ["ERROR_CODES", "openapi_document"]
+__all__ = ["ERROR_CODES", "admin_paths", "openapi_document"]
 
 ERROR_CODES: dict[str, str] = {
     "UNAUTHENTICATED": "401: missing, unknown or expired API key",
@@ -44,6 +44,13 @@ ERROR_CODES: dict[str, str] = {
     "INTERNAL_ERROR": "500: a bug in the bus",
     "ADMIN_DISABLED": "404: /admin/* is off (no admin.api_keys in routing.yaml)",
     "CONFIG_REJECTED": "422: POST /admin/reload: the routing file is invalid; nothing changed",
+    # The operators' console and management API (bus/console).
+    "FORBIDDEN_ROLE": "403: /admin/*: the admin key's role does not allow this action",
+    "CSRF_FAILED": "403: a console state change without its CSRF token, or from another origin",
+    "CONFIG_CHANGED": "409: the config in force changed since the proposal was checked",
+    "CONFIG_NOT_WRITABLE": "422: the routing file cannot be written; nothing changed",
+    "DLQ_UNAVAILABLE": "503: this process holds no broker with dead-letter queues",
+    "LETTER_NOT_FOUND": "404: no dead letter with that id in that service's DLQ",
     # Access control, personal-data rules and input validation (bus/privacy.py, xroad.py,
     # edge.py, canonical.py, validation.py and the adapters' request models).
     "BAD_REQUEST": "400: the HTTP request could not be understood",
@@ -272,12 +279,117 @@ def openapi_document(
             }
         }
     paths["/v1/messages/{request_id}"] = _messages_path(error_ref)
+    security: dict[str, Any] = {"apiKey": {"type": "http", "scheme": "bearer"}}
+    if config.admin.api_keys:  # the management API is served only with admin keys
+        paths.update(admin_paths())
+        security["adminKey"] = {"type": "http", "scheme": "bearer"}
     return {
         "openapi": "3.1.0",
         "info": {"title": "lgsp-bus gateway", "version": "1"},
         "paths": paths,
         "components": {
             "schemas": schemas,
-            "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": security,
         },
     }
+
+
+_ADMIN_API: tuple[tuple[str, str, str, dict[str, Any] | None], ...] = (
+    ("get", "whoami", "viewer: the caller's name, role and the actions it may do", None),
+    ("get", "overview", "viewer: traffic per service (last hour), breakers, health, config", None),
+    ("get", "services", "viewer: services and operations with what governs them", None),
+    ("get", "access", "viewer: grant matrix, consumers' keys (labels, expiry), usage", None),
+    ("get", "deadletters", "viewer: dead letters (no bodies); ?service= for one", None),
+    ("get", "config", "viewer: the routing.yaml in force, its version, the last reload", None),
+    (
+        "post",
+        "deadletters/show",
+        "viewer: one dead letter, personal data masked; reveal: auditor (audited)",
+        {"service": "string", "id": "string", "reveal": "boolean"},
+    ),
+    (
+        "post",
+        "deadletters/replay",
+        "operator: publish again and wait for the answers (audited)",
+        {"service": "string", "ids": "array"},
+    ),
+    (
+        "post",
+        "deadletters/purge",
+        "operator: delete for good (audited)",
+        {"service": "string", "ids": "array"},
+    ),
+    (
+        "post",
+        "audit/search",
+        "auditor: records by citizen ID (hashed with the audit key), request id, consumer, "
+        "officer, service, time range (audited)",
+        {
+            "subject_id": "string",
+            "request_id": "string",
+            "consumer": "string",
+            "officer": "string",
+            "service": "string",
+            "from": "string",
+            "to": "string",
+            "limit": "integer",
+        },
+    ),
+    ("post", "audit/verify", "auditor: verify every hash chain (audited)", {}),
+    (
+        "post",
+        "audit/evidence",
+        "auditor: the evidence bundle of one request (audited)",
+        {"request_id": "string"},
+    ),
+    (
+        "post",
+        "config/check",
+        "viewer: validate a proposed routing.yaml (errors with line:column) and diff it",
+        {"text": "string"},
+    ),
+    (
+        "post",
+        "config/apply",
+        "operator: write the proposed routing.yaml and reload (base_version from check)",
+        {"text": "string", "base_version": "string"},
+    ),
+)
+_ADMIN_STATUSES = ("400", "401", "403", "404", "409", "413", "415", "422", "503")
+
+
+def admin_paths() -> dict[str, Any]:
+    """The ``/admin/api/…`` paths of the management API (:mod:`bus.admin.console.api`)."""
+    error = {"application/json": {"schema": _ERROR_SCHEMA}}
+    paths: dict[str, Any] = {}
+    for method, name, summary, fields in _ADMIN_API:
+        op: dict[str, Any] = {
+            "operationId": "admin." + name.replace("/", "_"),
+            "summary": summary,
+            "security": [{"adminKey": []}],
+            "responses": {
+                "200": {
+                    "description": "done",
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                },
+                **{code: {"description": "error", "content": error} for code in _ADMIN_STATUSES},
+            },
+        }
+        if fields is not None:
+            props = {k: {"type": v} for k, v in fields.items()}
+            if "ids" in props:
+                props["ids"] = {"type": "array", "items": {"type": "string"}, "maxItems": 1000}
+            op["requestBody"] = {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "properties": props,
+                            "additionalProperties": False,
+                        }
+                    }
+                },
+            }
+        paths[f"/admin/api/{name}"] = {method: op}
+    return paths

@@ -1,24 +1,22 @@
 """Prometheus metrics of one process, on an injected registry; every name starts ``lgsp_``.
 
 One :class:`Metrics` object per process (the CLI makes it; tests make their own registry),
-handed to the parts that record: the gateway (through :class:`MetricsObserver`, an
-:class:`~bus.exchange.ExchangeObserver`), the worker, the broker (through the small
+handed to the parts that record: the gateway (through
+:class:`bus.observe.observer.MetricsObserver`), the worker, the broker (through the small
 :class:`~bus.broker.base.BrokerRecorder` protocol, so the broker needs no prometheus),
 and the retry, breaker, audit and config-reload code through the ``record``-style methods
 below. ``/metrics`` renders :meth:`Metrics.render`.
 
-Label values are bounded: names must look like config names (``[a-z][a-z0-9_-]*``), codes
-like error codes (``[A-Z][A-Z0-9_]*``), reasons come from fixed sets; anything else — and
-any value beyond :data:`MAX_VALUES_PER_LABEL` distinct ones — is recorded as ``other``.
-No request id, officer, subject or other personal data is ever a label.
+Label values are bounded (:mod:`bus.observe.labels`; reasons come from fixed sets): no
+request id, officer, subject or other personal data is ever a label.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import platform
-import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from importlib import metadata
 from typing import Final
 
@@ -34,7 +32,14 @@ from prometheus_client import (
 )
 
 from bus.config import RoutingConfig
-from bus.exchange import Exchange
+from bus.observe.labels import (
+    CODE_RE,
+    MAX_VALUES_PER_LABEL,
+    NAME_RE,
+    NONE,
+    OTHER,
+    BoundedLabel,
+)
 
 __all__ = [
     "BREAKER_STATES",
@@ -43,8 +48,8 @@ __all__ = [
     "MAX_VALUES_PER_LABEL",
     "NONE",
     "OTHER",
+    "ROLES",
     "Metrics",
-    "MetricsObserver",
     "config_version",
 ]
 
@@ -53,19 +58,13 @@ LATENCY_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.
 AUDIT_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 """Seconds; an audit write is a local (group) commit, expected well under 100 ms."""
 
+ROLES: Final = ("all", "gateway", "worker")
+"""What a :class:`Metrics` may be for; each role registers only its families."""
 BREAKER_STATES: Final = {"closed": 0, "half_open": 1, "open": 2}
 """``lgsp_circuit_breaker_state`` values."""
 PUBLISH_FAILURE_REASONS: Final = frozenset({"nack", "unroutable", "error"})
 DEAD_LETTER_REASONS: Final = frozenset({"rejected", "delivery_limit", "expired", "other"})
-MAX_VALUES_PER_LABEL: Final = 200
-"""A guard against a cardinality explosion: later values of one label become ``other``."""
-NONE: Final = "-"
-"""Label value when the thing is unknown (e.g. the consumer of an unauthenticated call)."""
-OTHER: Final = "other"
 CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
-
-_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}\Z")
-_CODE_RE = re.compile(r"^[A-Z][A-Z0-9_]{1,63}\Z")
 
 
 def config_version(config: RoutingConfig) -> str:
@@ -90,37 +89,28 @@ def _outcome(status: int) -> str:
     return "failed"
 
 
-class _Bounded:
-    """Keeps one label's distinct values within a pattern and a count."""
-
-    def __init__(self, pattern: re.Pattern[str], limit: int = MAX_VALUES_PER_LABEL) -> None:
-        self._pattern = pattern
-        self._limit = limit
-        self._seen: set[str] = set()
-
-    def __call__(self, value: str | None) -> str:
-        if value is None or value == "":
-            return NONE
-        if value in self._seen:
-            return value
-        if not self._pattern.match(value) or len(self._seen) >= self._limit:
-            return OTHER
-        self._seen.add(value)
-        return value
-
-
 class Metrics:
-    """Every ``lgsp_`` metric of this process, registered on ``registry``."""
+    """The ``lgsp_`` metrics of this process's ``role``, registered on ``registry``.
+
+    ``role`` is ``gateway``, ``worker`` or ``all`` (``run``: both in one process). Each role
+    exposes only its own families (plus the broker, config and process ones both have): a
+    worker shows no request, in-flight or audit series, a gateway no upstream, breaker or
+    queue series. The other role's recording methods still work but record nowhere seen.
+    """
 
     def __init__(self, registry: CollectorRegistry | None = None, *, role: str = "all") -> None:
+        if role not in ROLES:
+            raise ValueError(f"unknown metrics role {role!r} (one of {', '.join(ROLES)})")
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
-        self._service = _Bounded(_NAME_RE)
-        self._operation = _Bounded(_NAME_RE)
-        self._consumer = _Bounded(_NAME_RE)
-        self._upstream = _Bounded(_NAME_RE)
-        self._adapter = _Bounded(_NAME_RE)
-        self._code = _Bounded(_CODE_RE)
+        gw = r if role in ("gateway", "all") else None
+        wk = r if role in ("worker", "all") else None
+        self._service = BoundedLabel(NAME_RE)
+        self._operation = BoundedLabel(NAME_RE)
+        self._consumer = BoundedLabel(NAME_RE)
+        self._upstream = BoundedLabel(NAME_RE)
+        self._adapter = BoundedLabel(NAME_RE)
+        self._code = BoundedLabel(CODE_RE)
         ProcessCollector(namespace="lgsp", registry=r)
         Info("lgsp_build", "Version of the running bus", registry=r).info(
             {"version": _package_version(), "python": platform.python_version(), "role": role}
@@ -131,17 +121,17 @@ class Metrics:
             "lgsp_requests",
             "Requests answered by the gateway, by outcome code (OK or the error code)",
             ["service", "operation", "consumer", "code", "outcome"],
-            registry=r,
+            registry=gw,
         )
         self.request_duration = Histogram(
             "lgsp_request_duration_seconds",
             "Time from a request's arrival at the gateway to its answer",
             ["service", "operation", "outcome"],
             buckets=LATENCY_BUCKETS,
-            registry=r,
+            registry=gw,
         )
         self.gateway_in_flight = Gauge(
-            "lgsp_gateway_requests_in_flight", "Requests the gateway is working on", registry=r
+            "lgsp_gateway_requests_in_flight", "Requests the gateway is working on", registry=gw
         )
 
         # worker and upstreams
@@ -149,38 +139,38 @@ class Metrics:
             "lgsp_upstream_requests",
             "Calls of a national DB by the worker (retries included), by outcome code",
             ["service", "operation", "code"],
-            registry=r,
+            registry=wk,
         )
         self.upstream_duration = Histogram(
             "lgsp_upstream_request_duration_seconds",
             "Time the worker spent on one request's upstream call, retries included",
             ["service", "operation"],
             buckets=LATENCY_BUCKETS,
-            registry=r,
+            registry=wk,
         )
         self.worker_in_flight = Gauge(
             "lgsp_worker_requests_in_flight",
             "Requests the worker is working on",
             ["service"],
-            registry=r,
+            registry=wk,
         )
         self.retries = Counter(
             "lgsp_upstream_retries",
             "Upstream calls repeated after a transient failure",
             ["service", "operation"],
-            registry=r,
+            registry=wk,
         )
         self.breaker_state = Gauge(
             "lgsp_circuit_breaker_state",
             "Circuit breaker per upstream: 0 closed, 1 half-open, 2 open",
             ["upstream"],
-            registry=r,
+            registry=wk,
         )
         self.breaker_transitions = Counter(
             "lgsp_circuit_breaker_transitions",
             "Circuit breaker state changes, by the state entered",
             ["upstream", "state"],
-            registry=r,
+            registry=wk,
         )
 
         # broker and queues
@@ -209,38 +199,38 @@ class Metrics:
             "lgsp_dead_lettered_messages",
             "Messages this process sent to a dead-letter queue, by reason",
             ["service", "reason"],
-            registry=r,
+            registry=wk,
         )
         self.queue_messages = Gauge(
             "lgsp_queue_messages",
             "Messages waiting in a service's work queue (sampled)",
             ["service"],
-            registry=r,
+            registry=wk,
         )
         self.dlq_messages = Gauge(
             "lgsp_dlq_messages",
             "Messages in a service's dead-letter queue (sampled)",
             ["service"],
-            registry=r,
+            registry=wk,
         )
 
         # audit
         self.audit_records = Counter(
-            "lgsp_audit_records_written", "Audit records made durable", registry=r
+            "lgsp_audit_records_written", "Audit records made durable", registry=gw
         )
         self.audit_failures = Counter(
             "lgsp_audit_write_failures",
             "Audit writes that failed (and will be retried)",
-            registry=r,
+            registry=gw,
         )
         self.audit_backlog_size = Gauge(
-            "lgsp_audit_backlog", "Audit records waiting to be written", registry=r
+            "lgsp_audit_backlog", "Audit records waiting to be written", registry=gw
         )
         self.audit_write_duration = Histogram(
             "lgsp_audit_write_duration_seconds",
             "Time of one audit write (one group commit)",
             buckets=AUDIT_BUCKETS,
-            registry=r,
+            registry=gw,
         )
 
         # config
@@ -317,6 +307,16 @@ class Metrics:
         name = self._upstream(upstream)
         self.breaker_state.labels(name).set(BREAKER_STATES[state])
         self.breaker_transitions.labels(name, state).inc()
+
+    def breakers_in_force(self, states: Mapping[str, str], retired: Iterable[str] = ()) -> None:
+        """For the worker: the state of each of its breakers, by upstream, at start-up and
+        when a reload replaces them (so every upstream has a series before its first change);
+        ``retired`` upstreams have no breaker any more and lose theirs."""
+        for upstream in retired:
+            with contextlib.suppress(KeyError):
+                self.breaker_state.remove(self._upstream(upstream))
+        for upstream, state in states.items():
+            self.breaker_state.labels(self._upstream(upstream)).set(BREAKER_STATES[state])
 
     # -- broker (the BrokerRecorder protocol) -------------------------------------------
 
@@ -398,21 +398,3 @@ class Metrics:
     def render(self) -> bytes:
         """The registry in Prometheus text format (for ``/metrics``)."""
         return generate_latest(self.registry)
-
-
-class MetricsObserver:
-    """Counts and times every finished gateway exchange (an ``ExchangeObserver``)."""
-
-    def __init__(self, metrics: Metrics) -> None:
-        self.metrics = metrics
-
-    async def exchange_finished(self, exchange: Exchange) -> None:
-        """Record the exchange; never raises into the request."""
-        self.metrics.request_finished(
-            service=exchange.service,
-            operation=exchange.operation,
-            consumer=exchange.consumer,
-            code=exchange.outcome,
-            status=exchange.status,
-            seconds=exchange.latency_s,
-        )

@@ -29,7 +29,7 @@ import hashlib
 import signal
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -37,14 +37,16 @@ from typing import Any, Literal, Protocol
 import structlog
 
 from adapters.base import parse_routing
+from bus.broker.base import Broker
 from bus.config import ConfigError, RoutingConfig
 from bus.config.diff import diff_configs, needs_restart, summary
 from bus.config.rules import config_warnings
 from bus.config.source import YamlDocument
-from bus.observe.metrics import config_version
+from bus.observe.metrics import Metrics, config_version
 
 __all__ = [
     "AdminAuditor",
+    "BusHandles",
     "ConfigReloader",
     "Prepared",
     "ReloadRecorder",
@@ -132,6 +134,17 @@ class AdminAuditor(Protocol):
         ...
 
 
+@dataclass
+class BusHandles:
+    """What the running process holds, for the operators' console (:mod:`bus.admin.console`):
+    filled in by the process roles as they start; ``None`` where this process has none."""
+
+    broker: Broker | None = None
+    metrics: Metrics | None = None
+    readiness: list[Callable[[], dict[str, Any]]] = field(default_factory=list)
+    """``/readyz`` detail providers (breakers, store, audit backlog, reloads)."""
+
+
 def _digest(raw: bytes) -> str:
     return hashlib.sha256(raw).hexdigest()
 
@@ -158,6 +171,8 @@ class ConfigReloader:
         """Set once the audit trail is open; until then reloads are only logged."""
         self.admin_urls: list[str] = []
         """Where ``/admin/*`` is served on an address of its own (``admin.port``)."""
+        self.handles = BusHandles()
+        """The broker, metrics and readiness of this process, for the console."""
         self._targets: list[ReloadTarget] = []
         self._listeners: list[Callable[[RoutingConfig], None]] = []
         self._lock = asyncio.Lock()
@@ -166,9 +181,11 @@ class ConfigReloader:
         self._closing = asyncio.Event()
         self._settling: set[asyncio.Task[None]] = set()
         try:
-            self._seen: str | None = _digest(self.path.read_bytes())
+            self.source: bytes | None = self.path.read_bytes()
+            """The text of the file in force (as read when it was applied)."""
+            self._seen: str | None = _digest(self.source)
         except OSError:
-            self._seen = None
+            self.source, self._seen = None, None
 
     # -- wiring ---------------------------------------------------------------------------
 
@@ -265,6 +282,7 @@ class ConfigReloader:
         for part in prepared:
             part.commit()
         self.config, self.version, self.loaded_at = new, candidate, time.time()
+        self.source = raw
         for part in prepared:
             task = asyncio.create_task(self._settle(part))
             self._settling.add(task)

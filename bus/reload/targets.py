@@ -166,7 +166,7 @@ class _WorkerSwap:
         w = self.target.worker
         w.config = self.new
         if self.breakers is not None:
-            w.breakers = self.breakers
+            w.use_breakers(self.breakers)
         for name in self.opened:
             if name in w.adapters:  # changed, or re-added while its removal lingers
                 self.retired[name] = w.adapters[name]

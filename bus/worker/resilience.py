@@ -280,6 +280,10 @@ class Breakers:
         """The breaker of upstream ``name``."""
         return self._by_upstream.get(name)
 
+    def states(self) -> dict[str, str]:
+        """Every breaker's state name (``closed`` …), by upstream."""
+        return {name: b.state for name, b in sorted(self._by_upstream.items())}
+
     def snapshot(self) -> dict[str, dict[str, Any]]:
         """Every breaker's state, by upstream."""
         return {name: b.snapshot() for name, b in sorted(self._by_upstream.items())}

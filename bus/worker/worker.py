@@ -80,10 +80,19 @@ class Worker:
         self.in_flight = 0
         self.metrics = metrics
         self.breakers = Breakers(config, self.adapters, recorder=metrics)
+        self.use_breakers(self.breakers)
         # Per-service consumers, so a config reload can add and remove services live.
         self._tasks: asyncio.TaskGroup | None = None
         self._stops: dict[str, asyncio.Event] = {}
         self._consumers: dict[str, asyncio.Task[None]] = {}
+
+    def use_breakers(self, breakers: Breakers) -> None:
+        """Put ``breakers`` in force (at start, and when a reload replaces them) and show
+        each one's state in ``lgsp_circuit_breaker_state``; upstreams left behind lose it."""
+        retired = set(self.breakers.states()) - set(breakers.states())
+        self.breakers = breakers
+        if self.metrics is not None:
+            self.metrics.breakers_in_force(breakers.states(), retired)
 
     def readiness(self) -> dict[str, Any]:
         """``/readyz`` detail: each upstream's circuit breaker (an open one is not unready:

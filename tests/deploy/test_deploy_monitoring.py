@@ -5,9 +5,7 @@ dashboard or an alert uses is one a running gateway and worker really export."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -24,7 +22,7 @@ from adapters.civil_status.simulator import build_app as build_sim
 from bus.observe.health import WorkerStatus, build_worker_app
 from bus.observe.metrics import LATENCY_BUCKETS, Metrics
 from tests.e2e.test_e2e_civil_status import lookup as civil_lookup
-from tests.support.deploy import DEPLOY
+from tests.support.deploy import DEPLOY, debian_tool
 from tests.support.stack import new_secret, running_bus, serve_app, stack_config
 from tests.unit.observe.test_metrics import ALLOWED_LABELS
 
@@ -53,17 +51,7 @@ def dashboard_exprs() -> list[str]:
 
 @pytest.fixture(scope="module")
 def promtool() -> str:
-    """promtool (Debian package ``prometheus``; ``./test`` installs it when it can)."""
-    path = shutil.which("promtool")
-    if path is None:
-        message = (
-            "promtool is not installed (apt-get install --no-install-recommends prometheus; "
-            "./test does it when run as root)"
-        )
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
+    return debian_tool("promtool", "prometheus")
 
 
 def run_promtool(promtool: str, *args: str) -> str:

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
+import shutil
 import sys
 from typing import Any
 
 import orjson
+import pytest
 
 from adapters.base import load_routing
 from bus.broker.base import (
@@ -37,6 +40,7 @@ __all__ = [
     "K8S_ROUTING",
     "TOPOLOGY_KEYS",
     "VHOST",
+    "debian_tool",
     "rabbit_password_hash",
     "rabbitmq_topology",
 ]
@@ -131,6 +135,21 @@ def rabbit_password_hash(password: str, salt: bytes) -> str:
     """RabbitMQ's ``rabbit_password_hashing_sha256``: base64(salt + sha256(salt + pw))."""
     digest = hashlib.sha256(salt + password.encode()).digest()
     return base64.b64encode(salt + digest).decode()
+
+
+def debian_tool(command: str, package: str) -> str:
+    """The path of ``command`` (Debian package ``package``; ``./test`` installs it when it
+    can); skips the test without it, fails it in CI."""
+    path = shutil.which(command)
+    if path is None:
+        message = (
+            f"{command} is not installed (apt-get install --no-install-recommends {package}; "
+            "./test does it when run as root)"
+        )
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
 
 
 def main() -> int:

@@ -183,7 +183,8 @@ async def reloading_bus(
             await b.connect()
             stack.push_async_callback(b.aclose)
             await b.declare(queue_specs(config))
-        worker = Worker(config, worker_broker, await open_adapters(config), drain_s=5)
+        adapters = await open_adapters(config)
+        worker = Worker(config, worker_broker, adapters, drain_s=5, metrics=metrics)
         stack.push_async_callback(worker.aclose)
         follow_worker(reloader, worker)
         app = build_gateway(

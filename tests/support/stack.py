@@ -25,7 +25,8 @@ from bus.config import RoutingConfig
 from bus.exchange import ExchangeObserver
 from bus.gateway.app import Gateway, Runtime, build_app, instrument_gateway
 from bus.gateway.server import bound_port, http_site
-from bus.observe.metrics import Metrics, MetricsObserver
+from bus.observe.metrics import Metrics
+from bus.observe.observer import MetricsObserver
 from bus.store import Store
 from bus.worker.worker import Worker, open_adapters
 

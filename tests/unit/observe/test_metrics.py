@@ -362,7 +362,7 @@ def test_label_cardinality_is_capped() -> None:
 
 
 def test_recording_methods_for_retries_breakers_audit_and_config() -> None:
-    m = Metrics(CollectorRegistry(), role="worker")
+    m = Metrics(CollectorRegistry(), role="all")
     m.upstream_retry("population", "lookup")
     m.upstream_retry("population", "lookup")
     for state in ("open", "half_open", "closed", "open"):
@@ -415,3 +415,66 @@ def test_every_name_is_prefixed_and_follows_conventions() -> None:
         if family.type == "histogram":
             assert family.name.endswith("_seconds"), family.name
         assert family.documentation, family.name
+
+
+GATEWAY_FAMILIES = {
+    "lgsp_requests",
+    "lgsp_request_duration_seconds",
+    "lgsp_gateway_requests_in_flight",
+    "lgsp_audit_records_written",
+    "lgsp_audit_write_failures",
+    "lgsp_audit_backlog",
+    "lgsp_audit_write_duration_seconds",
+}
+WORKER_FAMILIES = {
+    "lgsp_upstream_requests",
+    "lgsp_upstream_request_duration_seconds",
+    "lgsp_worker_requests_in_flight",
+    "lgsp_upstream_retries",
+    "lgsp_circuit_breaker_state",
+    "lgsp_circuit_breaker_transitions",
+    "lgsp_dead_lettered_messages",
+    "lgsp_queue_messages",
+    "lgsp_dlq_messages",
+}
+
+
+def families_of(role: str) -> set[str]:
+    m = Metrics(CollectorRegistry(), role=role)
+    # Record into every family, so one with samples could not hide as an empty one.
+    m.request_finished(service="s", operation="o", consumer="c", code="OK", status=200, seconds=0.1)
+    m.upstream_call("s", "o", "OK", 0.1)
+    m.worker_started("s")
+    m.upstream_retry("s", "o")
+    m.breaker_changed("u", "open")
+    m.dead_lettered("s", "rejected")
+    m.queue_depths("s", 1, 1)
+    m.audit_written(0.01)
+    m.audit_write_failed()
+    m.audit_backlog(1)
+    return {f.name for f in text_string_to_metric_families(m.render().decode())}
+
+
+def test_each_role_exposes_only_its_own_families() -> None:
+    everything = families_of("all")
+    gateway, worker = families_of("gateway"), families_of("worker")
+    assert everything >= GATEWAY_FAMILIES | WORKER_FAMILIES
+    assert not gateway & WORKER_FAMILIES
+    assert not worker & GATEWAY_FAMILIES
+    assert gateway | worker == everything
+    shared = gateway & worker
+    assert {"lgsp_broker_connected", "lgsp_config_info", "lgsp_build_info"} <= shared
+    with pytest.raises(ValueError, match="role"):
+        Metrics(CollectorRegistry(), role="sim")
+
+
+def test_breakers_in_force_are_shown_from_the_start_and_retired_ones_dropped() -> None:
+    m = Metrics(CollectorRegistry(), role="worker")
+    m.breakers_in_force({"moj": "closed", "c06": "open"})
+    s = render(m)
+    assert value(s, "lgsp_circuit_breaker_state", upstream="moj") == 0
+    assert value(s, "lgsp_circuit_breaker_state", upstream="c06") == BREAKER_STATES["open"]
+    assert not [x for x in s if x.name == "lgsp_circuit_breaker_transitions_total"]
+    m.breakers_in_force({"moj": "closed", "new": "closed"}, retired=["c06", "never-seen"])
+    shown = {x.labels["upstream"] for x in render(m) if x.name == "lgsp_circuit_breaker_state"}
+    assert shown == {"moj", "new"}

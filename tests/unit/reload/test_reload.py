@@ -158,6 +158,8 @@ async def test_services_are_added_and_removed_live(
     # Unique per run: on RabbitMQ the vhost outlives the test.
     extra = f"civil-{uuid.uuid4().hex[:6]}"
     async with reloading_bus(path, broker_url, keys) as bus:
+        # Every upstream in use has a breaker series from the start (closed: 0).
+        assert breaker_states(bus) == {"sim-a": 0}
         added = civil_config(
             sims,
             grants={"portal": {"civil-status": ["lookup"], extra: ["*"]}},
@@ -171,6 +173,7 @@ async def test_services_are_added_and_removed_live(
         )
         write_config(path, added)
         await within(EFFECT_BOUND_S, lambda: bus.reloader.counts["applied"] == 1)
+        assert breaker_states(bus) == {"sim-a": 0, "sim-b": 0}, "the added upstream's breaker"
         # New queue declared and bound, and the worker consumes it.
         before_b = sims.b.requests
         status, reply = await bus.call("portal", lookup(), service=extra)
@@ -186,6 +189,18 @@ async def test_services_are_added_and_removed_live(
         # (1 s + reply margin), then stops consuming and closes the adapter.
         await within(5.0, lambda: extra not in bus.worker.adapters)
         assert set(bus.worker.adapters) == {"civil-status"}
+        assert breaker_states(bus) == {"sim-a": 0}, "no series for an upstream out of use"
+
+
+def breaker_states(bus: ReloadingBus) -> dict[str, float]:
+    """``lgsp_circuit_breaker_state`` by upstream, as /metrics shows it."""
+    families = text_string_to_metric_families(bus.metrics.render().decode())
+    return {
+        s.labels["upstream"]: s.value
+        for f in families
+        if f.name == "lgsp_circuit_breaker_state"
+        for s in f.samples
+    }
 
 
 async def test_requests_in_flight_finish_under_the_config_they_started_with(
