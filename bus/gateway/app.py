@@ -56,7 +56,7 @@ from bus.gateway.idempotency import (
 )
 from bus.gateway.openapi import openapi_document
 from bus.gateway.pipeline import ADMITTED, CORRELATION_ID, REQUEST_ID, xroad_reply_headers
-from bus.gateway.reply import error_body, render_reply, replayed_fields
+from bus.gateway.reply import error_body, render_reply, serve_stored
 from bus.gateway.runtime import GATEWAY, Gateway, Runtime
 from bus.observe.health import add_metrics_route
 from bus.observe.metrics import Metrics
@@ -205,8 +205,8 @@ async def call_operation(request: web.Request) -> web.Response:
         execute=exchanged,
         hold=gateway.hold,
     )
-    if "Idempotent-Replayed" in outcome.headers:  # the audit trail: what it got this time
-        exchange.fields_returned = replayed_fields(rt.config, req, outcome.body)
+    if "Idempotent-Replayed" in outcome.headers:  # under today's grants; audit what is sent
+        outcome, exchange.fields_returned = serve_stored(rt.config, req.consumer, outcome)
     return _respond(request, outcome)
 
 
@@ -263,10 +263,9 @@ async def get_message(request: web.Request) -> web.Response:
     outcome = await step.lookup(consumer, request_id, longest + STALE_GRACE_S)
     if outcome is None:
         raise NotFoundError("no message with this request_id", code="MESSAGE_NOT_FOUND")
-    if outcome.error is None and outcome.status == 200:
-        stored = orjson.loads(outcome.body)
-        if isinstance(stored, dict):
-            exchange.fields_returned = sorted(stored)
+    # Under today's grants (a revoked operation or a narrowed field grant applies to answers
+    # stored before the change); the audit record lists the fields actually sent.
+    outcome, exchange.fields_returned = serve_stored(rt.config, consumer, outcome)
     return _respond(request, outcome)
 
 
