@@ -32,7 +32,7 @@ from bus.canonical import exchange_id
 from bus.config import AuditPolicy, RoutingConfig, resolve_secret
 from bus.exchange import Exchange
 from bus.store import open_store, store_url_from_env
-from bus.store.base import ChainHead, Store
+from bus.store.base import GENESIS_HASH, ChainHead, Store
 
 __all__ = [
     "LEASE_S",
@@ -191,6 +191,14 @@ async def verify_store(
         verifier.finish()
         witnesses |= verifier.witnesses
         reports.append(ChainReport(head, verifier.checked, verifier.problem))
+    present = {r.head.chain for r in reports}
+    for pin in sorted({p for p in pins if p.chain not in present}, key=lambda p: p.chain):
+        # A pin is a promise that the chain exists: wiping the trail (records and the
+        # chain row, or both tables) must not pass as "0 chains, all intact".
+        gone = ChainHead(pin.chain, "", 0, GENESIS_HASH, 0, GENESIS_HASH, None, 0.0)
+        problem = ChainProblem(pin.chain, pin.seq, "missing", "a pinned chain is not in the store")
+        reports.append(ChainReport(gone, 0, problem))
+        present.add(pin.chain)
     for report in reports:
         head = report.head
         anchor = (head.chain, head.anchor_seq, head.anchor_hash)

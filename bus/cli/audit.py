@@ -310,7 +310,7 @@ def register(sub: Any) -> None:
         action="append",
         type=_pin,
         help="CHAIN:SEQ:HASH from an earlier verify or an audit.checkpoint log line; the "
-        "record must still have that hash (repeatable)",
+        "record must still have that hash and the chain must still exist (repeatable)",
     )
     verify.add_argument("--json", action="store_true", help="machine-readable report")
     verify.set_defaults(handler=_verify)
