@@ -30,6 +30,7 @@ from bus.audit.chain import AuditEntry, ChainProblem, ChainVerifier, Pin, nfc
 from bus.audit.writer import LEASE_S, Auditor, AuditRecorder, AuditUnavailable
 from bus.canonical import exchange_id
 from bus.config import AuditPolicy, RoutingConfig, resolve_secret
+from bus.config.models import MIN_AUDIT_KEY_CHARS
 from bus.exchange import Exchange
 from bus.store import open_store, store_url_from_env
 from bus.store.base import GENESIS_HASH, ChainHead, Store
@@ -52,7 +53,7 @@ __all__ = [
 
 log = structlog.get_logger("bus.audit.observer")
 
-MIN_KEY_CHARS = 16
+MIN_KEY_CHARS = MIN_AUDIT_KEY_CHARS
 
 
 def audit_policy(config: RoutingConfig, service: str | None) -> AuditPolicy:
@@ -77,7 +78,7 @@ def load_subject_key(config: RoutingConfig) -> bytes | None:
         return None
     try:
         key = resolve_secret(ref)
-    except (KeyError, OSError) as exc:
+    except (KeyError, OSError, ValueError) as exc:
         reason = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         raise AuditKeyError(f"audit.subject_key: {reason}") from None
     if len(key) < MIN_KEY_CHARS:

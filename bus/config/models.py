@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import stat
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -99,8 +100,28 @@ def resolve_secret(ref: str) -> str:
             raise KeyError(f"environment variable {target} is not set")
         return value
     if kind == "file":
-        return Path(target).read_text(encoding="utf-8").strip()
+        return _read_secret_file(Path(target))
     raise ValueError(f"not a secret reference: {kind}:…")
+
+
+MIN_AUDIT_KEY_CHARS = 16
+"""Shortest audit subject key ``run`` accepts (``config validate --secrets`` checks it too)."""
+MAX_SECRET_BYTES = 64 * 1024
+"""Longest secret file read (a key, a token, a PEM password); ``file:/dev/zero`` or a
+mistaken large file is refused instead of read without end."""
+
+
+def _read_secret_file(path: Path) -> str:
+    with path.open("rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise ValueError(f"secret file {path} is not a regular file")
+        data = f.read(MAX_SECRET_BYTES + 1)
+    if len(data) > MAX_SECRET_BYTES:
+        raise ValueError(f"secret file {path} is longer than {MAX_SECRET_BYTES} bytes")
+    try:
+        return data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise ValueError(f"secret file {path} is not UTF-8 text") from None
 
 
 class _Model(BaseModel):
