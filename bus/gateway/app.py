@@ -315,7 +315,11 @@ async def readyz(request: web.Request) -> web.Response:
     """Ready to serve: broker connected and config loaded."""
     gateway = request.app[GATEWAY]
     config = gateway.config
-    checks = {"broker": gateway.broker.ready, "config": bool(config.services)}
+    checks = {
+        "broker": gateway.broker.ready,
+        "config": bool(config.services),
+        "accepting": not gateway.stopping,
+    }
     ready = all(checks.values())
     detail: dict[str, Any] = {
         "status": "ready" if ready else "not_ready",

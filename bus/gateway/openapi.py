@@ -92,6 +92,8 @@ ERROR_CODES: dict[str, str] = {
     "STORE_UNAVAILABLE": "503: the store of request results is unreachable (retryable)",
     "BUS_UNAVAILABLE": "503: the gateway stopped before the answer arrived; send the request "
     "again with the same request_id (retryable)",
+    "SHUTTING_DOWN": "503: the gateway is stopping (SIGTERM) and takes no new calls; send the "
+    "request again, another instance answers (retryable, Retry-After)",
 }
 
 _ERROR_SCHEMA: dict[str, Any] = {

@@ -38,7 +38,13 @@ from bus.canonical import CanonicalRequest, validation_error
 from bus.config import OperationConfig, RoutingConfig, ServiceConfig
 from bus.config.access import authorize
 from bus.envelope import Request
-from bus.errors import InvalidRequest, NotFoundError, Overloaded, UnsupportedMediaType
+from bus.errors import (
+    BusUnavailable,
+    InvalidRequest,
+    NotFoundError,
+    Overloaded,
+    UnsupportedMediaType,
+)
 from bus.exchange import Exchange
 from bus.gateway import privacy
 from bus.gateway.runtime import Gateway, Runtime
@@ -139,6 +145,12 @@ def identify(request: web.Request, rt: Runtime) -> Identity:
 
 def admit(request: web.Request, gateway: Gateway, rt: Runtime) -> Admitted:
     """Stage 1: room in flight, an authenticated consumer, within its rate limit."""
+    if gateway.stopping:
+        raise BusUnavailable(
+            "the gateway is shutting down; send the request again (another instance answers)",
+            code="SHUTTING_DOWN",
+            retry_after=1.0,
+        )
     if not request.get(ADMITTED, True):
         raise Overloaded("the gateway has too many requests in flight", retry_after=1.0)
     consumer = identify(request, rt).consumer

@@ -70,6 +70,9 @@ class Gateway:
     """Per-consumer token buckets (``consumers.<c>.rate_limit``)."""
     in_flight: int = field(default=0, init=False)
     idle: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+    stopping: bool = field(default=False, init=False)
+    """Set at SIGTERM: ``/readyz`` is 503 and new calls are refused (``SHUTTING_DOWN``)
+    while those in flight finish."""
 
     def __post_init__(self) -> None:
         self.limiter = RateLimiter.from_config(self.runtime.config)
