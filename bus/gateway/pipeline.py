@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import time
 import uuid
+import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -32,6 +33,8 @@ from typing import Any
 import orjson
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import ContentEncodingError
+from aiohttp.web_protocol import RequestPayloadError
 from pydantic import BaseModel, ValidationError
 
 from bus.canonical import CanonicalRequest, validation_error
@@ -184,7 +187,15 @@ async def read(request: web.Request, allowed: Allowed) -> Read:
     """Stage 3: JSON only, bounded (``client_max_size``: 413), one object."""
     if request.content_type != "application/json":
         raise UnsupportedMediaType("send the request as application/json")
-    raw = await request.read()
+    try:
+        raw = await request.read()
+    except web.HTTPException:
+        raise  # 413 from client_max_size
+    except (ContentEncodingError, RequestPayloadError, zlib.error) as exc:
+        # A gzip/deflate body that does not inflate (aiohttp decompresses while reading).
+        raise InvalidRequest(
+            "the request body does not decode with its Content-Encoding", code="MALFORMED_BODY"
+        ) from exc
     request[BODY_HASH] = request_hash(raw)
     try:
         body = orjson.loads(raw)
@@ -192,6 +203,11 @@ async def read(request: web.Request, allowed: Allowed) -> Read:
         raise InvalidRequest("request body is not valid JSON", code="MALFORMED_JSON") from None
     if not isinstance(body, dict):
         raise InvalidRequest("request body must be a JSON object", code="MALFORMED_JSON")
+    if too_deep(body, MAX_JSON_DEPTH):
+        raise InvalidRequest(
+            f"request body nests objects or arrays deeper than {MAX_JSON_DEPTH} levels",
+            code="JSON_TOO_DEEP",
+        )
     remember_pii_here(pii_of(body))
     return Read(allowed, body)
 
@@ -281,6 +297,25 @@ def _describe(exchange: Exchange, validated: BaseModel) -> None:
         exchange.purpose = purpose.model_dump(mode="json", exclude_none=True)
     if isinstance(validated, CanonicalRequest):
         exchange.subject_id = validated.subject_id()
+
+
+MAX_JSON_DEPTH = 32
+"""Deepest nesting of objects/arrays a request body may have (the request models need 4)."""
+
+
+def too_deep(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests dicts/lists more than ``limit`` levels (iterative: no
+    recursion on hostile input)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values() if isinstance(v, dict | list))
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item if isinstance(v, dict | list))
+    return False
 
 
 def _deadline(request: web.Request, timeout_s: float) -> tuple[float, bool]:

@@ -242,6 +242,10 @@ class ConfigReloader:
     def _result(self, outcome: Outcome, trigger: str, actor: str, **kw: Any) -> ReloadResult:
         return ReloadResult(outcome, trigger, actor, time.time(), self.version, **kw)
 
+    def _parse(self, raw: bytes) -> tuple[YamlDocument, RoutingConfig]:
+        doc = YamlDocument.from_text(raw.decode("utf-8"), str(self.path))
+        return doc, parse_routing(doc.data, doc)
+
     async def _reload(self, trigger: str, actor: str) -> ReloadResult:
         try:
             raw = self.path.read_bytes()
@@ -250,8 +254,9 @@ class ConfigReloader:
             return self._result("rejected", trigger, actor, errors=(error,))
         self._seen = _digest(raw)
         try:
-            doc = YamlDocument.from_text(raw.decode("utf-8"), str(self.path))
-            new = parse_routing(doc.data, doc)
+            # Off the event loop: a large or hostile file must not stall the requests served
+            # meanwhile (the parse itself is bounded: bus.config.source).
+            doc, new = await asyncio.to_thread(self._parse, raw)
         except UnicodeDecodeError:
             return self._result("rejected", trigger, actor, errors=("the file is not UTF-8",))
         except ConfigError as exc:

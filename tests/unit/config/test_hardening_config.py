@@ -128,3 +128,35 @@ def test_secret_files_are_read_with_a_bound_and_validate_checks_the_audit_key(
     out = capsys.readouterr().out
     assert "the audit key must be at least 16 characters" in out
     assert "not a regular file" in out
+
+
+BOMB = 'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n' + "".join(
+    f"{chr(98 + i)}: &{chr(98 + i)} [" + ",".join(["*" + chr(97 + i)] * 9) + "]\n" for i in range(8)
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("a: " + "[" * 3000 + "]" * 3000, "YAML nests deeper than 64 levels"),
+        ("a:\n" + "".join("  " * i + "b:\n" for i in range(1, 200)), "nests deeper than 64"),
+        (BOMB, "YAML expands to more than 200000 nodes"),
+    ],
+)
+def test_deep_yaml_and_alias_bombs_are_config_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, expected: str
+) -> None:
+    # 21.14: a traceback (RecursionError) for deep YAML; 25 s and 3 GiB for a 2.5 KB bomb.
+    from bus.cli.main import main
+
+    with pytest.raises(ConfigError, match=expected):
+        YamlDocument.from_text(text)
+    path = tmp_path / "routing.yaml"
+    path.write_text(text, encoding="utf-8")
+    assert main(["config", "validate", str(path)]) == 1
+    assert expected in capsys.readouterr().out
+
+
+def test_anchors_and_merge_keys_still_work() -> None:
+    doc = YamlDocument.from_text("base: &b {timeout_s: 5}\nop:\n  <<: *b\n  x: 1\n")
+    assert doc.data["op"] == {"timeout_s": 5, "x": 1}

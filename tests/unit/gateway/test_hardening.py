@@ -13,11 +13,13 @@ operation). §6.16 (routing config) is tested at the end without a running bus.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from bus.store import Store, open_store
@@ -323,6 +325,29 @@ async def test_content_type_and_json_are_strict(
     reply = await bus.call(CIVIL, body, headers={"Content-Type": content_type})
     assert (reply.status, reply.code) == (status, code)
     assert bus.upstream_calls() == before
+
+
+async def test_deep_json_and_corrupt_compressed_bodies_are_4xx(bus: SecureBus) -> None:
+    # 21.13: nested 990-1023 deep (orjson parses it; recursive helpers did not survive it)
+    # and a gzip/deflate body that does not inflate used to be 500s.
+    before = bus.upstream_calls()
+    deep = b'{"a":' * 1000 + b"1" + b"}" * 1000
+    reply = await bus.call(CIVIL, deep)
+    assert (reply.status, reply.code) == (400, "JSON_TOO_DEEP")
+    listed = b"[" * 1000 + b"]" * 1000
+    reply = await bus.call(CIVIL, b'{"request_id": ' + listed + b"}")
+    assert (reply.status, reply.code) == (400, "JSON_TOO_DEEP")
+    for encoding in ("gzip", "deflate"):
+        reply = await bus.call(
+            CIVIL,
+            b"\x1f\x8b\x08\x00garbage-not-deflate",
+            headers={"Content-Encoding": encoding, "Connection": "close"},
+        )
+        assert (reply.status, reply.code) == (400, "MALFORMED_BODY"), encoding
+    good = gzip.compress(orjson.dumps(civil_body()))
+    reply = await bus.call(CIVIL, good, headers={"Content-Encoding": "gzip"})
+    assert reply.status == 200
+    assert bus.upstream_calls() == before + 1
 
 
 async def test_unknown_fields_name_their_path(bus: SecureBus) -> None:
