@@ -163,6 +163,21 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
         exchange.outcome, exchange.status = exc.code, exc.status
         await _tell_observers(rt, exchange)
         raise
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        error = _http_error(exc)
+        exchange.outcome, exchange.status = error.code, error.status
+        await _tell_observers(rt, exchange)
+        raise error from None
+    except Exception as exc:
+        # A bug: still one audit record and one metric for the exchange (the caller gets
+        # 500 INTERNAL_ERROR from the error middleware).
+        log.exception("gateway.unhandled_error")
+        error = InternalError("the gateway failed unexpectedly")
+        exchange.outcome, exchange.status = error.code, error.status
+        await _tell_observers(rt, exchange)
+        raise error from exc
     exchange.outcome, exchange.status = "OK", response.status
     await _tell_observers(rt, exchange)
     return response
