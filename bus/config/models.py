@@ -421,7 +421,7 @@ class GatewaySettings(_Model):
         None, description="this bus's X-Road id; X-Road-Service headers must name it"
     )
     idempotency_ttl_s: float = Field(
-        86_400.0,
+        3_600.0,
         ge=60,
         le=30 * 86_400,
         description="how long a request_id's answer is kept for repeats and GET /v1/messages",
