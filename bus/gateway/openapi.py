@@ -21,6 +21,8 @@ ERROR_CODES: dict[str, str] = {
     "NOT_FOUND": "404: no such endpoint",
     "METHOD_NOT_ALLOWED": "400: wrong HTTP method for this endpoint",
     "MALFORMED_JSON": "400: the body is not a JSON object",
+    "DUPLICATE_HEADER": "400: Authorization, Content-Type, X-Request-Id, X-Lgsp-Timeout-Ms, "
+    "Prefer or an X-Road header is sent more than once",
     "JSON_TOO_DEEP": "400: the body nests objects/arrays deeper than 32 levels",
     "MALFORMED_BODY": "400: the body does not decode with its Content-Encoding (gzip/deflate)",
     "UNKNOWN_FIELD": "400: a field the operation does not define (path in detail)",

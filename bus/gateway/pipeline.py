@@ -148,6 +148,9 @@ def identify(request: web.Request, rt: Runtime) -> Identity:
 
 def admit(request: web.Request, gateway: Gateway, rt: Runtime) -> Admitted:
     """Stage 1: room in flight, an authenticated consumer, within its rate limit."""
+    for name in SINGLE_HEADERS:
+        if len(request.headers.getall(name, ())) > 1:
+            raise InvalidRequest(f"header {name} is sent more than once", code="DUPLICATE_HEADER")
     if gateway.stopping:
         raise BusUnavailable(
             "the gateway is shutting down; send the request again (another instance answers)",
@@ -299,6 +302,20 @@ def _describe(exchange: Exchange, validated: BaseModel) -> None:
         exchange.subject_id = validated.subject_id()
 
 
+SINGLE_HEADERS = (
+    "Authorization",
+    "Content-Type",
+    "Content-Encoding",
+    "X-Request-Id",
+    TIMEOUT_HEADER,
+    "Prefer",
+    "X-Road-Client",
+    "X-Road-Service",
+    "X-Road-Id",
+    "X-Road-UserId",
+)
+"""Headers a call may carry once: two ``Authorization`` (or deadline, X-Road …) headers
+could be read differently by a proxy in front and by the gateway."""
 MAX_JSON_DEPTH = 32
 """Deepest nesting of objects/arrays a request body may have (the request models need 4)."""
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import orjson
 import pytest
+from multidict import CIMultiDict
 
 from bus.store import Store, open_store
 from tests.support.population import subject_of
@@ -325,6 +326,24 @@ async def test_content_type_and_json_are_strict(
     reply = await bus.call(CIVIL, body, headers={"Content-Type": content_type})
     assert (reply.status, reply.code) == (status, code)
     assert bus.upstream_calls() == before
+
+
+async def test_duplicate_security_headers_are_refused(bus: SecureBus) -> None:
+    # 21.15: two Authorization (or deadline) headers were accepted.
+    before = bus.upstream_calls()
+    auth = ("Authorization", f"Bearer {bus.keys['portal-new']}")
+    json_type = ("Content-Type", "application/json")
+    for extra in (auth, ("X-Lgsp-Timeout-Ms", "5000"), ("X-Lgsp-Timeout-Ms", "5000")):
+        headers = CIMultiDict([auth, json_type, extra])
+        if extra[0] != "Authorization":
+            headers.add(*extra)
+        async with bus.stack.session.post(
+            bus.url + CIVIL.lstrip("/"), data=orjson.dumps(civil_body()), headers=headers
+        ) as r:
+            body = await r.json()
+        assert (r.status, body["error"]["code"]) == (400, "DUPLICATE_HEADER"), extra
+    assert bus.upstream_calls() == before
+    assert (await bus.call(CIVIL, civil_body())).status == 200
 
 
 async def test_deep_json_and_corrupt_compressed_bodies_are_4xx(bus: SecureBus) -> None:
