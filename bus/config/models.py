@@ -409,6 +409,12 @@ class GatewaySettings(_Model):
 
     max_body_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024)
     max_in_flight: int = Field(1024, ge=1)
+    max_in_flight_per_consumer: int | None = Field(
+        None,
+        ge=1,
+        description="calls (async ones too) one consumer may have in flight; default: "
+        "max_in_flight less a quarter, so one consumer's burst cannot take every slot",
+    )
     shutdown_grace_s: float = Field(15.0, ge=0, le=300)
     max_deadline_s: float = Field(
         60.0, gt=0, le=600, description="cap on every operation's timeout_s (the longest deadline)"

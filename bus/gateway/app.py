@@ -55,7 +55,13 @@ from bus.gateway.idempotency import (
     prune_forever,
 )
 from bus.gateway.openapi import openapi_document
-from bus.gateway.pipeline import ADMITTED, CORRELATION_ID, REQUEST_ID, xroad_reply_headers
+from bus.gateway.pipeline import (
+    ADMITTED,
+    CORRELATION_ID,
+    HELD_BY,
+    REQUEST_ID,
+    xroad_reply_headers,
+)
 from bus.gateway.reply import error_body, render_reply, serve_stored
 from bus.gateway.runtime import GATEWAY, Gateway, Runtime
 from bus.observe.health import add_metrics_route
@@ -143,6 +149,8 @@ async def in_flight_middleware(request: web.Request, handler: Handler) -> web.St
         return await handler(request)
     finally:
         gateway.leave()
+        if HELD_BY in request:
+            gateway.consumer_leave(request[HELD_BY])
 
 
 @web.middleware
@@ -218,7 +226,7 @@ async def call_operation(request: web.Request) -> web.Response:
         stale_after_s=op.timeout_s + STALE_GRACE_S,
         asynchronous=prefers_async(request.headers.get("Prefer")),
         execute=exchanged,
-        hold=gateway.hold,
+        hold=functools.partial(gateway.hold, req.consumer),
     )
     if "Idempotent-Replayed" in outcome.headers:  # under today's grants; audit what is sent
         outcome, exchange.fields_returned = serve_stored(rt.config, req.consumer, outcome)

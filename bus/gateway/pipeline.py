@@ -60,6 +60,7 @@ __all__ = [
     "ADMITTED",
     "BODY_HASH",
     "CORRELATION_ID",
+    "HELD_BY",
     "REQUEST_ID",
     "TIMEOUT_HEADER",
     "XROAD",
@@ -87,6 +88,8 @@ BODY_HASH = web.RequestKey("body_hash", str)
 CORRELATION_ID = web.RequestKey("correlation_id", str)
 REQUEST_ID = web.RequestKey("request_id", str)
 ADMITTED = web.RequestKey("admitted", bool)
+HELD_BY = web.RequestKey("held_by", str)
+"""The consumer whose in-flight share this call holds."""
 """Set by the in-flight middleware: ``False`` when the gateway was full."""
 
 
@@ -161,6 +164,12 @@ def admit(request: web.Request, gateway: Gateway, rt: Runtime) -> Admitted:
         raise Overloaded("the gateway has too many requests in flight", retry_after=1.0)
     consumer = identify(request, rt).consumer
     gateway.limiter.check(consumer)
+    if not gateway.consumer_enter(consumer):
+        raise Overloaded(
+            "this consumer has too many requests in flight (its share of the gateway)",
+            retry_after=1.0,
+        )
+    request[HELD_BY] = consumer  # released when the call ends (app.in_flight_middleware)
     return Admitted(consumer)
 
 

@@ -348,3 +348,27 @@ async def test_stored_answers_are_served_under_the_grants_in_force(tmp_path: Pat
         assert (status, refused["error"]["code"]) == (403, "FORBIDDEN_OPERATION")
         assert "persons" not in refused
         assert sim.calls == 1
+
+
+async def test_one_consumers_async_burst_cannot_take_every_slot(tmp_path: Path) -> None:
+    # 21.7: async calls hold in-flight slots; one consumer filled the gateway's bound and
+    # another got OVERLOADED. Each consumer now has a share.
+    async with AsyncExitStack() as stack:
+        sim = await stack.enter_async_context(simulator(latency_ms=1500))
+        store = await stack.enter_async_context(store_at(tmp_path / "s.sqlite3"))
+        gateway = {"max_in_flight": 8, "max_in_flight_per_consumer": 2}
+        api = await stack.enter_async_context(
+            idem_bus(sim, store, None, fresh_service(), gateway=gateway)
+        )
+        burst = [await api.post(good(i), ASYNC) for i in range(3)]
+        assert [s for s, _, _ in burst] == [202, 202, 503]
+        assert burst[2][1]["error"]["code"] == "OVERLOADED"
+        assert burst[2][2]["Retry-After"] == "1"
+        other = os.environ[f"{KEY_ENV}_OTHER"]
+        status, _, _ = await api.post(good(10), key=other)
+        assert status == 200  # the other consumer is still served
+        for _, body, _ in burst[:2]:
+            status, _ = await api.answer(body["request_id"])
+            assert status == 200
+        # The share is free again once the answers are in.
+        assert (await api.post(good(20), ASYNC))[0] in (200, 202)
