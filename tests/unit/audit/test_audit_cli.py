@@ -114,6 +114,32 @@ async def test_a_pinned_chain_that_is_gone_fails_verification(cli: Cli) -> None:
     assert code == 0
 
 
+async def test_a_query_under_the_wrong_audit_key_is_refused(cli: Cli) -> None:
+    # 21.9: a wrong audit.subject_key silently reported "0 accesses".
+    await cli.seed((A, "1.000001", 0))
+    cfg = str(cli.config)
+    code, out, _ = await cli.run("audit", "query", "--config", cfg, "--subject", A)
+    assert (code, out.split()[0]) == (0, "1")
+    wrong = {**os.environ, "T_AUDIT_KEY": "another-audit-key-0123456789"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bus.cli.main",
+        "audit",
+        "query",
+        "--config",
+        cfg,
+        "--subject",
+        A,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**wrong, "LGSP_STORE_URL": cli.url},
+    )
+    out_b, err_b = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 2, out_b
+    assert "is not the key this trail was written with" in err_b.decode()
+
+
 async def test_query_finds_exactly_one_citizens_accesses(cli: Cli) -> None:
     await cli.seed((A, "1.000001", 3), (B, "1.000002", 2), (A, "1.000003", 1), (None, "1.0", 0))
     cfg = str(cli.config)
