@@ -367,6 +367,11 @@ class ConsumerConfig(_Model):
     client_certs: list[ClientCert] = Field(
         default_factory=list, description="mutual-TLS certificates that identify this consumer"
     )
+    require_client_cert: bool = Field(
+        False,
+        description="an API key of this consumer works only together with one of its "
+        "client_certs (the key alone is refused)",
+    )
     allow: dict[str, list[str]] = Field(
         default_factory=dict, description="service → operations this consumer may call"
     )

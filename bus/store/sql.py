@@ -272,13 +272,11 @@ class SqlStore:
         """This key used by an exchange record; another key used by any record."""
         async with self._read() as conn:
             mine = await conn.fetch(
-                "SELECT 1 FROM lgsp_audit_records WHERE key_id = ? AND kind = 'exchange' "
-                "LIMIT 1",
+                "SELECT 1 FROM lgsp_audit_records WHERE key_id = ? AND kind = 'exchange' LIMIT 1",
                 key_id,
             )
             other = await conn.fetch(
-                "SELECT 1 FROM lgsp_audit_records WHERE key_id IS NOT NULL AND key_id <> ? "
-                "LIMIT 1",
+                "SELECT 1 FROM lgsp_audit_records WHERE key_id IS NOT NULL AND key_id <> ? LIMIT 1",
                 key_id,
             )
         return bool(mine), bool(other)
