@@ -20,7 +20,9 @@ logs may be sampled, records are not.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+import dataclasses
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -43,6 +45,7 @@ __all__ = [
     "AuditUnavailable",
     "Auditor",
     "ChainReport",
+    "Sampler",
     "audit_policy",
     "audit_trail",
     "exchange_entry",
@@ -94,18 +97,54 @@ class AuditObserver:
     Holds the config for per-route policies: on a config reload build a new one over the
     same auditor (:meth:`with_config`)."""
 
-    def __init__(self, auditor: Auditor, config: RoutingConfig) -> None:
+    def __init__(
+        self, auditor: Auditor, config: RoutingConfig, sampler: Sampler | None = None
+    ) -> None:
         self.auditor = auditor
         self.config = config
+        self.sampler = sampler or Sampler()
 
     def with_config(self, config: RoutingConfig) -> AuditObserver:
-        """The same auditor under a new config."""
-        return AuditObserver(self.auditor, config)
+        """The same auditor (and unauthenticated-record sampler) under a new config."""
+        return AuditObserver(self.auditor, config, self.sampler)
 
     async def exchange_finished(self, exchange: Exchange) -> None:
-        """Record the exchange under its route's policy."""
+        """Record the exchange under its route's policy; unauthenticated ones sampled."""
+        if exchange.consumer is None and exchange.outcome == "UNAUTHENTICATED":
+            await self._unauthenticated(exchange)
+            return
         durable = audit_policy(self.config, exchange.service) == "fail_closed"
         await self.auditor.record(exchange_entry(self.auditor, exchange), durable=durable)
+
+    async def _unauthenticated(self, exchange: Exchange) -> None:
+        # Nobody's data was reached: one record a second, not durable, carrying how many
+        # were left out before it (metrics still count every one).
+        suppressed = self.sampler.admit()
+        if suppressed is None:
+            return
+        entry = exchange_entry(self.auditor, exchange)
+        if suppressed:
+            entry = dataclasses.replace(entry, detail={"suppressed_before": suppressed})
+        await self.auditor.record(entry, durable=False)
+
+
+class Sampler:
+    """Admits one unauthenticated record per clock second; counts the others."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._second = -1
+        self._suppressed = 0
+
+    def admit(self) -> int | None:
+        """``None``: leave this one out; else record it, with this many left out before."""
+        second = int(self._clock())
+        if second == self._second:
+            self._suppressed += 1
+            return None
+        self._second = second
+        suppressed, self._suppressed = self._suppressed, 0
+        return suppressed
 
 
 def exchange_entry(auditor: Auditor, exchange: Exchange) -> AuditEntry:
