@@ -15,7 +15,7 @@ from aiohttp import web
 
 from bus.config import AdminRole, AdminSettings, RoutingConfig, resolve_secret
 from bus.config.access import parse_expiry
-from bus.config.rules import shared_keys
+from bus.config.keys import shared_keys
 from bus.errors import NotFoundError, RequestError, Unauthenticated
 from bus.gateway.security import bearer_key
 from bus.reload.reloader import ConfigReloader

@@ -11,8 +11,6 @@ when it failed, so one run of ``config validate`` shows every error at once.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -21,9 +19,9 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel
 
 from bus.config.access import parse_expiry
+from bus.config.keys import key_problems
 from bus.config.kinds import KindCatalog
 from bus.config.models import (
-    MIN_AUDIT_KEY_CHARS,
     ApiKey,
     GatewaySettings,
     OperationConfig,
@@ -283,59 +281,10 @@ def _is_secret_field(model: BaseModel, name: str) -> bool:
     return bool(found) or "check_secret_ref" in repr(info.annotation)
 
 
-def shared_keys(config: RoutingConfig) -> list[tuple[PathKey, str]]:
-    """Admin keys whose *value* is also a consumer's key (references resolved; those that do
-    not resolve are reported elsewhere): such a consumer key would open ``/admin/*``. The
-    roles are told apart by value, not by the reference's name."""
-    consumers: dict[str, str] = {}
-    idents: set[str | None] = set()
-    for cname, consumer in config.consumers.items():
-        for i, key in enumerate(consumer.api_keys):
-            idents.add(key.key or key.sha256)
-            digest = _key_digest(key.key, key.sha256)
-            if digest is not None:
-                consumers.setdefault(digest, f"consumers.{cname}.api_keys[{i}]")
-    found: list[tuple[PathKey, str]] = []
-    for i, entry in enumerate(config.admin.api_keys):
-        if (entry.key or entry.sha256) in idents:
-            continue  # the same reference or digest: the schema rules report it already
-        other = consumers.get(_key_digest(entry.key, entry.sha256) or "")
-        if other is not None:
-            found.append(
-                (
-                    ("admin", "api_keys", i),
-                    f"admin.api_keys[{i}] has the same value as {other}: an admin key must be "
-                    "a key of its own",
-                )
-            )
-    return found
-
-
-def _key_digest(ref: str | None, sha256: str | None) -> str | None:
-    if ref is None:
-        return sha256
-    try:
-        secret = resolve_secret(ref)
-    except (KeyError, OSError, ValueError):
-        return None
-    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
-
-
 def secret_errors(config: RoutingConfig, doc: YamlDocument | None) -> list[ConfigIssue]:
     """References that do not resolve here (``config validate --secrets`` on the bus's host),
     and key values used both as an admin key and a consumer key."""
-    issues: list[ConfigIssue] = [ConfigIssue.at(doc, p, m) for p, m in shared_keys(config)]
-    audit_ref = config.audit.subject_key
-    with contextlib.suppress(KeyError, OSError, ValueError):  # unresolvable: reported below
-        if audit_ref is not None and len(resolve_secret(audit_ref)) < MIN_AUDIT_KEY_CHARS:
-            issues.append(
-                ConfigIssue.at(
-                    doc,
-                    ("audit", "subject_key"),
-                    f"the audit key must be at least {MIN_AUDIT_KEY_CHARS} characters "
-                    "(run refuses a shorter one)",
-                )
-            )
+    issues = [ConfigIssue.at(doc, p, m) for p, m in key_problems(config)]
     for path, ref in secret_references(config):
         try:
             resolve_secret(ref)
