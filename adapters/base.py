@@ -31,6 +31,7 @@ __all__ = [
     "load_routing",
     "parse_routing",
     "registry",
+    "reply_models",
     "request_models",
 ]
 
@@ -94,6 +95,10 @@ class AdapterKind(Protocol):
 
     def request_model(self, service: ServiceConfig, operation: str) -> type[BaseModel]:
         """The pydantic model the gateway validates ``operation``'s request body with."""
+        ...
+
+    def reply_model(self, service: ServiceConfig, operation: str) -> type[BaseModel]:
+        """The model of ``operation``'s answer (its OpenAPI 200 schema)."""
         ...
 
     async def create(
@@ -161,6 +166,18 @@ def load_routing(path: str | os.PathLike[str]) -> RoutingConfig:
 def parse_routing(data: Mapping[str, Any], doc: YamlDocument | None = None) -> RoutingConfig:
     """Validate a routing mapping (see :func:`load_routing`); :class:`ConfigError` if invalid."""
     return parse_config(data, doc, kinds=registry)
+
+
+def reply_models(config: RoutingConfig) -> dict[tuple[str, str], type[BaseModel]]:
+    """The model of each (service, operation)'s answer, for the gateway's OpenAPI document."""
+    models: dict[tuple[str, str], type[BaseModel]] = {}
+    for name, svc in config.services.items():
+        kind = registry.get(svc.adapter)
+        if kind is None:
+            raise ValueError(f"unknown adapter kind {svc.adapter!r}")
+        for op in svc.operations:
+            models[(name, op)] = kind.reply_model(svc, op)
+    return models
 
 
 def request_models(config: RoutingConfig) -> dict[tuple[str, str], type[BaseModel]]:

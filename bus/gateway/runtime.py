@@ -23,7 +23,7 @@ from pydantic import BaseModel
 
 from bus.broker.base import Broker
 from bus.config import RoutingConfig
-from bus.exchange import ExchangeObserver
+from bus.exchange import ExchangeGate, ExchangeObserver
 from bus.gateway.ratelimit import RateLimiter
 from bus.gateway.security import Authenticator
 from bus.store import Store
@@ -39,6 +39,14 @@ class Runtime:
     auth: Authenticator
     models: Mapping[tuple[str, str], type[BaseModel]]
     observers: tuple[ExchangeObserver, ...] = ()
+    replies: Mapping[tuple[str, str], type[BaseModel]] = dataclasses.field(default_factory=dict)
+    """The adapter kinds' answer models (the OpenAPI document's 200 schemas)."""
+    gates: tuple[ExchangeGate, ...] = dataclasses.field(init=False, default=())
+    """The observers that may refuse an exchange before it starts (worked out once)."""
+
+    def __post_init__(self) -> None:
+        gates = tuple(o for o in self.observers if isinstance(o, ExchangeGate))
+        object.__setattr__(self, "gates", gates)
 
     @classmethod
     def build(
@@ -47,10 +55,13 @@ class Runtime:
         observers: Sequence[ExchangeObserver] = (),
         *,
         models: Mapping[tuple[str, str], type[BaseModel]],
+        replies: Mapping[tuple[str, str], type[BaseModel]] | None = None,
     ) -> Runtime:
-        """Resolve keys once; ``models`` are the adapter kinds' request models, built by the
-        composition root (the gateway knows no adapter)."""
-        return cls(config, Authenticator(config), dict(models), tuple(observers))
+        """Resolve keys once; ``models`` (``replies``) are the adapter kinds' request (answer)
+        models, built by the composition root (the gateway knows no adapter)."""
+        return cls(
+            config, Authenticator(config), dict(models), tuple(observers), dict(replies or {})
+        )
 
     def with_observer(self, observer: ExchangeObserver) -> Runtime:
         """This runtime with one more observer, told last."""

@@ -138,7 +138,7 @@ async def test_unauthenticated_records_are_sampled_one_a_second() -> None:
     # 365 days). Now: one a second, not durable, carrying how many were left out.
     now = [100.2]
     recording = Recording()
-    observer = AuditObserver(recording, config(cs={}), Sampler(clock=lambda: now[0]))
+    observer = AuditObserver(recording, config(cs={}), sampler=Sampler(clock=lambda: now[0]))
 
     def unauthenticated() -> Exchange:
         return Exchange(correlation_id="c", outcome="UNAUTHENTICATED", status=401)
