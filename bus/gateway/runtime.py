@@ -118,8 +118,10 @@ class Gateway:
         self.idle.clear()
         return admitted
 
-    def leave(self) -> None:
-        """A request counted by :meth:`enter` is done."""
+    def leave(self, consumer: str | None = None) -> None:
+        """A request counted by :meth:`enter` is done (and ``consumer``'s share freed)."""
+        if consumer is not None:
+            self.consumer_leave(consumer)
         self.in_flight -= 1
         if not self.in_flight:
             self.idle.set()
