@@ -36,7 +36,7 @@ from bus.config import AuditPolicy, RoutingConfig, resolve_secret
 from bus.config.models import MIN_AUDIT_KEY_CHARS
 from bus.exchange import Exchange
 from bus.store import open_store, store_url_from_env
-from bus.store.base import GENESIS_HASH, ChainHead, Store
+from bus.store.base import GENESIS_HASH, AuditRecord, ChainHead, Store
 
 __all__ = [
     "LEASE_S",
@@ -224,6 +224,8 @@ def exchange_entry(auditor: Auditor, exchange: Exchange) -> AuditEntry:
         outcome=exchange.outcome,
         status=exchange.status,
         latency_us=int(exchange.latency_s * 1_000_000),
+        # In detail (hashed, free-form): records written before it existed still verify.
+        detail={"credential": exchange.credential} if exchange.credential else {},
     )
 
 
@@ -265,10 +267,15 @@ class ChainReport:
 
 
 async def verify_store(
-    store: Store, pins: Iterable[Pin] = (), page: int = 1000
+    store: Store,
+    pins: Iterable[Pin] = (),
+    page: int = 1000,
+    visit: Callable[[AuditRecord], None] | None = None,
 ) -> list[ChainReport]:
     """Walk every chain; each report names its chain's first problem, if any. A chain whose
-    prune anchor no surviving ``audit.prune`` record names is reported as ``anchor``."""
+    prune anchor no surviving ``audit.prune`` record names is reported as ``anchor``.
+    ``visit`` is called with every record that verified, in chain order (the reports in
+    :mod:`bus.report` read the trail this way: one walk both checks and counts)."""
     pins = list(pins)
     reports: list[ChainReport] = []
     witnesses: set[tuple[str, int, str]] = set()
@@ -280,6 +287,8 @@ async def verify_store(
             for rec in records:
                 if verifier.feed(rec) is not None:
                     break
+                if visit is not None:
+                    visit(rec)
             if len(records) < page:
                 break
             after = records[-1].seq

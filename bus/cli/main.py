@@ -19,7 +19,13 @@ if TYPE_CHECKING:
 __all__ = ["main"]
 
 
-COMMAND_MODULES = ("bus.cli.config", "bus.cli.audit", "bus.cli.probe", "bus.cli.dlq")
+COMMAND_MODULES = (
+    "bus.cli.config",
+    "bus.cli.audit",
+    "bus.cli.report",
+    "bus.cli.probe",
+    "bus.cli.dlq",
+)
 """Modules with a ``register(subparsers)`` function adding an operator command group."""
 
 

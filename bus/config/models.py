@@ -60,6 +60,7 @@ __all__ = [
     "OperationConfig",
     "RateLimit",
     "RateLimitBackend",
+    "ReportSettings",
     "RetryPolicy",
     "RoutingConfig",
     "SecretRef",
@@ -72,6 +73,7 @@ __all__ = [
 
 _SECRET_RE = re.compile(r"^(env:[A-Za-z_][A-Za-z0-9_]*|file:.+)$")
 _NAME_RE = r"^[a-z][a-z0-9_-]{0,62}$"
+_TRANSPARENCY_RE = re.compile(r"^(?:full|excluded|delayed\(([1-9][0-9]{0,3}) days?\))$")
 
 
 def check_secret_ref(value: str) -> str:
@@ -394,6 +396,33 @@ class ConsumerConfig(_Model):
     xroad_client: Annotated[str, Field(pattern=XROAD_CLIENT_RE.pattern)] | None = Field(
         None, description="this consumer's X-Road client id (INSTANCE/CLASS/MEMBER/SUBSYSTEM)"
     )
+    display_name: Annotated[str, Field(min_length=1, max_length=200)] | None = Field(
+        None,
+        description="the organisation as a citizen reads it in 'report subject' "
+        "(e.g. 'UBND phường Bến Nghé'); default: the consumer's name",
+    )
+    transparency: Annotated[str, Field(pattern=_TRANSPARENCY_RE.pattern)] = Field(
+        "full",
+        description="what citizens and published statistics see of this consumer's "
+        "accesses: full; 'delayed(N days)' (a subject's report shows an access only N days "
+        "after it; left out of 'report stats'); excluded (never shown to the subject, left "
+        "out of 'report stats'; e.g. police investigations)",
+    )
+
+    @property
+    def transparency_delay_days(self) -> int | None:
+        """Days before a subject may see an access: 0 (full), N (delayed), None (excluded)."""
+        if self.transparency == "full":
+            return 0
+        match = _TRANSPARENCY_RE.fullmatch(self.transparency)
+        if match is None or match.group(1) is None:
+            return None
+        return int(match.group(1))
+
+    @property
+    def covert(self) -> bool:
+        """Delayed or excluded: left out of published statistics."""
+        return self.transparency != "full"
 
 
 class GatewayTls(_Model):
@@ -603,6 +632,18 @@ class AuditSettings(_Model):
     )
 
 
+class ReportSettings(_Model):
+    """The data-protection reports (``lgsp-bus report``, ``/admin/reports/*``)."""
+
+    k_anonymity: int = Field(
+        10,
+        ge=2,
+        le=10_000,
+        description="'report stats' suppresses every cell whose calls or distinct "
+        "subjects are fewer than this",
+    )
+
+
 class TracingSettings(_Model):
     """OpenTelemetry traces over OTLP/HTTP (bus/observe/tracing.py); off by default."""
 
@@ -648,6 +689,7 @@ class RoutingConfig(_Model):
     services: dict[Name, ServiceConfig] = Field(default_factory=dict)
     admin: AdminSettings = AdminSettings()
     audit: AuditSettings = AuditSettings()
+    reports: ReportSettings = ReportSettings()
     tracing: TracingSettings = TracingSettings()
 
     @model_validator(mode="after")

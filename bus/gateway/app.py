@@ -280,8 +280,9 @@ async def get_message(request: web.Request) -> web.Response:
     observed (audited) like a call, keyed by the same request_id as the original request.
     """
     gateway, rt, exchange = request.app[GATEWAY], request[RUNTIME], request[EXCHANGE]
-    consumer = pipeline.identify(request, rt).consumer
-    exchange.consumer = consumer
+    identity = pipeline.identify(request, rt)
+    consumer = identity.consumer
+    exchange.consumer, exchange.credential = consumer, identity.credential
     await gateway.limiter.admit(consumer)
     request_id = request.match_info["request_id"]
     if exchange_id(request_id) is None:
@@ -300,7 +301,6 @@ async def get_message(request: web.Request) -> web.Response:
     outcome = await step.lookup(consumer, request_id, longest + STALE_GRACE_S)
     if outcome is None:
         raise NotFoundError("no message with this request_id", code="MESSAGE_NOT_FOUND")
-    # Under today's grants; the audit record lists the fields actually sent.
     outcome, exchange.fields_returned = serve_stored(rt.config, consumer, outcome)
     return _respond(request, outcome)
 

@@ -102,6 +102,8 @@ class Admitted:
     """An authenticated caller within its limits."""
 
     consumer: str
+    credential: str | None = None
+    """Which of its credentials (key label, ``key-<n>``, ``cert-<n>``): for the audit trail."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +168,8 @@ async def admit(request: web.Request, gateway: Gateway, rt: Runtime) -> Admitted
         )
     if not request.get(ADMITTED, True):
         raise Overloaded("the gateway has too many requests in flight", retry_after=1.0)
-    consumer = identify(request, rt).consumer
+    identity = identify(request, rt)
+    consumer = identity.consumer
     await gateway.limiter.admit(consumer)
     if not gateway.consumer_enter(consumer):
         raise Overloaded(
@@ -174,7 +177,7 @@ async def admit(request: web.Request, gateway: Gateway, rt: Runtime) -> Admitted
             retry_after=1.0,
         )
     request[HELD_BY] = consumer  # released when the call ends (app.in_flight_middleware)
-    return Admitted(consumer)
+    return Admitted(consumer, identity.credential)
 
 
 def route(request: web.Request, rt: Runtime, admitted: Admitted) -> Routed:
@@ -284,7 +287,7 @@ def envelope(request: web.Request, checked: Checked) -> Request:
 async def run(request: web.Request, gateway: Gateway, rt: Runtime, exchange: Exchange) -> Request:
     """Every stage in order, each one's findings recorded onto ``exchange`` here."""
     admitted = await admit(request, gateway, rt)
-    exchange.consumer = admitted.consumer
+    exchange.consumer, exchange.credential = admitted.consumer, admitted.credential
     routed = route(request, rt, admitted)
     exchange.service, exchange.operation = routed.service, routed.operation
     for gate in rt.gates:  # e.g. the audit trail of a fail_closed route, its store down

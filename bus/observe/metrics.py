@@ -39,6 +39,7 @@ from bus.observe.labels import (
     NONE,
     OTHER,
     BoundedLabel,
+    Children,
 )
 
 __all__ = [
@@ -258,6 +259,10 @@ class Metrics:
         )
         self.config_last_reload_ok.set(1)
         self._config_version: str | None = None
+        c = Children  # the hot families' children, cached (never removed)
+        self._req, self._req_s = c(self.requests), c(self.request_duration)
+        self._up, self._up_s = c(self.upstream_requests), c(self.upstream_duration)
+        self._busy = c(self.worker_in_flight)
 
     # -- gateway ----------------------------------------------------------------------
 
@@ -273,8 +278,8 @@ class Metrics:
     ) -> None:
         """One answered gateway request (``code`` is ``OK`` or the error code)."""
         svc, op, outcome = self._service(service), self._operation(operation), _outcome(status)
-        self.requests.labels(svc, op, self._consumer(consumer), self._code(code), outcome).inc()
-        self.request_duration.labels(svc, op, outcome).observe(seconds)
+        self._req(svc, op, self._consumer(consumer), self._code(code), outcome).inc()
+        self._req_s(svc, op, outcome).observe(seconds)
 
     def watch_gateway_in_flight(self, read: Callable[[], float]) -> None:
         """Read the gateway's in-flight count at each scrape (it is swapped with the config)."""
@@ -285,16 +290,16 @@ class Metrics:
     def upstream_call(self, service: str, operation: str, code: str, seconds: float) -> None:
         """One request's upstream call by the worker finished (``OK`` or the error code)."""
         svc, op = self._service(service), self._operation(operation)
-        self.upstream_requests.labels(svc, op, self._code(code)).inc()
-        self.upstream_duration.labels(svc, op).observe(seconds)
+        self._up(svc, op, self._code(code)).inc()
+        self._up_s(svc, op).observe(seconds)
 
     def worker_started(self, service: str) -> None:
         """The worker took a request of ``service`` (pair with :meth:`worker_finished`)."""
-        self.worker_in_flight.labels(self._service(service)).inc()
+        self._busy(self._service(service)).inc()
 
     def worker_finished(self, service: str) -> None:
         """The worker finished a request of ``service``."""
-        self.worker_in_flight.labels(self._service(service)).dec()
+        self._busy(self._service(service)).dec()
 
     def upstream_retry(self, service: str, operation: str) -> None:
         """For the retry policy: an upstream call is about to be repeated."""
