@@ -151,6 +151,16 @@ def _query(args: argparse.Namespace) -> int:
             if auditor.key_id is None:
                 print("audit query: routing config has no audit.subject_key", file=sys.stderr)
                 return 2
+            mine, other = await store.audit_key_use(auditor.key_id)
+            if other and not mine:
+                # Under a key the trail was not written with, every answer would be "0".
+                print(
+                    f"audit query: no access record is keyed under audit key id "
+                    f"{auditor.key_id}, but records under another key exist: audit.subject_key "
+                    "is not the key this trail was written with",
+                    file=sys.stderr,
+                )
+                return 2
             keys = [k for k in (auditor.subject_key(i) for i in ids) if k is not None]
             records = await store.audit_find(
                 subject_keys=keys, since_us=args.since, until_us=args.until, limit=args.limit
@@ -304,7 +314,7 @@ def register(sub: Any) -> None:
         action="append",
         type=_pin,
         help="CHAIN:SEQ:HASH from an earlier verify or an audit.checkpoint log line; the "
-        "record must still have that hash (repeatable)",
+        "record must still have that hash and the chain must still exist (repeatable)",
     )
     verify.add_argument("--json", action="store_true", help="machine-readable report")
     verify.set_defaults(handler=_verify)

@@ -34,7 +34,7 @@ from bus.delivery.recorder import DeliveryReport
 from bus.delivery.runner import Deliveries
 from bus.exchange import ExchangeObserver
 from bus.gateway.app import Gateway, Runtime, build_app, instrument_gateway
-from bus.gateway.server import bound_port, http_site, server_ssl_context
+from bus.gateway.server import bound_port, http_site, server_ssl_context, stop_accepting
 from bus.observe.accesslog import AccessLogObserver
 from bus.observe.deliveries import sample_outbox
 from bus.observe.health import WorkerStatus, build_worker_app, sample_queues
@@ -215,6 +215,10 @@ async def run_gateway(
         if listening is not None:
             listening.set()
         await stop.wait()
+        # At once: not ready, new calls refused, the listener closed; then the calls in
+        # flight finish within the grace.
+        gateway.stopping = True
+        await stop_accepting(site)
         log.info("gateway.stopping", in_flight=gateway.in_flight)
         await gateway.wait_idle(grace)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import stat
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -111,8 +112,28 @@ def resolve_secret(ref: str) -> str:
             raise KeyError(f"environment variable {target} is not set")
         return value
     if kind == "file":
-        return Path(target).read_text(encoding="utf-8").strip()
+        return _read_secret_file(Path(target))
     raise ValueError(f"not a secret reference: {kind}:…")
+
+
+MIN_AUDIT_KEY_CHARS = 16
+"""Shortest audit subject key ``run`` accepts (``config validate --secrets`` checks it too)."""
+MAX_SECRET_BYTES = 64 * 1024
+"""Longest secret file read (a key, a token, a PEM password); ``file:/dev/zero`` or a
+mistaken large file is refused instead of read without end."""
+
+
+def _read_secret_file(path: Path) -> str:
+    with path.open("rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise ValueError(f"secret file {path} is not a regular file")
+        data = f.read(MAX_SECRET_BYTES + 1)
+    if len(data) > MAX_SECRET_BYTES:
+        raise ValueError(f"secret file {path} is longer than {MAX_SECRET_BYTES} bytes")
+    try:
+        return data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise ValueError(f"secret file {path} is not UTF-8 text") from None
 
 
 class _Model(BaseModel):
@@ -374,6 +395,11 @@ class ConsumerConfig(_Model):
     client_certs: list[ClientCert] = Field(
         default_factory=list, description="mutual-TLS certificates that identify this consumer"
     )
+    require_client_cert: bool = Field(
+        False,
+        description="an API key of this consumer works only together with one of its "
+        "client_certs (the key alone is refused)",
+    )
     allow: dict[str, list[str]] = Field(
         default_factory=dict, description="service → operations this consumer may call"
     )
@@ -497,6 +523,12 @@ class GatewaySettings(_Model):
 
     max_body_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024)
     max_in_flight: int = Field(1024, ge=1)
+    max_in_flight_per_consumer: int | None = Field(
+        None,
+        ge=1,
+        description="calls (async ones too) one consumer may have in flight; default: "
+        "max_in_flight less a quarter, so one consumer's burst cannot take every slot",
+    )
     shutdown_grace_s: float = Field(15.0, ge=0, le=300)
     max_deadline_s: float = Field(
         60.0, gt=0, le=600, description="cap on every operation's timeout_s (the longest deadline)"
@@ -509,7 +541,7 @@ class GatewaySettings(_Model):
         None, description="this bus's X-Road id; X-Road-Service headers must name it"
     )
     idempotency_ttl_s: float = Field(
-        86_400.0,
+        3_600.0,
         ge=60,
         le=30 * 86_400,
         description="how long a request_id's answer is kept for repeats and GET /v1/messages",

@@ -1,14 +1,12 @@
 """Prometheus metrics of one process, on an injected registry; every name starts ``lgsp_``.
 
 One :class:`Metrics` object per process (the CLI makes it; tests make their own registry),
-handed to the parts that record: the gateway (through
-:class:`bus.observe.observer.MetricsObserver`), the worker, the broker (through the small
-:class:`~bus.broker.base.BrokerRecorder` protocol, so the broker needs no prometheus),
-and the retry, breaker, audit and config-reload code through the ``record``-style methods
-below. ``/metrics`` renders :meth:`Metrics.render`.
+handed to the parts that record: the gateway (:class:`bus.observe.observer.MetricsObserver`),
+the worker, the broker (the :class:`~bus.broker.base.BrokerRecorder` protocol: the broker
+needs no prometheus), retry, breaker, audit and config reload (``record``-style methods).
+``/metrics`` renders :meth:`Metrics.render`.
 
-Label values are bounded (:mod:`bus.observe.labels`; reasons come from fixed sets): no
-request id, officer, subject or other personal data is ever a label.
+Label values are bounded (:mod:`bus.observe.labels`, fixed reason sets): no ID is a label.
 """
 
 from __future__ import annotations
@@ -67,6 +65,7 @@ BREAKER_STATES: Final = {"closed": 0, "half_open": 1, "open": 2}
 PUBLISH_FAILURE_REASONS: Final = frozenset({"nack", "unroutable", "error"})
 DEAD_LETTER_REASONS: Final = frozenset({"rejected", "delivery_limit", "expired", "other"})
 CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
+_LINK_HELP = "Times the broker link's self-check found it dead (half-open) and tore it down"
 
 
 def config_version(config: RoutingConfig) -> str:
@@ -187,6 +186,7 @@ class Metrics:
             "Times the broker connection came back after a loss",
             registry=r,
         )
+        self.broker_link_failures = Counter("lgsp_broker_link_failures", _LINK_HELP, registry=r)
         self.publish_failures = Counter(
             "lgsp_broker_publish_failures",
             "Publishes the broker did not confirm: nack (queue full), unroutable, error",
@@ -330,6 +330,10 @@ class Metrics:
         """The broker connection came back after a loss."""
         self.broker_reconnects.inc()
         self.broker_connected.set(1)
+
+    def link_failed(self) -> None:
+        """The broker link's self-check found it dead; a reconnect follows."""
+        self.broker_link_failures.inc()
 
     def publish_failed(self, reason: str) -> None:
         """A publish was not confirmed: ``nack`` (queue full), ``unroutable`` or ``error``."""
