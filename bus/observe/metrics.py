@@ -83,11 +83,7 @@ def _package_version() -> str:
 
 def _outcome(status: int) -> str:
     """``ok`` (2xx), ``rejected`` (4xx: the caller's request) or ``failed`` (5xx)."""
-    if 200 <= status < 400:
-        return "ok"
-    if 400 <= status < 500:
-        return "rejected"
-    return "failed"
+    return "ok" if 200 <= status < 400 else "rejected" if 400 <= status < 500 else "failed"
 
 
 class Metrics:
