@@ -22,9 +22,11 @@ from urllib.parse import urlsplit
 import structlog
 from aiohttp import web
 
-from adapters.base import request_models
+from adapters.base import reply_fields, request_models
 from adapters.civil_status.simulator import build_app as build_civil
 from adapters.population_db.simulator import build_app as build_population
+from adapters.procedure.simulator import BASE_PATH as PROCEDURE_PATH
+from adapters.procedure.simulator import build_app as build_procedure
 from bus.audit.observer import AuditObserver, Auditor, audit_trail
 from bus.broker import NULL_RECORDER, Broker, BrokerRecorder, open_broker, queue_specs
 from bus.cli.reloading import follow_gateway, follow_worker
@@ -108,6 +110,11 @@ def simulators_for(config: RoutingConfig, *, latency_ms: float = 0.0) -> list[Si
                 latency_ms=latency_ms,
             )
             sims[key] = Simulator("population", *key, build)
+        elif (
+            svc.adapter == "rest" and parts.path == PROCEDURE_PATH and isinstance(auth, AuthBearer)
+        ):
+            build = partial(build_procedure, token=resolve_secret(auth.token))
+            sims[key] = Simulator("procedure", *key, build)
     return list(sims.values())
 
 
@@ -149,7 +156,9 @@ async def run_gateway(
         observers.insert(0, AuditObserver(auditor, config))
     if metrics is not None:
         observers.append(MetricsObserver(metrics))
-    runtime = Runtime.build(config, observers, models=request_models(config))
+    runtime = Runtime.build(
+        config, observers, models=request_models(config), replies=reply_fields(config)
+    )
     gateway = Gateway(broker, runtime, readiness=readiness if readiness is not None else [])
     if auditor is not None:
         gateway.store = auditor.store

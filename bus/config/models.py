@@ -33,6 +33,7 @@ from bus.config.access import (
     parse_expiry,
     security_problems,
 )
+from bus.config.provider import ProviderSettings, provider_problems
 from bus.config.source import ConfigError
 
 __all__ = [
@@ -499,6 +500,9 @@ class RoutingConfig(_Model):
     services: dict[Name, ServiceConfig] = Field(default_factory=dict)
     admin: AdminSettings = AdminSettings()
     audit: AuditSettings = AuditSettings()
+    provider: ProviderSettings | None = Field(
+        None, description="services served to X-Road/NDXP callers (bus/config/provider.py)"
+    )
 
     @model_validator(mode="after")
     def _references(self) -> RoutingConfig:
@@ -523,7 +527,7 @@ class RoutingConfig(_Model):
 
     @model_validator(mode="after")
     def _security_references(self) -> RoutingConfig:
-        problems = security_problems(self)
+        problems = security_problems(self) + provider_problems(self)
         if problems:
             raise ValueError("; ".join(problems))
         return self

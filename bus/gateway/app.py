@@ -55,9 +55,16 @@ from bus.gateway.idempotency import (
     prune_forever,
 )
 from bus.gateway.openapi import openapi_document
-from bus.gateway.pipeline import ADMITTED, CORRELATION_ID, REQUEST_ID, xroad_reply_headers
+from bus.gateway.pipeline import (
+    ADMITTED,
+    CORRELATION_ID,
+    EXCHANGE,
+    REQUEST_ID,
+    xroad_reply_headers,
+)
 from bus.gateway.reply import error_body, render_reply, replayed_fields
 from bus.gateway.runtime import GATEWAY, Gateway, Runtime
+from bus.gateway.xroad import ingress
 from bus.observe.health import add_metrics_route
 from bus.observe.metrics import Metrics
 
@@ -77,11 +84,12 @@ PRUNE_INTERVAL_S = 600.0
 """How often a gateway deletes expired request results from the store."""
 
 BACKGROUND = web.AppKey("background", Background)
-EXCHANGE = web.RequestKey("exchange", Exchange)
 RUNTIME = web.RequestKey("runtime", Runtime)
 """The runtime a request started with (read once, by :func:`observe_middleware`)."""
 _CALL, _MESSAGE = "call", "message"
-"""Route names: the observed routes (the in-flight bound applies to calls only)."""
+_XROAD_SOAP, _XROAD_REST = "xroad-soap", "xroad-rest"
+_CALLS = frozenset({_CALL, _XROAD_SOAP, _XROAD_REST})
+"""Route names: calls are observed and counted in flight; messages observed only."""
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -125,6 +133,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except Exception:
         log.exception("gateway.unhandled_error")
         error = InternalError("the gateway failed unexpectedly")
+    if _route_name(request) == _XROAD_SOAP:
+        return ingress.soap_error(request, error)
     request_id = request.get(REQUEST_ID)
     headers = {"X-Request-Id": correlation_id, **xroad_reply_headers(request)}
     if error.retry_after is not None:
@@ -135,7 +145,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 @web.middleware
 async def in_flight_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Count calls in flight on the gateway; mark the ones over ``max_in_flight``."""
-    if _route_name(request) != _CALL:
+    if _route_name(request) not in _CALLS:
         return await handler(request)
     gateway = request.app[GATEWAY]
     request[ADMITTED] = gateway.enter()
@@ -149,7 +159,7 @@ async def in_flight_middleware(request: web.Request, handler: Handler) -> web.St
 async def observe_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """The exchange of an observed route; every observer is told how it ended."""
     name = _route_name(request)
-    if name not in (_CALL, _MESSAGE):
+    if name not in _CALLS and name != _MESSAGE:
         return await handler(request)
     rt = request[RUNTIME] = request.app[GATEWAY].runtime
     exchange = Exchange(correlation_id=request[CORRELATION_ID])
@@ -351,6 +361,10 @@ def build_app(gateway: Gateway) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/openapi.json", openapi)
+    app.router.add_post("/xroad", ingress.soap_call, name=_XROAD_SOAP)
+    r1 = "/r1/{instance}/{mclass}/{member}/{subsystem}/{code}"
+    app.router.add_post(r1, ingress.rest_call, name=_XROAD_REST)
+    app.router.add_get(r1, ingress.rest_meta)
     return app
 
 

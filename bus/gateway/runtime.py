@@ -39,6 +39,8 @@ class Runtime:
     auth: Authenticator
     models: Mapping[tuple[str, str], type[BaseModel]]
     observers: tuple[ExchangeObserver, ...] = ()
+    replies: Mapping[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
+    """(service, operation) → the answer's field paths (X-Road WSDLs describe them)."""
 
     @classmethod
     def build(
@@ -47,10 +49,13 @@ class Runtime:
         observers: Sequence[ExchangeObserver] = (),
         *,
         models: Mapping[tuple[str, str], type[BaseModel]],
+        replies: Mapping[tuple[str, str], tuple[str, ...]] | None = None,
     ) -> Runtime:
-        """Resolve keys once; ``models`` are the adapter kinds' request models, built by the
-        composition root (the gateway knows no adapter)."""
-        return cls(config, Authenticator(config), dict(models), tuple(observers))
+        """Resolve keys once; ``models`` (and ``replies``) come from the adapter kinds, built
+        by the composition root (the gateway knows no adapter)."""
+        return cls(
+            config, Authenticator(config), dict(models), tuple(observers), dict(replies or {})
+        )
 
     def with_observer(self, observer: ExchangeObserver) -> Runtime:
         """This runtime with one more observer, told last."""

@@ -28,7 +28,7 @@ from typing import Any
 
 import structlog
 
-from adapters.base import Adapter, request_models
+from adapters.base import Adapter, reply_fields, request_models
 from bus.broker.base import queue_specs
 from bus.config import RoutingConfig
 from bus.gateway.runtime import Gateway, Runtime
@@ -70,7 +70,12 @@ class GatewayTarget:
         """Build the next runtime (keys, request models, observers bound to the new config);
         declare queues of new services."""
         current = self.gateway.runtime
-        fresh = Runtime.build(new, rebind(current.observers, new), models=request_models(new))
+        fresh = Runtime.build(
+            new,
+            rebind(current.observers, new),
+            models=request_models(new),
+            replies=reply_fields(new),
+        )
         added = [spec for spec in queue_specs(new) if spec.service not in old.services]
         if added:
             await self.gateway.broker.declare(added)

@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from adapters.base import parse_routing, request_models
+from adapters.base import parse_routing, reply_fields, request_models
 from bus.audit.observer import AuditObserver, Auditor
 from bus.broker import NULL_RECORDER, Broker, open_broker, queue_specs
 from bus.config import RoutingConfig
@@ -174,7 +174,9 @@ async def running_bus(
         )
         if auditor is not None:
             observers.insert(0, AuditObserver(auditor, config))
-        runtime = Runtime.build(config, observers, models=request_models(config))
+        runtime = Runtime.build(
+            config, observers, models=request_models(config), replies=reply_fields(config)
+        )
         gateway = Gateway(gateway_broker, runtime)
         gateway.readiness.append(worker.readiness)  # as in `lgsp-bus run`: breakers in /readyz
         if auditor is not None:
