@@ -58,6 +58,7 @@ DEMO_SECRETS = (
     "LGSP_DEMO_API_KEY",
     "LGSP_SIM_CIVIL_STATUS_TOKEN",
     "LGSP_SIM_POPULATION_SECRET",
+    "LGSP_SIM_PROCEDURE_TOKEN",  # the commented X-Road provider example
     "LGSP_AUDIT_KEY",
 )
 """Environment variables the shipped routing.yaml refers to; ``run`` fills unset ones."""
