@@ -12,11 +12,13 @@ error shape, both with ``X-Road-Request-Hash``/``requestHash`` once the body was
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import orjson
 from aiohttp import web
 from lxml import etree
+from pydantic import BaseModel
 
 from bus.config import RoutingConfig
 from bus.config.provider import ProviderService, ProviderSettings
@@ -110,8 +112,14 @@ async def soap_call(request: web.Request) -> web.Response:
     return web.Response(body=data, content_type="text/xml", charset="utf-8")
 
 
-def _typed(model: Any, body: dict[str, Any]) -> dict[str, Any]:
-    schema = model.model_json_schema()
+@functools.lru_cache(maxsize=256)
+def _schema(model: type[BaseModel]) -> dict[str, Any]:
+    """A request model's JSON schema, built once per model (a reload brings new models)."""
+    return model.model_json_schema()
+
+
+def _typed(model: type[BaseModel], body: dict[str, Any]) -> dict[str, Any]:
+    schema = _schema(model)
     typed = coerce(body, schema, schema.get("$defs", {}))
     assert isinstance(typed, dict)
     return typed
