@@ -1,7 +1,8 @@
 """Canonical request/reply envelopes and their AMQP codec (pure: no I/O).
 
 A request crosses the broker as the canonical JSON body plus headers carrying the routing
-facts (service, operation, consumer, deadline, attempt, trace id). Replies carry either a
+facts (service, operation, consumer, deadline, attempt, trace id) and, with tracing on,
+the W3C ``traceparent`` header of the gateway's span. Replies carry either a
 body or an error. The same codec serves the in-memory broker, so both brokers exercise the
 same decode paths (and the same poison-message handling).
 """
@@ -52,6 +53,8 @@ class Request:
     officer: str | None = None
     trace_id: str | None = None
     """The gateway's correlation id (``X-Request-Id``), for logs across processes."""
+    traceparent: str | None = None
+    """W3C trace context of the gateway's span (tracing on), header ``traceparent``."""
 
     @property
     def routing_key(self) -> str:
@@ -94,6 +97,8 @@ def encode_request(req: Request) -> tuple[bytes, dict[str, HeaderValue]]:
         headers[_H + "officer"] = req.officer
     if req.trace_id is not None:
         headers[_H + "trace-id"] = req.trace_id
+    if req.traceparent is not None:
+        headers["traceparent"] = req.traceparent
     return orjson.dumps(req.body), headers
 
 
@@ -120,6 +125,9 @@ def decode_request(body: bytes, headers: dict[str, Any], correlation_id: str | N
         raise DecodeError("no correlation id")
     officer = headers.get(_H + "officer")
     trace_id = headers.get(_H + "trace-id")
+    traceparent = headers.get("traceparent")
+    if isinstance(traceparent, bytes):
+        traceparent = traceparent.decode("ascii", "replace")
     return Request(
         request_id=_header(headers, "request-id", str),
         service=_header(headers, "service", str),
@@ -130,6 +138,7 @@ def decode_request(body: bytes, headers: dict[str, Any], correlation_id: str | N
         attempt=_header(headers, "attempt", int),
         officer=officer if isinstance(officer, str) else None,
         trace_id=trace_id if isinstance(trace_id, str) else None,
+        traceparent=traceparent if isinstance(traceparent, str) else None,
         body=payload,
     )
 

@@ -236,7 +236,8 @@ async def _forced(kind: str, state: SimState) -> web.Response:
     return web.Response(status=503, text="<html>503 Service Unavailable</html>")
 
 
-async def _answer(request: web.Request, state: SimState) -> web.Response:  # noqa: C901 (ARCHITECTURE.md)
+async def _payload(request: web.Request, state: SimState) -> tuple[str, etree._Element]:
+    """The SOAP 1.1 request's operation and payload element, or the fault it deserves."""
     content_type = request.content_type
     if content_type not in ("text/xml", "application/xml", "application/soap+xml"):
         raise _Fault("Client", "DuLieuKhongHopLe", "Content-Type phải là XML")
@@ -255,9 +256,11 @@ async def _answer(request: web.Request, state: SimState) -> web.Response:  # noq
         "XacThucThongTinCongDan",
     ):
         raise _Fault("Client", "DichVuKhongTonTai", "Không có dịch vụ này")
-    state.count(operation)
-    if state.error_rate and state.rng.random() < state.error_rate:
-        raise _Fault("Server", "TamThoiKhongKhaDung", "Hệ thống tạm thời không khả dụng")
+    return operation, payload
+
+
+def _ids(payload: etree._Element) -> tuple[str, str | None, str | None]:
+    """MaYeuCau and the subject's ID (12 digits) or old ID (9), checked as C06 checks them."""
     request_id = _field(payload, "MaYeuCau")
     id_number, old_id = _field(payload, "SoDinhDanh"), _field(payload, "SoCMND")
     if not (request_id and _field(payload, "MaDVC") and _field(payload, "MaTichHop")):
@@ -267,6 +270,15 @@ async def _answer(request: web.Request, state: SimState) -> web.Response:  # noq
             raise _Fault("Client", "DuLieuKhongHopLe", "SoDinhDanh phải gồm 12 chữ số")
     elif old_id is None or not (len(old_id) == 9 and old_id.isascii() and old_id.isdigit()):
         raise _Fault("Client", "DuLieuKhongHopLe", "Cần SoDinhDanh (12) hoặc SoCMND (9 số)")
+    return request_id, id_number, old_id
+
+
+async def _answer(request: web.Request, state: SimState) -> web.Response:
+    operation, payload = await _payload(request, state)
+    state.count(operation)
+    if state.error_rate and state.rng.random() < state.error_rate:
+        raise _Fault("Server", "TamThoiKhongKhaDung", "Hệ thống tạm thời không khả dụng")
+    request_id, id_number, old_id = _ids(payload)
     if id_number in FAULT_IDS:
         return await _forced(FAULT_IDS[id_number], state)
     key = id_number or state.by_old_id.get(old_id or "", "")

@@ -16,11 +16,12 @@ Contract (checked by ``tests/test_broker_contract.py`` against every implementat
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
+from urllib.parse import quote, urlsplit, urlunsplit
 
-from bus.config import RoutingConfig
+from bus.config import RoutingConfig, resolve_secret
 from bus.envelope import Reply, Request
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "BrokerRecorder",
     "Handler",
     "QueueSpec",
+    "amqp_address",
     "dlq_arguments",
     "queue_arguments",
     "queue_specs",
@@ -58,6 +60,14 @@ class QueueSpec:
     delivery_limit: int = 5
     max_length: int = 10_000
     dlq_ttl_s: int = 14 * 24 * 3600
+    quorum_group_size: int | None = None
+    """Replicas of the quorum queues (``x-quorum-initial-group-size``); None: RabbitMQ's."""
+
+
+def _replicas(spec: QueueSpec) -> dict[str, Any]:
+    if spec.quorum_group_size is None:
+        return {}
+    return {"x-quorum-initial-group-size": spec.quorum_group_size}
 
 
 def queue_arguments(spec: QueueSpec) -> dict[str, Any]:
@@ -69,21 +79,44 @@ def queue_arguments(spec: QueueSpec) -> dict[str, Any]:
         "x-overflow": "reject-publish",
         "x-dead-letter-exchange": DLX,
         "x-dead-letter-routing-key": spec.service,
+        **_replicas(spec),
     }
 
 
 def dlq_arguments(spec: QueueSpec) -> dict[str, Any]:
     """Arguments of the service's dead-letter queue."""
-    return {"x-queue-type": "quorum", "x-message-ttl": spec.dlq_ttl_s * 1000}
+    return {"x-queue-type": "quorum", "x-message-ttl": spec.dlq_ttl_s * 1000, **_replicas(spec)}
 
 
 def queue_specs(config: RoutingConfig) -> list[QueueSpec]:
     """One spec per configured service."""
     b = config.broker
     return [
-        QueueSpec(name, b.delivery_limit, b.max_queue_length, b.dlq_ttl_s)
+        QueueSpec(name, b.delivery_limit, b.max_queue_length, b.dlq_ttl_s, b.quorum_group_size)
         for name in config.services
     ]
+
+
+def amqp_address(config: RoutingConfig, environ: Mapping[str, str]) -> str | None:
+    """The broker address the processes use: ``LGSP_AMQP_URL`` when set (one URL, or several
+    separated by commas), else ``broker.urls`` (each ``env:``/``file:`` reference resolved,
+    ``broker.password`` put into those that name a user), else None (in-memory broker)."""
+    given = environ.get("LGSP_AMQP_URL")
+    if given:
+        return given
+    settings = config.broker
+    urls: list[str] = []
+    for entry in settings.urls:
+        if entry.startswith(("env:", "file:")):
+            urls.append(resolve_secret(entry))
+            continue
+        parts = urlsplit(entry)
+        if settings.password is not None and parts.username is not None:
+            secret = quote(resolve_secret(settings.password), safe="")
+            host = parts.netloc.rpartition("@")[2]
+            entry = urlunsplit(parts._replace(netloc=f"{parts.username}:{secret}@{host}"))
+        urls.append(entry)
+    return ",".join(urls) or None
 
 
 class BrokerRecorder(Protocol):

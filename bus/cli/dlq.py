@@ -26,6 +26,7 @@ from bus.admin.deadletters import (
 )
 from bus.admin.deadletters import __doc__ as dlq_doc
 from bus.audit.observer import audit_trail
+from bus.broker import amqp_address
 from bus.broker.amqp.broker import AmqpBroker
 from bus.broker.deadletters import DeadLetterQueue
 from bus.cli.common import CONFIG_HELP, load_or_exit
@@ -70,9 +71,12 @@ def _selection(args: argparse.Namespace) -> tuple[set[str] | None, str | None]:
 async def _command(args: argparse.Namespace) -> int:
     config = _config(args)
     services = _services(args, config)
-    url = os.environ.get("LGSP_AMQP_URL")
+    url = amqp_address(config, os.environ)
     if not url:
-        print("dlq: set LGSP_AMQP_URL (the RabbitMQ whose DLQs to work on)", file=sys.stderr)
+        print(
+            "dlq: set LGSP_AMQP_URL or broker.urls (the RabbitMQ whose DLQs to work on)",
+            file=sys.stderr,
+        )
         return 2
     broker = AmqpBroker(url, name="lgsp-bus-dlq")
     try:

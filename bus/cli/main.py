@@ -8,10 +8,13 @@ import importlib
 import os
 import sys
 from collections.abc import Coroutine, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bus import logs
 from bus.cli.common import CONFIG_HELP, load_or_exit
+
+if TYPE_CHECKING:
+    from bus.config import RoutingConfig
 
 __all__ = ["main"]
 
@@ -32,6 +35,28 @@ def _serve(main: Coroutine[Any, Any, None]) -> int:
 
 
 async def _with_signals(role: str, args: argparse.Namespace) -> None:
+    import structlog
+
+    from bus.observe import tracing
+
+    config = load_or_exit(args.config)
+    try:
+        on = tracing.configure(config, role)
+    except tracing.TracingUnavailable as exc:
+        print(f"lgsp-bus {role}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    log = structlog.get_logger("bus.cli")
+    log.info("tracing.configured", on=on, exporter="otlp/http" if on else None)
+    if role in ("run", "gateway"):  # the backend in force (also in /readyz, rate_limit)
+        log.info("ratelimit.backend", backend=config.gateway.rate_limit_backend.kind)
+    try:
+        await _serve_role(role, args, config)
+    finally:
+        tracing.shutdown()  # exports the spans still buffered
+
+
+async def _serve_role(role: str, args: argparse.Namespace, config: RoutingConfig) -> None:
+    from bus.broker import amqp_address
     from bus.cli import roles as runner
     from bus.cli.audit import check_audit_key
     from bus.cli.reloading import reloading
@@ -39,10 +64,9 @@ async def _with_signals(role: str, args: argparse.Namespace) -> None:
 
     stop = asyncio.Event()
     runner.install_signal_handlers(stop)
-    amqp_url = os.environ.get("LGSP_AMQP_URL") or None
     metrics = Metrics(role="all" if role == "run" else role)
+    amqp_url = amqp_address(config, os.environ)
     if role == "run":
-        config = load_or_exit(args.config)
         check_audit_key(config, role)
         print(f"lgsp-bus: broker {'RabbitMQ' if amqp_url else 'in-memory (embedded)'}")
         async with reloading(args, config, metrics) as reloader:  # SIGHUP, file, /admin
@@ -59,12 +83,11 @@ async def _with_signals(role: str, args: argparse.Namespace) -> None:
         return
     if amqp_url is None:
         print(
-            f"lgsp-bus {role}: set LGSP_AMQP_URL (amqp://user:pass@host/vhost); only "
-            "'lgsp-bus run' can use the in-memory broker",
+            f"lgsp-bus {role}: set LGSP_AMQP_URL (amqp://user:pass@host/vhost) or "
+            "broker.urls; only 'lgsp-bus run' can use the in-memory broker",
             file=sys.stderr,
         )
         raise SystemExit(2)
-    config = load_or_exit(args.config)
     if role == "gateway":
         from bus.audit.observer import audit_trail
 
@@ -167,10 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="gateway + worker + simulators in one process (embedded default)",
         description="Run gateway, worker and the simulators in one process. Uses RabbitMQ "
-        "when LGSP_AMQP_URL is set, else the in-memory broker; keeps idempotent answers and "
-        "the audit trail in LGSP_STORE_URL (default: SQLite ./lgsp-bus.sqlite3). Unset demo "
-        "secrets (LGSP_DEMO_API_KEY, LGSP_SIM_*, LGSP_AUDIT_KEY) get random values for the "
-        "run; the demo key is printed with a curl example.",
+        "when LGSP_AMQP_URL or broker.urls is set, else the in-memory broker; keeps idempotent "
+        "answers and the audit trail in LGSP_STORE_URL (default: SQLite ./lgsp-bus.sqlite3). "
+        "Unset demo secrets (LGSP_DEMO_API_KEY, LGSP_SIM_*, LGSP_AUDIT_KEY) get random values "
+        "for the run; the demo key is printed with a curl example.",
     )
     run.add_argument("--config", help=cfg_help)
     reload_arguments(run)
@@ -180,8 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     gw = sub.add_parser(
         "gateway",
-        help="HTTP ingress only (needs LGSP_AMQP_URL)",
-        description="Serve the HTTP API; publish requests to RabbitMQ (LGSP_AMQP_URL).",
+        help="HTTP ingress only (needs LGSP_AMQP_URL or broker.urls)",
+        description="Serve the HTTP API; publish requests to RabbitMQ (LGSP_AMQP_URL or "
+        "broker.urls; several nodes of a cluster: failover between them).",
     )
     gw.add_argument("--config", help=cfg_help)
     reload_arguments(gw)
@@ -190,9 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     wk = sub.add_parser(
         "worker",
-        help="consume service queues and call upstreams (needs LGSP_AMQP_URL)",
-        description="Consume the service queues from RabbitMQ (LGSP_AMQP_URL) and call "
-        "the adapters.",
+        help="consume service queues and call upstreams (needs LGSP_AMQP_URL or broker.urls)",
+        description="Consume the service queues from RabbitMQ (LGSP_AMQP_URL or broker.urls) "
+        "and call the adapters.",
     )
     wk.add_argument("--config", help=cfg_help)
     reload_arguments(wk)

@@ -29,8 +29,10 @@ RESTART_ONLY: tuple[str, ...] = (
     "gateway.max_body_bytes",
     "gateway.shutdown_grace_s",
     "gateway.tls",
+    "gateway.rate_limit_backend",
     "admin.host",
     "admin.port",
+    "tracing",
 )
 """Settings read once when a process starts: a reload records them, a restart applies them
 (existing RabbitMQ queues keep the arguments they were declared with)."""

@@ -59,10 +59,12 @@ __all__ = [
     "GatewayTls",
     "OperationConfig",
     "RateLimit",
+    "RateLimitBackend",
     "RetryPolicy",
     "RoutingConfig",
     "SecretRef",
     "ServiceConfig",
+    "TracingSettings",
     "UpstreamConfig",
     "check_secret_ref",
     "resolve_secret",
@@ -359,7 +361,11 @@ class ConsumerConfig(_Model):
         default_factory=dict,
         description="service → sensitive fields (ethnicity, religion …) granted explicitly",
     )
-    rate_limit: RateLimit | None = Field(None, description="per gateway instance; none: no limit")
+    rate_limit: RateLimit | None = Field(
+        None,
+        description="per gateway process, or for all gateways with "
+        "gateway.rate_limit_backend kind redis; none: no limit",
+    )
     xroad_client: Annotated[str, Field(pattern=XROAD_CLIENT_RE.pattern)] | None = Field(
         None, description="this consumer's X-Road client id (INSTANCE/CLASS/MEMBER/SUBSYSTEM)"
     )
@@ -384,8 +390,52 @@ class GatewayTls(_Model):
         return self
 
 
+def _check_redis_url(value: str) -> str:
+    if _SECRET_RE.fullmatch(value):
+        return value  # env:NAME / file:PATH holding the whole URL
+    parts = urlsplit(value)
+    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+        raise ValueError("must be a redis:// or rediss:// URL, or env:NAME / file:PATH")
+    if parts.password is not None:
+        raise ValueError("inline secrets are not allowed: give the URL as env:NAME or file:PATH")
+    return value
+
+
+class RateLimitBackend(_Model):
+    """Where the consumers' token buckets live: this process, or Redis for every gateway."""
+
+    kind: Literal["process", "redis"] = Field(
+        "process",
+        description="process: one bucket per gateway process (N gateways admit N× the "
+        "rate); redis: one bucket per consumer for every gateway sharing the Redis",
+    )
+    url: Annotated[str, AfterValidator(_check_redis_url)] | None = Field(
+        None, description="redis:// URL (without password) or env:NAME / file:PATH holding it"
+    )
+    key_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9:._-]{1,64}$")] = Field(
+        "lgsp:ratelimit:", description="prefix of the bucket keys (one hash per consumer)"
+    )
+    timeout_s: float = Field(
+        0.25,
+        gt=0,
+        le=5,
+        description="bound on one Redis round trip; past it, or when Redis is unreachable, "
+        "the gateway falls back to its own bucket for a second",
+    )
+
+    @model_validator(mode="after")
+    def _url(self) -> RateLimitBackend:
+        if self.kind == "redis" and self.url is None:
+            raise ValueError("kind redis needs url")
+        return self
+
+
 class GatewaySettings(_Model):
     """HTTP edge settings."""
+
+    rate_limit_backend: RateLimitBackend = Field(
+        RateLimitBackend(), description="where consumers' rate-limit buckets live"
+    )
 
     max_body_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024)
     max_in_flight: int = Field(1024, ge=1)
@@ -408,9 +458,43 @@ class GatewaySettings(_Model):
     )
 
 
+def _check_amqp_url(value: str) -> str:
+    if _SECRET_RE.fullmatch(value):
+        return value  # env:NAME / file:PATH holding the whole URL
+    parts = urlsplit(value)
+    if parts.scheme not in ("amqp", "amqps") or not parts.hostname:
+        raise ValueError("must be an amqp:// or amqps:// URL, or env:NAME / file:PATH")
+    if parts.password is not None:
+        raise ValueError(
+            "inline secrets are not allowed: drop the password from the URL and set "
+            "broker.password (env:NAME or file:PATH), or give the URL as env:NAME"
+        )
+    return value
+
+
+AmqpUrl = Annotated[str, AfterValidator(_check_amqp_url)]
+
+
 class BrokerSettings(_Model):
     """Broker topology and consumption settings."""
 
+    urls: list[AmqpUrl] = Field(
+        default_factory=list,
+        max_length=16,
+        description="AMQP URLs of the RabbitMQ cluster's nodes (without password); the bus "
+        "connects to the first that answers and fails over to the next when it dies. "
+        "LGSP_AMQP_URL, when set, wins (one URL or several separated by commas)",
+    )
+    password: SecretRef | None = Field(
+        None, description="password put into each of urls that names a user"
+    )
+    quorum_group_size: int | None = Field(
+        None,
+        ge=1,
+        le=16,
+        description="replicas of each quorum queue (x-quorum-initial-group-size) when it is "
+        "first declared; default: RabbitMQ's (every node of the cluster, up to its limit)",
+    )
     prefetch: int = Field(32, ge=1, le=10_000)
     delivery_limit: int = Field(5, ge=1, le=100)
     max_queue_length: int = Field(10_000, ge=1)
@@ -488,6 +572,39 @@ class AuditSettings(_Model):
     )
 
 
+class TracingSettings(_Model):
+    """OpenTelemetry traces over OTLP/HTTP (bus/observe/tracing.py); off by default."""
+
+    enabled: bool = Field(
+        False,
+        description="export traces; also on when OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT is set "
+        "(OTEL_SDK_DISABLED=true turns it off)",
+    )
+    endpoint: str | None = Field(
+        None,
+        description="OTLP/HTTP traces URL, e.g. http://otel-collector:4318/v1/traces "
+        "(default: the OTEL_EXPORTER_OTLP_* environment)",
+    )
+    service_name: str | None = Field(
+        None,
+        description="service.name of the spans (default: OTEL_SERVICE_NAME, else lgsp-bus-<role>)",
+    )
+    sample_ratio: float = Field(
+        1.0, ge=0, le=1, description="share of new traces kept (a caller's sampled flag wins)"
+    )
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        if value is not None:
+            parts = urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError("must be an http:// or https:// URL")
+            if parts.password is not None:
+                raise ValueError("inline secrets are not allowed in the endpoint")
+        return value
+
+
 class RoutingConfig(_Model):
     """The whole of ``routing.yaml``."""
 
@@ -500,6 +617,7 @@ class RoutingConfig(_Model):
     services: dict[Name, ServiceConfig] = Field(default_factory=dict)
     admin: AdminSettings = AdminSettings()
     audit: AuditSettings = AuditSettings()
+    tracing: TracingSettings = TracingSettings()
     provider: ProviderSettings | None = Field(
         None, description="services served to X-Road/NDXP callers (bus/config/provider.py)"
     )

@@ -64,6 +64,7 @@ from bus.gateway.pipeline import (
 )
 from bus.gateway.reply import error_body, render_reply, replayed_fields
 from bus.gateway.runtime import GATEWAY, Gateway, Runtime
+from bus.observe import tracing
 from bus.gateway.xroad import ingress
 from bus.observe.health import add_metrics_route
 from bus.observe.metrics import Metrics
@@ -194,7 +195,29 @@ async def _tell_observers(rt: Runtime, exchange: Exchange) -> None:
 
 
 async def call_operation(request: web.Request) -> web.Response:
-    """``POST /v1/{service}/{operation}``: the pipeline, then the exchange over the broker."""
+    """``POST /v1/{service}/{operation}``: the pipeline, then the exchange over the broker;
+    in a ``gateway.request`` span when tracing is on (:mod:`bus.observe.tracing`)."""
+    if not tracing.enabled():
+        return await _call_operation(request)
+    attributes = {
+        "lgsp.service": request.match_info["service"],
+        "lgsp.operation": request.match_info["operation"],
+        "lgsp.correlation_id": request[CORRELATION_ID],
+    }
+    parent = request.headers.get("traceparent")
+    with tracing.span("gateway.request", "server", attributes, parent) as span:
+        try:
+            response = await _call_operation(request)
+        except BusError as exc:
+            tracing.set_attributes(span, {"lgsp.consumer": request[EXCHANGE].consumer})
+            tracing.outcome(span, exc.code, exc.status)
+            raise
+        tracing.set_attributes(span, {"lgsp.consumer": request[EXCHANGE].consumer})
+        tracing.outcome(span, "OK", response.status)
+        return response
+
+
+async def _call_operation(request: web.Request) -> web.Response:
     gateway, rt, exchange = request.app[GATEWAY], request[RUNTIME], request[EXCHANGE]
     req = await pipeline.run(request, gateway, rt, exchange)
     exchanged = functools.partial(_exchange, gateway, rt, exchange, req, request[CORRELATION_ID])
@@ -255,7 +278,7 @@ async def get_message(request: web.Request) -> web.Response:
     gateway, rt, exchange = request.app[GATEWAY], request[RUNTIME], request[EXCHANGE]
     consumer = pipeline.identify(request, rt).consumer
     exchange.consumer = consumer
-    gateway.limiter.check(consumer)
+    await gateway.limiter.admit(consumer)
     request_id = request.match_info["request_id"]
     if exchange_id(request_id) is None:
         raise InvalidRequest("not a request_id", code="INVALID_REQUEST_ID")
@@ -296,6 +319,7 @@ async def _background_ctx(app: web.Application) -> AsyncIterator[None]:
     await background.aclose(bound_s=gateway.config.gateway.shutdown_grace_s)
     if pruner is not None:
         await pruner
+    await gateway.limiter.aclose()
 
 
 async def list_services(request: web.Request) -> web.Response:

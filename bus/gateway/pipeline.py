@@ -45,6 +45,7 @@ from bus.gateway.runtime import Gateway, Runtime
 from bus.gateway.security import Identity
 from bus.gateway.server import peer_certificate
 from bus.logs import pii_of, remember_pii_here
+from bus.observe import tracing
 from bus.xroad import REQUEST_HASH, XRoadIdentity, request_hash
 
 __all__ = [
@@ -141,12 +142,12 @@ def identify(request: web.Request, rt: Runtime) -> Identity:
     return rt.auth.identify(request.headers.get("Authorization"), peer_certificate(request))
 
 
-def admit(request: web.Request, gateway: Gateway, rt: Runtime) -> Admitted:
+async def admit(request: web.Request, gateway: Gateway, rt: Runtime) -> Admitted:
     """Stage 1: room in flight, an authenticated consumer, within its rate limit."""
     if not request.get(ADMITTED, True):
         raise Overloaded("the gateway has too many requests in flight", retry_after=1.0)
     consumer = identify(request, rt).consumer
-    gateway.limiter.check(consumer)
+    await gateway.limiter.admit(consumer)
     return Admitted(consumer)
 
 
@@ -226,6 +227,7 @@ def envelope(request: web.Request, checked: Checked) -> Request:
         consumer=r.consumer,
         correlation_id=uuid.uuid4().hex,
         trace_id=request[CORRELATION_ID],
+        traceparent=tracing.traceparent() if tracing.enabled() else None,
         deadline=_deadline(request, r.op.timeout_s),
         body=_with_officer(v.model.model_dump(mode="json", exclude_none=True), checked.officer),
         officer=checked.officer,
@@ -234,7 +236,7 @@ def envelope(request: web.Request, checked: Checked) -> Request:
 
 async def run(request: web.Request, gateway: Gateway, rt: Runtime, exchange: Exchange) -> Request:
     """Every stage in order, each one's findings recorded onto ``exchange`` here."""
-    admitted = admit(request, gateway, rt)
+    admitted = await admit(request, gateway, rt)
     exchange.consumer = admitted.consumer
     routed = route(request, rt, admitted)
     exchange.service, exchange.operation = routed.service, routed.operation

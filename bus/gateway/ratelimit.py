@@ -5,11 +5,15 @@ requests at once and ``rate_per_s`` a second after that; one more gets ``429
 RATE_LIMITED`` with ``Retry-After`` (whole seconds, rounded up) and costs nothing.
 Consumers without a ``rate_limit`` are bounded only by the gateway's in-flight limit.
 
-The buckets live in this process: N gateway replicas behind a load balancer admit up to N
-times the configured rate. That is the chosen limit (no shared state between gateways);
-set the rate per replica accordingly. A config reload keeps every bucket's tokens (a
-changed limit keeps at most its new burst; a consumer new to the config starts full), so a
-reload never hands a consumer a fresh burst.
+By default the buckets live in this process: N gateway replicas behind a load balancer
+admit up to N times the configured rate. With ``gateway.rate_limit_backend: {kind: redis,
+url: …}`` every gateway spends from one bucket per consumer in Redis
+(:mod:`bus.gateway.sharedbuckets`), and the limit holds for all of them together; while
+Redis is unreachable each gateway falls back to its own bucket. ``/readyz`` says which
+decides (``rate_limit``). A config reload keeps every local bucket's tokens (a changed
+limit keeps at most its new burst; a consumer new to the config starts full), so a reload
+never hands a consumer a fresh burst; the backend itself is chosen at start (a reload that
+changes ``rate_limit_backend`` takes effect at the next restart).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from collections.abc import Callable
 
 from bus.config import RateLimit, RoutingConfig
 from bus.errors import RateLimited
+from bus.gateway.sharedbuckets import SharedBuckets, SharedBucketsDown
 
 __all__ = ["RateLimiter", "TokenBucket"]
 
@@ -72,6 +77,8 @@ class RateLimiter:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._clock = clock
+        self.shared: SharedBuckets | None = None
+        """The buckets in Redis, when ``gateway.rate_limit_backend`` is ``redis``."""
         self._buckets = {
             name: TokenBucket(limit.rate_per_s, limit.burst, clock)
             for name, limit in (limits or {}).items()
@@ -82,6 +89,7 @@ class RateLimiter:
         limit keeps its bucket, a changed one keeps its tokens (up to the new burst), a
         consumer new to the limits starts full, one without a limit now has no bucket."""
         fresh = RateLimiter(clock=self._clock)
+        fresh.shared = self.shared
         for name, consumer in config.consumers.items():
             limit = consumer.rate_limit
             if limit is None:
@@ -97,14 +105,56 @@ class RateLimiter:
 
     @classmethod
     def from_config(cls, config: RoutingConfig) -> RateLimiter:
-        """Buckets for the consumers that have a ``rate_limit``."""
-        return cls(
+        """Buckets for the consumers that have a ``rate_limit`` (and the Redis ones, when
+        the config's backend is ``redis``)."""
+        limiter = cls(
             {
                 name: consumer.rate_limit
                 for name, consumer in config.consumers.items()
                 if consumer.rate_limit is not None
             }
         )
+        backend = config.gateway.rate_limit_backend
+        if backend.kind == "redis":
+            limiter.shared = SharedBuckets(backend)
+        return limiter
+
+    async def admit(self, consumer: str) -> None:
+        """Like :meth:`check`, on the shared bucket when there is one (this process's bucket
+        while Redis is unreachable)."""
+        bucket = self._buckets.get(consumer)
+        if bucket is None:
+            return
+        if self.shared is None:
+            self.check(consumer)
+            return
+        try:
+            wait = await self.shared.take(consumer, bucket.rate, bucket.burst)
+        except SharedBucketsDown:
+            self.check(consumer)
+            return
+        if wait > 0:
+            raise RateLimited(
+                f"over this consumer's rate limit ({bucket.rate:g}/s, burst {bucket.burst}, "
+                "shared by every gateway)",
+                retry_after=wait,
+            )
+
+    def describe(self) -> dict[str, object]:
+        """``/readyz``'s ``rate_limit``: which backend is in force and whether it decides."""
+        if self.shared is None:
+            return {"backend": "process", "shared": False}
+        return {
+            "backend": "redis",
+            "shared": self.shared.shared,
+            "fallback": None if self.shared.shared else "process (redis unreachable)",
+            "redis_failures": self.shared.failures,
+        }
+
+    async def aclose(self) -> None:
+        """Close the Redis client, if any."""
+        if self.shared is not None:
+            await self.shared.aclose()
 
     def check(self, consumer: str) -> None:
         """Spend one of ``consumer``'s tokens or raise ``RateLimited`` (with ``retry_after``)."""

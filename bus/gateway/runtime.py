@@ -79,6 +79,12 @@ class Gateway:
     def __post_init__(self) -> None:
         self.limiter = RateLimiter.from_config(self.runtime.config)
         self.idle.set()
+        # /readyz and the console: which rate-limit backend decides (the limiter in force).
+        self.readiness.append(self.rate_limit_readiness)
+
+    def rate_limit_readiness(self) -> dict[str, Any]:
+        """``{"rate_limit": …}``: the backend in force and whether it decides now."""
+        return {"rate_limit": self.limiter.describe()}
 
     @property
     def config(self) -> RoutingConfig:

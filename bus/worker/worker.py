@@ -31,6 +31,8 @@ from bus.errors import (
     UpstreamTimeout,
 )
 from bus.logs import forget_pii, pii_of, remember_pii_here
+from bus.observe import tracing
+from bus.worker.redelivery import Redeliveries
 from bus.worker.resilience import Breakers, call_with_retry
 from bus.xroad import outbound_headers
 
@@ -85,6 +87,7 @@ class Worker:
         self._tasks: asyncio.TaskGroup | None = None
         self._stops: dict[str, asyncio.Event] = {}
         self._consumers: dict[str, asyncio.Task[None]] = {}
+        self.redeliveries = Redeliveries()
 
     def use_breakers(self, breakers: Breakers) -> None:
         """Put ``breakers`` in force (at start, and when a reload replaces them) and show
@@ -100,7 +103,29 @@ class Worker:
         return {"breakers": self.breakers.snapshot()}
 
     async def handle(self, req: Request) -> Reply:
-        """Serve one request; always returns a reply."""
+        """Serve one request; always returns a reply. A redelivery of a request this worker
+        answered (its ack was lost with a broker node) gets the same reply again, and one
+        of a request it is still serving waits for that: the upstream is called once."""
+        return await self.redeliveries.serve(
+            req, self._traced if tracing.enabled() else self._serve
+        )
+
+    async def _traced(self, req: Request) -> Reply:
+        """:meth:`_serve` in a ``worker.request`` span, a child of the gateway's."""
+        attributes = {
+            "lgsp.service": req.service,
+            "lgsp.operation": req.operation,
+            "lgsp.consumer": req.consumer,
+            "lgsp.correlation_id": req.trace_id,
+            "lgsp.attempt": req.attempt,
+        }
+        with tracing.span("worker.request", "consumer", attributes, req.traceparent) as span:
+            reply = await self._serve(req)
+            error = reply.error or {}
+            tracing.outcome(span, str(error.get("code", "OK")))
+            return reply
+
+    async def _serve(self, req: Request) -> Reply:
         structlog.contextvars.bind_contextvars(
             correlation_id=req.trace_id or req.request_id,
             service=req.service,
@@ -183,7 +208,7 @@ class Worker:
         op = svc.operations.get(req.operation) if svc is not None else None
         policy = op if op is not None else OperationConfig()
 
-        async def attempt(number: int, attempt_end: float) -> dict[str, Any]:
+        async def call(number: int, attempt_end: float) -> dict[str, Any]:
             try:
                 async with asyncio.timeout(attempt_end - time.time()):
                     return await adapter.call(
@@ -191,6 +216,24 @@ class Worker:
                     )
             except TimeoutError:
                 raise UpstreamTimeout("the upstream did not answer in time") from None
+
+        async def attempt(number: int, attempt_end: float) -> dict[str, Any]:
+            if not tracing.enabled():
+                return await call(number, attempt_end)
+            attributes = {
+                "lgsp.service": req.service,
+                "lgsp.operation": req.operation,
+                "lgsp.upstream": svc.upstream if svc is not None else None,
+                "lgsp.attempt": number,
+            }
+            with tracing.span("upstream.call", "client", attributes) as span:
+                try:
+                    body = await call(number, attempt_end)
+                except BusError as exc:
+                    tracing.outcome(span, exc.code)
+                    raise
+                tracing.outcome(span, "OK")
+                return body
 
         def on_retry(number: int, exc: BaseException) -> None:
             code = exc.code if isinstance(exc, BusError) else type(exc).__name__

@@ -5,6 +5,7 @@ also when interrupted. No timing assertions: only that the figures exist and are
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -181,3 +182,17 @@ def test_confirm_cost_measures_both_modes(rabbit_vhost: TestVhost) -> None:
     for line in lines:
         assert "µs/msg" in line
         assert float(line.split()[-2]) > 0  # msg/s
+
+
+def test_tracing_cost_measures_off_and_on() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.tracing_cost", "--requests", "100", "--rounds", "1"],
+        cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 2, proc.stdout
+    off, on = (float(v) for v in re.findall(r"(\d+\.\d+) µs/request", lines[0]))
+    assert off > 0
+    assert on > 0
+    assert lines[1].startswith("median ratio on/off ×")

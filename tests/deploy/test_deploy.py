@@ -132,7 +132,8 @@ def test_compose_commands_are_real_cli_commands(compose: dict[str, Any]) -> None
     assert len(roles["gateway"]) >= 2
     assert len(roles["worker"]) >= 2
     assert {"sim civil-status", "sim population"} <= set(roles)
-    required = {"rabbitmq", "postgres", "proxy", "prometheus", "grafana"}
+    required = {"rabbitmq-1", "rabbitmq-2", "rabbitmq-3", "postgres", "redis", "proxy"}
+    required |= {"prometheus", "grafana"}
     assert required <= set(compose["services"])
 
 
@@ -153,9 +154,10 @@ def test_compose_stack_is_consistent(compose: dict[str, Any]) -> None:
         assert int(svc["stop_grace_period"].rstrip("s")) > grace, name
         config = svc["environment"]["LGSP_CONFIG"]
         assert any(v.endswith(f":{config}:ro") for v in svc["volumes"])
-    rabbit = services["rabbitmq"]
-    assert "management" in rabbit["image"]
-    assert any(v.endswith("/etc/rabbitmq/definitions.json:ro") for v in rabbit["volumes"])
+    for node in ("rabbitmq-1", "rabbitmq-2", "rabbitmq-3"):
+        rabbit = services[node]
+        assert "management" in rabbit["image"]
+        assert any(v.endswith("/etc/rabbitmq/definitions.json:ro") for v in rabbit["volumes"])
     conf = (DEPLOY / "rabbitmq" / "rabbitmq.conf").read_text(encoding="utf-8")
     assert "load_definitions = /etc/rabbitmq/definitions.json" in conf
 

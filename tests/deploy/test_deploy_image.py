@@ -158,7 +158,9 @@ def test_build_stage_reads_the_containerfile() -> None:
     sources = {s for sources, _ in stage.copies for s in sources}
     assert {"pyproject.toml", "bus", "adapters"} <= sources
     assert stage.workdir == "/src"
-    assert stage.extras == "[fast]"
+    # uvloop, and what the deploy routings may turn on: the Redis rate-limit backend (the
+    # compose and k8s routings do) and tracing.
+    assert set(stage.extras.strip("[]").split(",")) == {"fast", "redis", "otel"}
 
 
 def test_the_context_ignore_file_keeps_what_the_build_copies() -> None:

@@ -1,6 +1,6 @@
 """deploy/k8s/networkpolicy.yaml, evaluated with Kubernetes' NetworkPolicy semantics (a
 pod selected by a policy of a direction allows only what one of those policies' rules
-allows): gateways reach RabbitMQ and the store only; workers reach RabbitMQ, the store and
+allows): gateways reach RabbitMQ, the store and Redis only; workers reach RabbitMQ, the store and
 the national DBs' egress range; both reach DNS; and nothing else, in or out. The peers
 come from the deployment's own files (the Secret's URLs, the routing's upstreams)."""
 
@@ -20,7 +20,15 @@ from tests.support.deploy import DEPLOY, K8S_ROUTING
 
 K8S = DEPLOY / "k8s"
 NAMESPACE = "lgsp-bus"
-DEFAULT_PORTS = {"https": 443, "http": 80, "amqps": 5671, "amqp": 5672, "postgresql": 5432}
+DEFAULT_PORTS = {
+    "https": 443,
+    "http": 80,
+    "amqps": 5671,
+    "amqp": 5672,
+    "postgresql": 5432,
+    "redis": 6379,
+    "rediss": 6380,
+}
 
 
 @dataclass(frozen=True)
@@ -105,16 +113,18 @@ def allowed(
     return False
 
 
-def secret_peers() -> dict[str, tuple[Peer, int]]:
-    """RabbitMQ and the store as secret.example.yaml addresses them (host.namespace)."""
+def secret_peers(*extra: tuple[str, str]) -> dict[str, tuple[Peer, int]]:
+    """RabbitMQ (each node of the cluster) and the store as secret.example.yaml addresses
+    them (``[pod.]service.namespace``); ``extra`` (key, pod name) pairs too."""
     (secret,) = load_all(K8S / "secret.example.yaml")
     out = {}
-    for key, name in (("amqp-url", "rabbitmq"), ("store-url", "postgresql")):
-        url = urlsplit(secret["stringData"][key])
-        assert url.hostname is not None
-        namespace = url.hostname.split(".")[1]
-        port = url.port or DEFAULT_PORTS[url.scheme]
-        out[key] = (Peer(namespace, {"app.kubernetes.io/name": name}), port)
+    for key, name in (("amqp-url", "rabbitmq"), ("store-url", "postgresql"), *extra):
+        for n, one in enumerate(secret["stringData"][key].split(",")):
+            url = urlsplit(one)
+            assert url.hostname is not None
+            namespace = url.hostname.split(".")[-1]
+            port = url.port or DEFAULT_PORTS[url.scheme]
+            out[f"{key}[{n}]"] = (Peer(namespace, {"app.kubernetes.io/name": name}), port)
     return out
 
 
@@ -150,9 +160,9 @@ def test_every_bus_pod_is_isolated_both_ways(policies: list[dict[str, Any]]) -> 
             ), f"{name}: no {direction} policy"
 
 
-def test_gateways_reach_rabbitmq_and_the_store_only(policies: list[dict[str, Any]]) -> None:
+def test_gateways_reach_rabbitmq_the_store_and_redis_only(policies: list[dict[str, Any]]) -> None:
     gateway = pods()["lgsp-gateway"]
-    for peer, port in secret_peers().values():
+    for peer, port in secret_peers(("redis-url", "redis")).values():
         assert allowed(policies, gateway, "Egress", peer, port, "TCP"), peer
         assert not allowed(policies, gateway, "Egress", peer, port + 1, "TCP")
     for port in upstream_ports():
@@ -169,6 +179,8 @@ def test_workers_reach_rabbitmq_the_store_and_the_national_dbs(
     worker = pods()["lgsp-worker"]
     for peer, port in secret_peers().values():
         assert allowed(policies, worker, "Egress", peer, port, "TCP"), peer
+    redis = secret_peers(("redis-url", "redis"))["redis-url[0]"]
+    assert not allowed(policies, worker, "Egress", *redis, "TCP")  # only gateways use it
     ports = upstream_ports()
     assert ports
     for port in ports:

@@ -68,7 +68,7 @@ def test_users_permissions_and_the_stack_url_agree() -> None:
         assert perm["user"] in users
         assert perm["vhost"] in vhosts
     compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text(encoding="utf-8"))
-    url = urlsplit(compose["x-lgsp-env"]["LGSP_AMQP_URL"])
+    url = urlsplit(compose["x-lgsp-env"]["LGSP_AMQP_URL"].split(",")[0])
     assert unquote(url.path.lstrip("/")) == VHOST
     user = users[url.username or ""]
     assert user["hashing_algorithm"] == "rabbit_password_hashing_sha256"

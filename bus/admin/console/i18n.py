@@ -60,6 +60,13 @@ _PAIRS: Final[dict[str, tuple[str, str]]] = {
     "ov.reachable": ("hoạt động", "reachable"),
     "ov.unreachable": ("không truy cập được", "unreachable"),
     "ov.audit": ("Ghi nhật ký kiểm toán", "Audit writer"),
+    "ov.rate_limit": ("Giới hạn tần suất", "Rate limits"),
+    "ov.rl_process": ("riêng từng cổng (mỗi tiến trình)", "per gateway process"),
+    "ov.rl_redis": ("chung mọi cổng (Redis)", "shared by every gateway (Redis)"),
+    "ov.rl_fallback": (
+        "Redis không truy cập được: tạm dùng giới hạn riêng từng cổng",
+        "Redis unreachable: per-process limits meanwhile",
+    ),
     "ov.backlog": ("chờ ghi", "backlog"),
     "ov.written": ("đã ghi", "written"),
     "ov.config": ("Cấu hình", "Config"),

@@ -88,6 +88,7 @@ async def overview(reloader: ConfigReloader, traffic: TrafficHistory) -> dict[st
         "broker": {"connected": bool(broker is not None and broker.ready)},
         "store": ready.get("store"),
         "audit": audit,
+        "rate_limit": ready.get("rate_limit"),
         "config": reloader.readiness()["config"],
         "generated_at": _when(datetime.now(UTC).timestamp()),
     }

@@ -1,4 +1,4 @@
-"""RabbitMQ broker over aio-pika: quorum queues, publisher confirms, direct reply-to.
+"""RabbitMQ broker over aio-pika: quorum queues, publisher confirms, replies, failover.
 
 Topology (declared from ``routing.yaml``): topic exchange ``lgsp.requests``; per service a
 durable quorum queue ``lgsp.svc.<service>`` bound to ``<service>.*`` with ``x-delivery-limit``,
@@ -16,13 +16,24 @@ the consuming channel keeps them safe; see ``_reply_and_ack``). The
 connection is robust: aio-pika re-declares the topology and re-registers the consumers —
 the service consumers and the reply consumer — after the broker comes back; requests
 in flight when the channel dropped fail at once with ``BROKER_UNAVAILABLE`` (their replies
-can no longer arrive) instead of hanging until the deadline.
+can no longer arrive) instead of hanging until the deadline; those already confirmed say
+``detail.queued`` (a worker may still serve them).
+
+Several URLs (``broker.urls``, or commas in ``LGSP_AMQP_URL``) are the nodes of one
+cluster: the connection fails over between them (:mod:`bus.broker.amqp.failover`). There the
+replies come back over an exclusive, auto-deleted queue ``lgsp.reply.<random>`` of this
+connection instead of direct reply-to: RabbitMQ 3.10 closes a worker's whole connection
+(``INTERNAL_ERROR``) when it replies to a direct reply-to address whose node has died —
+which every redelivery after a node loss would do — while a reply to a queue that no
+longer exists is simply dropped. The exclusive queue is re-declared on the new node when
+the connection fails over; one reply then costs the broker a queue hop more.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -35,13 +46,13 @@ import structlog
 from aio_pika.abc import (
     AbstractIncomingMessage,
     AbstractRobustChannel,
-    AbstractRobustConnection,
     AbstractRobustExchange,
     AbstractRobustQueue,
 )
 from pamqp.commands import Basic
 
 from bus.broker.amqp.deadletters import claim_dead_letters, copy_to_dlq, purge_dead_letters
+from bus.broker.amqp.failover import FailoverConnection, split_urls
 from bus.broker.base import (
     DLX,
     NULL_RECORDER,
@@ -73,6 +84,8 @@ log = structlog.get_logger("bus.broker.amqp.broker")
 REPLY_TO = "amq.rabbitmq.reply-to"
 _TRANSIENT, _PERSISTENT = 1, 2
 """AMQP delivery modes (``aio_pika.DeliveryMode``)."""
+_RENEW_EVERY_S = 1.0
+"""At most one renewal of the publishing channel after nacks per this many seconds."""
 _LAST_ERRORS = 1000
 """Handler errors remembered per message, for the dead letter's ``x-lgsp-last-error``."""
 
@@ -83,10 +96,15 @@ class AmqpBroker:
     def __init__(
         self, url: str, *, name: str = "lgsp-bus", recorder: BrokerRecorder = NULL_RECORDER
     ) -> None:
-        self._url = url
+        self._urls = split_urls(url)
+        if not self._urls:
+            raise ValueError("no AMQP URL given")
+        self._reply_to = REPLY_TO if len(self._urls) == 1 else f"lgsp.reply.{uuid.uuid4().hex}"
+        """Where workers send this process's replies: direct reply-to on one node; on a
+        cluster an exclusive queue of this connection (see the module docstring)."""
         self._name = name
         self._recorder = recorder
-        self._connection: AbstractRobustConnection | None = None
+        self._connection: FailoverConnection | None = None
         self._channel: AbstractRobustChannel | None = None
         self._exchange: AbstractRobustExchange | None = None
         self._pending: dict[str, asyncio.Future[Reply]] = {}
@@ -97,6 +115,8 @@ class AmqpBroker:
         """The worker side's channel for replies: without publisher confirms (see
         :meth:`_reply_and_ack`); opened by the first :meth:`serve`."""
         self._last_errors: OrderedDict[str, str] = OrderedDict()
+        self._renewing: asyncio.Future[None] | None = None
+        self._renewed_at = 0.0
 
     # -- connection ---------------------------------------------------------------------
 
@@ -105,15 +125,7 @@ class AmqpBroker:
         async with self._connect_lock:
             if self._connection is not None:
                 return
-            try:
-                connection = await aio_pika.connect_robust(
-                    self._url,
-                    client_properties={"connection_name": self._name},
-                    timeout=10,
-                    reconnect_interval=1,
-                )
-            except (aiormq.exceptions.AMQPError, OSError, TimeoutError) as exc:
-                raise BrokerUnavailable(f"cannot connect to RabbitMQ: {exc!r}") from exc
+            connection = await self._first_connection()
             self._connection = connection
             channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
             assert isinstance(channel, aio_pika.RobustChannel)
@@ -126,13 +138,43 @@ class AmqpBroker:
             assert isinstance(exchange, aio_pika.RobustExchange)
             self._exchange = exchange
             await channel.declare_exchange(DLX, aio_pika.ExchangeType.DIRECT, durable=True)
-            # Direct reply-to: consume the pseudo-queue (no-ack) on the channel we publish on.
-            # Declared through the robust channel so the consumer is restored on reconnect.
-            replies = await channel.declare_queue(REPLY_TO, passive=True)
+            # Consume the replies (no-ack) on the channel we publish on. Declared through
+            # the robust channel so the consumer is restored on reconnect (on another node).
+            if self._reply_to == REPLY_TO:
+                replies = await channel.declare_queue(REPLY_TO, passive=True)
+            else:
+                replies = await channel.declare_queue(
+                    self._reply_to,
+                    exclusive=True,
+                    auto_delete=True,
+                    arguments={"x-queue-type": "classic"},
+                )
             await replies.consume(self._on_reply, no_ack=True)
             self._reply_consumer_ready = True
-            log.info("broker.connected", url=_redact(self._url))
+            log.info("broker.connected", url=_redact(str(connection.node)), nodes=len(self._urls))
             self._recorder.broker_connection(True)
+
+    async def _first_connection(self) -> FailoverConnection:
+        """A robust connection to the first node that answers, tried in the list's order;
+        it fails over to the others later (:mod:`bus.broker.amqp.failover`)."""
+        failures: list[str] = []
+        for start in range(len(self._urls)):
+            nodes = self._urls[start:] + self._urls[:start]
+            try:
+                connection = await aio_pika.connect_robust(
+                    nodes[0],
+                    client_properties={"connection_name": self._name},
+                    timeout=10 if len(nodes) == 1 else 5,
+                    reconnect_interval=1,
+                    connection_class=FailoverConnection,
+                    nodes=nodes,
+                )
+            except (aiormq.exceptions.AMQPError, OSError, TimeoutError) as exc:
+                failures.append(f"{_redact(nodes[0])}: {exc!r}")
+                continue
+            assert isinstance(connection, FailoverConnection)
+            return connection
+        raise BrokerUnavailable(f"cannot connect to RabbitMQ: {'; '.join(failures)}")
 
     def _on_channel_lost(self, *_: Any) -> None:
         self._reply_consumer_ready = False
@@ -144,7 +186,9 @@ class AmqpBroker:
                 future.set_exception(
                     BrokerUnavailable(
                         "connection to the broker was lost while waiting for the reply; "
-                        "the request may or may not have been processed"
+                        "the request was queued and may still be processed: repeat it with "
+                        "the same request_id for its answer",
+                        detail={"queued": True},
                     )
                 )
 
@@ -223,7 +267,7 @@ class AmqpBroker:
             headers=dict(headers),
             delivery_mode=_PERSISTENT,
             correlation_id=correlation_id,
-            reply_to=REPLY_TO,
+            reply_to=self._reply_to,
             # Whole milliseconds, at least 1: RabbitMQ drops the message when it expires.
             expiration=str(max(1, round(remaining * 1000))),
             message_id=req.request_id,
@@ -244,6 +288,7 @@ class AmqpBroker:
                     nacked = isinstance(exc.frame, Basic.Nack)
                     self._recorder.publish_failed("nack" if nacked else "error")
                     if nacked:
+                        self._renew_after_nack()
                         raise Overloaded(
                             f"queue for {req.service} is full", retry_after=1.0
                         ) from exc
@@ -261,6 +306,31 @@ class AmqpBroker:
             raise DeadlineExceeded("no reply before the deadline") from None
         finally:
             self._pending.pop(correlation_id, None)
+
+    def _renew_after_nack(self) -> None:
+        """On a cluster, a nack may come from a publishing channel that RabbitMQ 3.10
+        leaves rejecting for good: one opened on a node while the quorum queue was
+        electing a new leader (after a node loss) nacks every later publish, while a new
+        channel is accepted at once. So after a nack the channel is closed and reopened
+        (its reply consumer with it), at most once per :data:`_RENEW_EVERY_S`; requests
+        waiting on it fail with ``BROKER_UNAVAILABLE`` (``detail.queued``)."""
+        now = time.monotonic()
+        if len(self._urls) < 2 or self._renewing is not None or now < self._renewed_at:
+            return
+        self._renewed_at = now + _RENEW_EVERY_S
+        self._renewing = asyncio.ensure_future(self._renew())
+
+    async def _renew(self) -> None:
+        channel = self._channel
+        try:
+            if channel is not None and not channel.is_closed:
+                log.warning("broker.publisher_renewed", reason="nack")
+                await channel.close()
+                await channel.reopen()
+        except (aiormq.exceptions.AMQPError, RuntimeError, ConnectionError) as exc:
+            log.warning("broker.publisher_renew_failed", error=repr(exc))
+        finally:
+            self._renewing = None
 
     # -- worker side --------------------------------------------------------------------
 

@@ -145,6 +145,7 @@ async def console(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> AsyncItera
             # What the process roles hand the console (bus/cli/roles.py).
             bus.reloader.handles.broker = bus.gateway.broker
             bus.reloader.handles.metrics = bus.metrics
+            bus.reloader.handles.readiness = bus.gateway.readiness  # as bus/cli/roles.py
             yield _Console(bus, sims, data, path)
 
 
@@ -207,6 +208,8 @@ async def test_each_role_may_do_its_part_only(console: _Console) -> None:
     for name, kind in (("console.css", "text/css"), ("console.js", "text/javascript")):
         async with console.bus.session.get(console.bus.url + f"admin/console/static/{name}") as r:
             assert (r.status, r.content_type) == (200, kind), await r.text()
+    status, overview = await console.api("viewer", "overview")
+    assert overview["rate_limit"] == {"backend": "process", "shared": False}  # which decides
     status, access = await console.api("viewer", "access")
     portal = next(c for c in access["consumers"] if c["consumer"] == "portal")
     assert portal["grants"] == [True]
