@@ -64,8 +64,8 @@ from bus.gateway.pipeline import (
 )
 from bus.gateway.reply import error_body, render_reply, replayed_fields
 from bus.gateway.runtime import GATEWAY, Gateway, Runtime
-from bus.observe import tracing
 from bus.gateway.xroad import ingress
+from bus.observe import tracing
 from bus.observe.health import add_metrics_route
 from bus.observe.metrics import Metrics
 
@@ -385,10 +385,7 @@ def build_app(gateway: Gateway) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/openapi.json", openapi)
-    app.router.add_post("/xroad", ingress.soap_call, name=_XROAD_SOAP)
-    r1 = "/r1/{instance}/{mclass}/{member}/{subsystem}/{code}"
-    app.router.add_post(r1, ingress.rest_call, name=_XROAD_REST)
-    app.router.add_get(r1, ingress.rest_meta)
+    ingress.add_routes(app, soap_name=_XROAD_SOAP, rest_name=_XROAD_REST)
     return app
 
 

@@ -44,7 +44,7 @@ async def serve(
     if not request.get(ADMITTED, True):
         raise Overloaded("the gateway has too many requests in flight", retry_after=1.0)
     exchange.consumer = consumer
-    gateway.limiter.check(consumer)
+    await gateway.limiter.admit(consumer)
     svc = rt.config.services.get(spec.service)
     op = svc.operations.get(spec.operation) if svc is not None else None
     if svc is None or op is None:  # config validation forbids it; a reload race at most

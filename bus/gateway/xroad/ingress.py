@@ -37,7 +37,7 @@ from bus.gateway.xroad.trust import caller_of, provider_of, require_trusted_peer
 from bus.gateway.xroad.wsdl import ENVELOPE_FIELDS, coerce
 from bus.xroad import CLIENT, XRoadIdentity, request_hash
 
-__all__ = ["SOAP_HEADERS", "rest_call", "rest_meta", "soap_call", "soap_error"]
+__all__ = ["SOAP_HEADERS", "add_routes", "rest_call", "rest_meta", "soap_call", "soap_error"]
 
 SOAP_HEADERS = web.RequestKey("xroad_soap_headers", tuple)
 """The X-Road header elements of a parsed SOAP request (echoed on a Fault too)."""
@@ -190,3 +190,11 @@ async def rest_meta(request: web.Request) -> web.Response:
         str(request.url.origin()),
     )
     return web.json_response(data, dumps=lambda v: orjson.dumps(v).decode())
+
+
+def add_routes(app: web.Application, *, soap_name: str, rest_name: str) -> None:
+    """The X-Road routes, named as the app's middlewares know them (observed calls)."""
+    app.router.add_post("/xroad", soap_call, name=soap_name)
+    r1 = "/r1/{instance}/{mclass}/{member}/{subsystem}/{code}"
+    app.router.add_post(r1, rest_call, name=rest_name)
+    app.router.add_get(r1, rest_meta)
