@@ -27,11 +27,12 @@ __all__ = [
     "AdapterKind",
     "CallContext",
     "Registry",
+    "answer_fields",
     "config_issues",
     "load_routing",
     "parse_routing",
     "registry",
-    "reply_fields",
+    "reply_models",
     "request_models",
 ]
 
@@ -95,6 +96,10 @@ class AdapterKind(Protocol):
 
     def request_model(self, service: ServiceConfig, operation: str) -> type[BaseModel]:
         """The pydantic model the gateway validates ``operation``'s request body with."""
+        ...
+
+    def reply_model(self, service: ServiceConfig, operation: str) -> type[BaseModel]:
+        """The model of ``operation``'s answer (its OpenAPI 200 schema)."""
         ...
 
     async def create(
@@ -164,7 +169,7 @@ def parse_routing(data: Mapping[str, Any], doc: YamlDocument | None = None) -> R
     return parse_config(data, doc, kinds=registry)
 
 
-def reply_fields(config: RoutingConfig) -> dict[tuple[str, str], tuple[str, ...]]:
+def answer_fields(config: RoutingConfig) -> dict[tuple[str, str], tuple[str, ...]]:
     """The answer fields each (service, operation) declares: the targets of a generic
     kind's ``response`` mapping (what an X-Road provider service's WSDL describes)."""
     out: dict[tuple[str, str], tuple[str, ...]] = {}
@@ -174,6 +179,18 @@ def reply_fields(config: RoutingConfig) -> dict[tuple[str, str], tuple[str, ...]
             if isinstance(response, Mapping):
                 out[(name, op)] = tuple(str(k) for k in response)
     return out
+
+
+def reply_models(config: RoutingConfig) -> dict[tuple[str, str], type[BaseModel]]:
+    """The model of each (service, operation)'s answer, for the gateway's OpenAPI document."""
+    models: dict[tuple[str, str], type[BaseModel]] = {}
+    for name, svc in config.services.items():
+        kind = registry.get(svc.adapter)
+        if kind is None:
+            raise ValueError(f"unknown adapter kind {svc.adapter!r}")
+        for op in svc.operations:
+            models[(name, op)] = kind.reply_model(svc, op)
+    return models
 
 
 def request_models(config: RoutingConfig) -> dict[tuple[str, str], type[BaseModel]]:

@@ -97,7 +97,7 @@ def rows() -> list[tuple[str, Callable[[], object]]]:
     rmodel = operation_model(rsvc, "lookup", ropts)
     rrequest: dict[str, Any] = {
         "request_id": "req-12345678",
-        "caller": {"officer_id": "001085000123"},
+        "caller": {"system_id": "motcua", "unit_code": "H01", "officer_id": "001085000123"},
         "purpose": {"procedure_code": "1.001", "dossier_id": "HS-1"},
         "subject": {"id_number": "001090012345"},
         "as_of": "2026-01-02",

@@ -81,7 +81,11 @@ def main() -> None:
     request = PopulationLookup.model_validate(
         {
             "request_id": "01J0000000000000000000000",
-            "caller": {"officer_id": "001085000123", "unit_code": "000.00.01.H01"},
+            "caller": {
+                "system_id": "motcua",
+                "unit_code": "000.00.01.H01",
+                "officer_id": "001085000123",
+            },
             "purpose": {"procedure_code": "1.001234", "dossier_id": "HS-1"},
             "subject": {
                 "id_type": "CCCD12",

@@ -2,14 +2,16 @@
 
     BusError
     ├── RequestError (4xx: the caller's request is wrong; retrying the same request never helps)
-    │   ├── InvalidRequest          400 INVALID_REQUEST / MALFORMED_JSON / UNKNOWN_FIELD …
-    │   ├── Unauthenticated         401 UNAUTHENTICATED
+    │   ├── InvalidRequest          400 INVALID_REQUEST / MALFORMED_JSON / DUPLICATE_KEY /
+    │   │                           UNKNOWN_FIELD / CALLER_REQUIRED / OFFICER_REQUIRED …
+    │   ├── Unauthenticated         401 UNAUTHENTICATED (with WWW-Authenticate: Bearer)
     │   ├── Forbidden               403 FORBIDDEN_OPERATION
     │   ├── NotFoundError           404 UNKNOWN_SERVICE / UNKNOWN_OPERATION / MESSAGE_NOT_FOUND
+    │   ├── MethodNotAllowed        405 METHOD_NOT_ALLOWED (with Allow)
     │   ├── Conflict                409 IDEMPOTENCY_CONFLICT
     │   ├── PayloadTooLarge         413 PAYLOAD_TOO_LARGE
     │   ├── UnsupportedMediaType    415 UNSUPPORTED_MEDIA_TYPE
-    │   └── RateLimited             429 RATE_LIMITED
+    │   └── RateLimited             429 RATE_LIMITED (Retry-After, RateLimit-*)
     ├── UpstreamError (the national DB failed us: 502/503/504)
     │   ├── UpstreamTimeout         504 UPSTREAM_TIMEOUT (retryable)
     │   ├── UpstreamUnavailable     503 UPSTREAM_UNAVAILABLE (retryable)
@@ -21,6 +23,8 @@
         ├── BrokerUnavailable       503 BROKER_UNAVAILABLE (retryable)
         ├── Overloaded              503 OVERLOADED (retryable)
         ├── DeadlineExceeded        504 DEADLINE_EXCEEDED (retryable)
+        ├── AuditUnavailable        503 AUDIT_UNAVAILABLE (retryable: a fail_closed route's
+        │                           record cannot be written, so nothing is fetched or answered)
         └── InternalError           500 INTERNAL_ERROR
 
 Library errors (aiohttp, aio-pika, zeep) are mapped into this tree at the boundary with
@@ -32,6 +36,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 __all__ = [
+    "AuditUnavailable",
     "BrokerUnavailable",
     "BusError",
     "BusUnavailable",
@@ -41,6 +46,7 @@ __all__ = [
     "Forbidden",
     "InternalError",
     "InvalidRequest",
+    "MethodNotAllowed",
     "NotFoundError",
     "Overloaded",
     "PayloadTooLarge",
@@ -64,6 +70,7 @@ class BusError(Exception):
     status: ClassVar[int] = 500
     default_code: ClassVar[str] = "INTERNAL_ERROR"
     retryable: ClassVar[bool] = False
+    default_headers: ClassVar[dict[str, str]] = {}
 
     def __init__(
         self,
@@ -72,12 +79,15 @@ class BusError(Exception):
         code: str | None = None,
         detail: dict[str, Any] | None = None,
         retry_after: float | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.code = code or self.default_code
         self.detail = detail or {}
         self.retry_after = retry_after
+        self.headers: dict[str, str] = {**self.default_headers, **(headers or {})}
+        """Response headers this error's answer carries (``Allow``, ``RateLimit-*`` …)."""
 
     def to_dict(self) -> dict[str, Any]:
         """The wire form of the error (``{"code", "message", "retryable"}`` plus detail)."""
@@ -107,6 +117,7 @@ class Unauthenticated(RequestError):
 
     status = 401
     default_code = "UNAUTHENTICATED"
+    default_headers: ClassVar[dict[str, str]] = {"WWW-Authenticate": 'Bearer realm="lgsp-bus"'}
 
 
 class Forbidden(RequestError):
@@ -121,6 +132,13 @@ class NotFoundError(RequestError):
 
     status = 404
     default_code = "NOT_FOUND"
+
+
+class MethodNotAllowed(RequestError):
+    """The endpoint exists, but not for this method (the ``Allow`` header lists those it has)."""
+
+    status = 405
+    default_code = "METHOD_NOT_ALLOWED"
 
 
 class Conflict(RequestError):
@@ -226,6 +244,16 @@ class DeadlineExceeded(BusUnavailable):
 
     status = 504
     default_code = "DEADLINE_EXCEEDED"
+
+
+class AuditUnavailable(BusUnavailable):
+    """A ``fail_closed`` route's audit record cannot be made durable: the request is refused
+    before any personal data is fetched (the store is known to be down), or its answer is
+    withheld (the record failed to commit)."""
+
+    status = 503
+    default_code = "AUDIT_UNAVAILABLE"
+    retryable = True
 
 
 class InternalError(BusUnavailable):

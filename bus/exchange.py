@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["Exchange", "ExchangeObserver"]
+__all__ = ["Exchange", "ExchangeGate", "ExchangeObserver"]
 
 
 @dataclass
@@ -50,4 +50,14 @@ class ExchangeObserver(Protocol):
 
     async def exchange_finished(self, exchange: Exchange) -> None:
         """Record ``exchange``; raising a ``BusError`` replaces the answer with that error."""
+        ...
+
+
+@runtime_checkable
+class ExchangeGate(Protocol):
+    """An observer that may refuse an exchange before anything is fetched for it (the audit
+    trail, when a ``fail_closed`` route's record could not be written)."""
+
+    async def exchange_starting(self, exchange: Exchange) -> None:
+        """Raise a ``BusError`` to refuse ``exchange`` (its service and operation are known)."""
         ...

@@ -17,6 +17,15 @@ dicts and lists too, exception text included), so a careless log call cannot lea
   accents — is masked;
 * Vietnamese full names in free text: a capitalised run of words starting with one of the
   common family names (Nguyễn, Trần, Lê …, with or without diacritics).
+
+Exchange ids are never altered, so the id a caller reports can be found with grep: under
+the id keys (:data:`ID_KEYS`: ``correlation_id``, ``request_id``, ``trace_id`` …) a
+value is masked only where it is an ID number as a whole (9 or 12 digits and nothing
+else) or holds an ID number of the request being served (those of its body,
+:func:`remember_pii`) — a caller who puts a CCCD into its ``request_id`` still gets it
+masked — and never for any other run of digits (``trace-123456789-abc`` stays as it is).
+The ids the bus generates itself (:func:`bus.canonical.new_id`) contain no run of nine
+digits or more, so no rule can match them, wherever they appear.
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ import orjson
 import structlog
 
 __all__ = [
+    "ID_KEYS",
     "NAME_KEYS",
     "PERSONAL_KEYS",
     "configure",
@@ -295,6 +305,23 @@ PERSONAL_KEYS = re.compile(r"birth|address|residence|id_number|personal_id|phone
 names — dates of birth, addresses, ID numbers, contacts: masked whole (``***``)."""
 
 
+ID_KEYS = frozenset(
+    {"correlation_id", "request_id", "trace_id", "message_id", "dead_id", "x-request-id"}
+)
+"""Keys whose values are exchange ids: only the request's own ID numbers are masked there."""
+
+
+def _mask_exchange_id(value: str) -> str:
+    if _ID_RE.fullmatch(value):  # nothing but an ID number: indistinguishable from one
+        return mask_id(value)
+    known = _KNOWN.get()
+    if known is not None:
+        for number, masked in known.id_masks:
+            if number in value:
+                value = value.replace(number, masked)
+    return value
+
+
 def mask_value(value: Any, key: str = "", *, whole_names: bool = False) -> Any:
     """``value`` (any JSON-like structure) with its personal data masked: the one masker of
     logs and of dead letters shown to operators. Under a name key (:data:`NAME_KEYS`) a
@@ -303,6 +330,8 @@ def mask_value(value: Any, key: str = "", *, whole_names: bool = False) -> Any:
     if type(value) in _PLAIN:
         return value
     if isinstance(value, str):
+        if key in ID_KEYS:
+            return _mask_exchange_id(value)
         if key and _is_name_key(key):
             return "***" if whole_names else mask_name(value)
         if key and _is_personal_key(key):
@@ -363,6 +392,29 @@ def mask_pii(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMa
     return event_dict
 
 
+class _NamedPrintLogger(structlog.PrintLogger):
+    """A :class:`structlog.PrintLogger` that knows its name (``structlog.get_logger(name)``)."""
+
+    def __init__(self, file: Any, name: str) -> None:
+        super().__init__(file)
+        self.name = name
+
+
+class _NamedPrintLoggerFactory:
+    """Logger factory: lines of ``structlog.get_logger("bus.x")`` carry ``"logger": "bus.x"``."""
+
+    def __init__(self, file: Any) -> None:
+        self._file = file
+
+    def __call__(self, *args: Any) -> _NamedPrintLogger:
+        return _NamedPrintLogger(self._file, str(args[0]) if args else "lgsp-bus")
+
+
+QUIET_LIBRARIES = {"watchfiles": logging.WARNING}
+"""Libraries whose info lines are chatter, not events: logged from this level only
+(watchfiles says "1 change detected" for every file event it sees)."""
+
+
 class _StdlibHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Marks the handler :func:`configure` adds, so a second call replaces it."""
 
@@ -391,6 +443,7 @@ def configure(
         renderer = structlog.dev.ConsoleRenderer(colors=False)
     numeric = logging.getLevelNamesMapping()[level.upper()]
     shared: list[Any] = [
+        structlog.stdlib.add_logger_name,  # structlog's name, or the stdlib record's
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
@@ -403,7 +456,7 @@ def configure(
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(out),
+        logger_factory=_NamedPrintLoggerFactory(out),
         cache_logger_on_first_use=cache,
     )
     handler = _StdlibHandler(out)
@@ -424,6 +477,8 @@ def configure(
     root.addHandler(handler)
     # Library debug output (aio-pika frames …) would drown ours: stdlib stays at info or above.
     root.setLevel(max(numeric, logging.INFO))
+    for name, quiet in QUIET_LIBRARIES.items():
+        logging.getLogger(name).setLevel(max(numeric, quiet))
 
 
 def reset() -> None:

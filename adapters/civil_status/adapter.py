@@ -227,6 +227,11 @@ class CivilStatusKind:
             )
         return CivilStatusLookup
 
+    def reply_model(self, service: ServiceConfig, operation: str) -> type[BaseModel]:
+        """:class:`CivilStatusLookupResult` for ``lookup``."""
+        self.request_model(service, operation)  # the same unknown-operation error
+        return CivilStatusLookupResult
+
     async def create(
         self, service_name: str, service: ServiceConfig, upstream: UpstreamConfig
     ) -> CivilStatusAdapter:

@@ -21,6 +21,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    create_model,
     model_validator,
 )
 
@@ -267,6 +268,23 @@ def answer(found: bool, source: str, mapped: Mapping[str, Any] | None = None) ->
     if found and mapped:
         out.update(jsonable(dict(mapped)))
     return out
+
+
+def answer_model(
+    service: ServiceConfig, operation: str, options: OperationMapping
+) -> type[BaseModel]:
+    """The answer's model (:func:`answer`): ``status``, ``source`` and each top-level target
+    of the declared ``response`` rules (their types are the upstream's, so left open)."""
+    targets = sorted({re.split(r"[.\[]", target, maxsplit=1)[0] for target in options.response})
+    fields: dict[str, Any] = {
+        "status": (Literal["FOUND", "NOT_FOUND"], ...),
+        "source": (str, ...),
+        **{name: (Any, None) for name in targets if name not in ("status", "source")},
+    }
+    name = "".join(
+        p[:1].upper() + p[1:] for p in re.split(r"[-_]", f"{service.upstream}-{operation}")
+    )
+    return create_model(f"{name}Answer", **fields)
 
 
 def operation_model(

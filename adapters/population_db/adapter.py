@@ -28,6 +28,7 @@ from adapters.population_db.models import (
     PopulationVerify,
     ServiceOptions,
     model_for,
+    reply_for,
 )
 from bus.canonical import validation_error
 from bus.config import ServiceConfig, UpstreamConfig
@@ -146,6 +147,10 @@ class PopulationDbKind:
     def request_model(self, service: ServiceConfig, operation: str) -> type[BaseModel]:
         """:class:`PopulationLookup` or :class:`PopulationVerify`, by the C06 operation."""
         return _routes(service)[operation].model
+
+    def reply_model(self, service: ServiceConfig, operation: str) -> type[BaseModel]:
+        """The answer's model, by the C06 operation."""
+        return reply_for(_routes(service)[operation].c06_operation)
 
     async def create(
         self, service_name: str, service: ServiceConfig, upstream: UpstreamConfig

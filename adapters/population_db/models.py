@@ -9,7 +9,7 @@ gateway, with the shared validators of :mod:`bus.validation`; the worker validat
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
@@ -155,3 +155,38 @@ class OperationOptions(_Options):
 def model_for(c06_operation: str) -> type[PopulationLookup] | type[PopulationVerify]:
     """The canonical request model of a C06 operation."""
     return PopulationLookup if c06_operation == TRA_CUU else PopulationVerify
+
+
+class PopulationStatus(StrEnum):
+    """What a population answer says about the subject asked for."""
+
+    FOUND = "FOUND"
+    NOT_FOUND = "NOT_FOUND"
+    MISMATCH = "MISMATCH"
+
+
+class PopulationLookupReply(BaseModel):
+    """The answer to :class:`PopulationLookup` (``mapping.lookup_reply``)."""
+
+    status: PopulationStatus
+    source: str
+    data_as_of: str | None = None
+    citizen: dict[str, Any] | None = Field(
+        None, description="the asked-for fields of the record (FOUND only)"
+    )
+    mismatch: list[str] | None = Field(
+        None, description="names of the fields that disagree with the record (MISMATCH only)"
+    )
+
+
+class PopulationVerifyReply(BaseModel):
+    """The answer to :class:`PopulationVerify` (``mapping.verify_reply``)."""
+
+    status: Literal["FOUND", "NOT_FOUND"]
+    verified: bool
+    source: str
+
+
+def reply_for(c06_operation: str) -> type[PopulationLookupReply] | type[PopulationVerifyReply]:
+    """The canonical answer model of a C06 operation."""
+    return PopulationLookupReply if c06_operation == TRA_CUU else PopulationVerifyReply

@@ -56,6 +56,7 @@ from adapters.generic.shared import (
     OperationMapping,
     ServiceMapping,
     answer,
+    answer_model,
     app_status_error,
     config_issues,
     header_problems,
@@ -314,6 +315,11 @@ class RestKind:
         """The strict model of the operation's declared ``fields``."""
         opts = RestOperationOptions.model_validate(service.operations[operation].options)
         return operation_model(service, operation, opts)
+
+    def reply_model(self, service: ServiceConfig, operation: str) -> type[BaseModel]:
+        """The answer's model: ``status``, ``source`` and the declared ``response`` targets."""
+        opts = RestOperationOptions.model_validate(service.operations[operation].options)
+        return answer_model(service, operation, opts)
 
     async def create(
         self, service_name: str, service: ServiceConfig, upstream: UpstreamConfig

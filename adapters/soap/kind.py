@@ -46,6 +46,7 @@ from adapters.common.soap import SoapCodec, SoapFault, WsdlError
 from adapters.generic.mapping import apply_rules
 from adapters.generic.shared import (
     answer,
+    answer_model,
     app_status_error,
     config_issues,
     is_not_found,
@@ -201,6 +202,11 @@ class SoapKind:
         """The strict model of the operation's declared ``fields``."""
         opts = SoapOperationOptions.model_validate(service.operations[operation].options)
         return operation_model(service, operation, opts)
+
+    def reply_model(self, service: ServiceConfig, operation: str) -> type[BaseModel]:
+        """The answer's model: ``status``, ``source`` and the declared ``response`` targets."""
+        opts = SoapOperationOptions.model_validate(service.operations[operation].options)
+        return answer_model(service, operation, opts)
 
     async def create(
         self, service_name: str, service: ServiceConfig, upstream: UpstreamConfig

@@ -131,7 +131,9 @@ def build_admin_app(reloader: ConfigReloader) -> web.Application:
 @asynccontextmanager
 async def serve_admin(reloader: ConfigReloader, host: str, port: int) -> AsyncIterator[str]:
     """Serve ``/admin/*`` on host:port until the block ends; yields its URL."""
-    async with http_site(build_admin_app(reloader), host, port, shutdown_timeout=5) as site:
+    async with http_site(
+        build_admin_app(reloader), host, port, shutdown_timeout=5, setting="admin.host/admin.port"
+    ) as site:
         url = f"http://{host}:{bound_port(site)}/"
         log.info("admin.listening", url=url)
         reloader.admin_urls.append(url)

@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any, Protocol
@@ -36,6 +35,7 @@ import orjson
 import structlog
 
 from bus.broker.deadletters import ClaimedLetter, DeadLetter, DeadLetterQueue
+from bus.canonical import new_id
 from bus.config import RoutingConfig
 from bus.envelope import DecodeError, Reply, Request, decode_request
 from bus.errors import BusError, DeadlineExceeded
@@ -162,7 +162,7 @@ async def _replay_one(
         return Replayed(letter.id, letter.request_id, "NOT_REPLAYABLE", False)
     req = dataclasses.replace(
         old,
-        correlation_id=uuid.uuid4().hex,
+        correlation_id=new_id(),
         deadline=time.time() + timeout_s(old.operation),
         attempt=old.attempt + 1,
     )

@@ -20,6 +20,8 @@ logs may be sampled, records are not.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -36,12 +38,14 @@ from bus.store.base import ChainHead, Store
 
 __all__ = [
     "LEASE_S",
+    "STORE_FRESH_S",
     "AuditKeyError",
     "AuditObserver",
     "AuditRecorder",
     "AuditUnavailable",
     "Auditor",
     "ChainReport",
+    "StoreProbe",
     "audit_policy",
     "audit_trail",
     "exchange_entry",
@@ -87,19 +91,69 @@ def load_subject_key(config: RoutingConfig) -> bytes | None:
     return key.encode("utf-8")
 
 
+STORE_FRESH_S = 1.0
+"""How long a store answer (a commit, a lease renewal, a ping) vouches for the store: a
+``fail_closed`` request after that pings it first (one ping shared by concurrent requests)."""
+
+
+class StoreProbe:
+    """Whether the audit store can be expected to take a durable record now: the writer is
+    not failing and the store answered within :data:`STORE_FRESH_S` (else it is pinged)."""
+
+    def __init__(self, auditor: Auditor) -> None:
+        self.auditor = auditor
+        self._ping: asyncio.Future[bool] | None = None
+
+    async def check(self) -> None:
+        """Raise :class:`AuditUnavailable` if a durable record could not be written."""
+        auditor = self.auditor
+        if auditor.failing:
+            raise AuditUnavailable("the audit store is failing; try again later", retry_after=1.0)
+        if auditor.store_ok and time.monotonic() - auditor.store_checked <= STORE_FRESH_S:
+            return
+        if self._ping is None or self._ping.done():
+            self._ping = asyncio.ensure_future(self._probe())
+        if not await asyncio.shield(self._ping):
+            raise AuditUnavailable(
+                "the audit store is unreachable; try again later", retry_after=1.0
+            )
+
+    async def _probe(self) -> bool:
+        auditor = self.auditor
+        try:
+            async with asyncio.timeout(auditor.settings.commit_timeout_s):
+                ok = await auditor.store.ping()
+        except Exception:  # a driver's own error, or the timeout: not reachable
+            ok = False
+        auditor.store_ok, auditor.store_checked = ok, time.monotonic()
+        if not ok:
+            log.warning("audit.store_unreachable", backend=getattr(auditor.store, "backend", "?"))
+        return ok
+
+
 class AuditObserver:
-    """The gateway's :class:`~bus.exchange.ExchangeObserver` writing one record per exchange.
+    """The gateway's :class:`~bus.exchange.ExchangeObserver` writing one record per exchange,
+    and its :class:`~bus.exchange.ExchangeGate`: a ``fail_closed`` route is refused with
+    ``503 AUDIT_UNAVAILABLE`` before anything is fetched when the store is known to be down.
 
     Holds the config for per-route policies: on a config reload build a new one over the
     same auditor (:meth:`with_config`)."""
 
-    def __init__(self, auditor: Auditor, config: RoutingConfig) -> None:
+    def __init__(
+        self, auditor: Auditor, config: RoutingConfig, probe: StoreProbe | None = None
+    ) -> None:
         self.auditor = auditor
         self.config = config
+        self.probe = probe or StoreProbe(auditor)
 
     def with_config(self, config: RoutingConfig) -> AuditObserver:
-        """The same auditor under a new config."""
-        return AuditObserver(self.auditor, config)
+        """The same auditor (and store probe) under a new config."""
+        return AuditObserver(self.auditor, config, self.probe)
+
+    async def exchange_starting(self, exchange: Exchange) -> None:
+        """Refuse a ``fail_closed`` exchange whose record could not be written."""
+        if audit_policy(self.config, exchange.service) == "fail_closed":
+            await self.probe.check()
 
     async def exchange_finished(self, exchange: Exchange) -> None:
         """Record the exchange under its route's policy."""

@@ -31,7 +31,7 @@ import structlog
 
 from bus.audit.chain import AuditEntry, key_fingerprint, nfc, seal, subject_key
 from bus.config import AuditSettings
-from bus.errors import BusUnavailable
+from bus.errors import AuditUnavailable
 from bus.store.base import AuditRecord, ChainConflict, ChainHead, Store
 
 __all__ = ["LEASE_S", "OPEN_LINGER_S", "AuditRecorder", "AuditUnavailable", "Auditor"]
@@ -54,12 +54,6 @@ class AuditRecorder(Protocol):
     def audit_write_failed(self) -> None:
         """A write failed (its records stay in the backlog)."""
         ...
-
-
-class AuditUnavailable(BusUnavailable):
-    """The audit record could not be made durable, so the answer is withheld."""
-
-    default_code = "AUDIT_UNAVAILABLE"
 
 
 @dataclass(slots=True)
@@ -110,6 +104,11 @@ class Auditor:
     def chain(self) -> str | None:
         """The chain this process writes (once started)."""
         return self._head.chain if self._head is not None else None
+
+    @property
+    def failing(self) -> bool:
+        """The last commit failed (the writer is retrying): durable records are refused."""
+        return self._failing
 
     @property
     def backlog(self) -> int:

@@ -11,6 +11,11 @@ Contract (checked by ``tests/test_broker_contract.py`` against every implementat
   message that cannot be decoded, or whose handler raised ``delivery_limit`` times, is
   dead-lettered to ``lgsp.dlq.<service>``. When ``stop`` is set it stops taking messages,
   finishes those in flight (unfinished ones return to the queue) and returns.
+
+Topology: queues are declared with immutable arguments only (:func:`queue_arguments`); the
+settings an operator changes (``broker.delivery_limit``, ``max_queue_length``,
+``dlq_ttl_s``) are RabbitMQ policies (:func:`queue_policies`), which a running queue takes
+on without being re-created.
 """
 
 from __future__ import annotations
@@ -29,10 +34,13 @@ __all__ = [
     "Broker",
     "BrokerRecorder",
     "Handler",
+    "QueuePolicy",
     "QueueSpec",
+    "TopologyConflict",
     "amqp_address",
     "dlq_arguments",
     "queue_arguments",
+    "queue_policies",
     "queue_specs",
 ]
 
@@ -71,12 +79,13 @@ def _replicas(spec: QueueSpec) -> dict[str, Any]:
 
 
 def queue_arguments(spec: QueueSpec) -> dict[str, Any]:
-    """Arguments of the service's work queue (``deploy/rabbitmq/definitions.json`` matches)."""
+    """Arguments declared on the service's work queue: only what never changes — the queue
+    type and where dead letters go (the fixed ``lgsp.dlx``, routed by the service's name;
+    RabbitMQ accepts a dead-letter routing key argument only beside its exchange). Every
+    setting of ``broker.*`` lives in the policy :data:`WORK_POLICY` (:func:`queue_policies`),
+    so changing one never makes a declaration conflict with the queue that exists."""
     return {
         "x-queue-type": "quorum",
-        "x-delivery-limit": spec.delivery_limit,
-        "x-max-length": spec.max_length,
-        "x-overflow": "reject-publish",
         "x-dead-letter-exchange": DLX,
         "x-dead-letter-routing-key": spec.service,
         **_replicas(spec),
@@ -84,8 +93,47 @@ def queue_arguments(spec: QueueSpec) -> dict[str, Any]:
 
 
 def dlq_arguments(spec: QueueSpec) -> dict[str, Any]:
-    """Arguments of the service's dead-letter queue."""
-    return {"x-queue-type": "quorum", "x-message-ttl": spec.dlq_ttl_s * 1000, **_replicas(spec)}
+    """Arguments declared on the service's dead-letter queue (its TTL is in a policy)."""
+    return {"x-queue-type": "quorum", **_replicas(spec)}
+
+
+WORK_POLICY = "lgsp-work-queues"
+DLQ_POLICY = "lgsp-dead-letter-queues"
+
+
+@dataclass(frozen=True, slots=True)
+class QueuePolicy:
+    """A RabbitMQ policy over one family of the bus's queues (vhost-wide)."""
+
+    name: str
+    pattern: str
+    definition: dict[str, Any]
+    priority: int = 0
+    apply_to: str = "queues"
+
+
+def queue_policies(spec: QueueSpec) -> list[QueuePolicy]:
+    """The policies carrying ``broker.*`` (the same for every service of a config): the
+    work queues' delivery limit, length bound, overflow and dead-lettering, the DLQs' TTL.
+    ``deploy/rabbitmq/definitions.json`` carries the same, by the same names."""
+    return [
+        QueuePolicy(
+            WORK_POLICY,
+            r"^lgsp\.svc\.",
+            {
+                "dead-letter-exchange": DLX,
+                "delivery-limit": spec.delivery_limit,
+                "max-length": spec.max_length,
+                "overflow": "reject-publish",
+            },
+        ),
+        QueuePolicy(DLQ_POLICY, r"^lgsp\.dlq\.", {"message-ttl": spec.dlq_ttl_s * 1000}),
+    ]
+
+
+class TopologyConflict(Exception):
+    """A queue exists with arguments the bus no longer declares (a one-line message that
+    says what differs and how to migrate)."""
 
 
 def queue_specs(config: RoutingConfig) -> list[QueueSpec]:

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import hashlib
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+from bus.canonical import new_id
 from bus.logs import mask_pii
 
 __all__ = [
@@ -144,7 +144,7 @@ def dead_letter_headers(
             _H + "dead-attempts": attempts,
             _H + "last-error": scrub_error(error),
             _H + "dead-at": round((time.time() if now is None else now) * 1000),
-            _H + "dead-id": uuid.uuid4().hex,
+            _H + "dead-id": new_id(),
         }
     )
     return out

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -28,6 +27,7 @@ from bus.broker.deadletters import (
     dead_letter_from,
     dead_letter_headers,
 )
+from bus.canonical import new_id
 from bus.envelope import (
     DecodeError,
     Reply,
@@ -114,7 +114,7 @@ class MemoryBroker:
         if remaining <= 0:
             raise DeadlineExceeded("deadline passed before the request was sent")
         body, headers = encode_request(req)
-        correlation_id = req.correlation_id or uuid.uuid4().hex
+        correlation_id = req.correlation_id or new_id()
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._pending[correlation_id] = future
         try:

@@ -25,6 +25,7 @@ from bus.audit.chain import PRUNE_ACTION, Pin
 from bus.audit.evidence import evidence_bundle, record_json, show_time
 from bus.audit.observer import (
     AuditKeyError,
+    Auditor,
     ChainReport,
     load_subject_key,
     open_auditor,
@@ -204,7 +205,9 @@ def _export(args: argparse.Namespace) -> int:
             print(f"audit export: no record of request {args.request_id}", file=sys.stderr)
             return 1
         records = bundle["evidence"]
-        async with open_auditor(config, store) as auditor:
+        # An export names a request, not a citizen: its record needs no subject key, so the
+        # export runs without LGSP_AUDIT_KEY.
+        async with Auditor(store, node=config.node, key=None, settings=config.audit) as auditor:
             await auditor.admin_action(
                 "audit.export", args.actor, {"request_id": args.request_id, "records": len(records)}
             )

@@ -24,7 +24,6 @@ from bus.admin.deadletters import (
     replay,
     summary,
 )
-from bus.admin.deadletters import __doc__ as dlq_doc
 from bus.audit.observer import audit_trail
 from bus.broker import amqp_address
 from bus.broker.amqp.broker import AmqpBroker
@@ -37,6 +36,30 @@ from bus.store.base import Store
 __all__ = ["register"]
 
 log = structlog.get_logger("bus.admin.deadletters")
+
+DESCRIPTION = """\
+What is in the dead-letter queues lgsp.dlq.<service>, and why.
+
+Dead letters are requests that could not be decoded (rejected), were delivered too often
+without an answer (delivery_limit) or waited past their deadline (expired); they stay
+broker.dlq_ttl_s (default 14 days).
+
+  list                         id, reason, attempts, when, operation, request id, calling
+                               system and last error of each dead letter
+  show ID [--reveal]           one dead letter's headers and body; names, addresses, dates
+                               of birth and ID numbers masked unless --reveal
+  replay ID...|--all|--reason R
+                               publish again with a fresh deadline (the operation's timeout
+                               or --timeout-s) and wait for the answer; an async-mode caller
+                               finds it at GET /v1/messages/{id}; undecodable letters cannot
+                               be replayed (purge them)
+  purge ID...|--all|--reason R delete for good
+
+show, replay and purge are recorded in the audit trail (actor: --actor) before they act,
+and refused if that record cannot be written. Needs LGSP_AMQP_URL (the in-memory broker of
+'lgsp-bus run' keeps its DLQ inside its own process). Exit codes: 0 done, 1 letters not
+found or not replayed, 2 bad arguments or nothing reachable.
+"""
 
 # -- the command ----------------------------------------------------------------------------
 
@@ -234,7 +257,7 @@ def register(sub: Any) -> None:
     dlq = sub.add_parser(
         "dlq",
         help="list, show, replay and purge dead letters (needs LGSP_AMQP_URL)",
-        description=dlq_doc,
+        description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     dsub = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")

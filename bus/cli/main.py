@@ -23,15 +23,69 @@ COMMAND_MODULES = ("bus.cli.config", "bus.cli.audit", "bus.cli.probe", "bus.cli.
 """Modules with a ``register(subparsers)`` function adding an operator command group."""
 
 
+ENVIRONMENT = """\
+environment:
+  LGSP_CONFIG            routing file (default ./routing.yaml, else the shipped one)
+  LGSP_AMQP_URL          RabbitMQ, amqp://user:pass@host:5672/vhost (run: in-memory without)
+  LGSP_AMQP_MANAGEMENT_URL  RabbitMQ management API for the queue policies
+                         (default http://<AMQP host>:15672; "none": policies come from
+                         definitions.json)
+  LGSP_STORE_URL         idempotent answers and audit trail: sqlite:///PATH (default
+                         ./lgsp-bus.sqlite3) or postgresql://user:pass@host/db
+  LGSP_AUDIT_KEY         audit subject key, >= 16 characters (routing.yaml: env:LGSP_AUDIT_KEY)
+  LGSP_DEMO_API_KEY      the demo consumer's key (run: random when unset)
+  LGSP_SIM_CIVIL_STATUS_TOKEN, LGSP_SIM_POPULATION_SECRET
+                         the simulators' credentials (run: random when unset)
+  LGSP_SIM_CIVIL_STATUS_PORT, LGSP_SIM_POPULATION_PORT
+                         run: the simulators' ports (as --civil-status-sim-port …)
+"""
+
+
 def _serve(main: Coroutine[Any, Any, None]) -> int:
+    from bus.broker.base import TopologyConflict
+    from bus.gateway.server import PortInUse
+
     try:
         import uvloop
 
         runner: Any = uvloop.run
     except ImportError:
         runner = asyncio.run
-    runner(main)
-    return 0
+    code = 0
+    try:
+        runner(main)
+    except* (PortInUse, TopologyConflict) as refused:  # inside a task group, or not
+        print(f"lgsp-bus: {refused.exceptions[0]}", file=sys.stderr)
+        code = 2
+    return code
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("lgsp-bus")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _sim_ports(args: argparse.Namespace) -> dict[str, int]:
+    from bus.cli.roles import SIM_PORT_ENV
+
+    ports: dict[str, int] = {}
+    for kind, env in SIM_PORT_ENV.items():
+        value = getattr(args, kind.replace("-", "_") + "_sim_port", None) or os.environ.get(env)
+        if value is None:
+            continue
+        try:
+            port = int(value)
+        except ValueError:
+            port = -1
+        if not 1 <= port <= 65535:
+            print(f"lgsp-bus run: {env} must be a port, 1..65535", file=sys.stderr)
+            raise SystemExit(2)
+        ports[kind] = port
+    return ports
 
 
 async def _with_signals(role: str, args: argparse.Namespace) -> None:
@@ -67,9 +121,15 @@ async def _serve_role(role: str, args: argparse.Namespace, config: RoutingConfig
     metrics = Metrics(role="all" if role == "run" else role)
     amqp_url = amqp_address(config, os.environ)
     if role == "run":
+        ports = _sim_ports(args)
+
+        def adjust(loaded: RoutingConfig) -> RoutingConfig:
+            return runner.with_sim_ports(loaded, ports) if ports else loaded
+
+        config = adjust(config)
         check_audit_key(config, role)
         print(f"lgsp-bus: broker {'RabbitMQ' if amqp_url else 'in-memory (embedded)'}")
-        async with reloading(args, config, metrics) as reloader:  # SIGHUP, file, /admin
+        async with reloading(args, config, metrics, adjust) as reloader:  # SIGHUP, file, /admin
             await runner.run_all(
                 config,
                 amqp_url=amqp_url,
@@ -126,7 +186,8 @@ def _announce_demo(host: str, port: int) -> None:
         f"  curl -s http://{host}:{port}/v1/civil-status/lookup \\\n"
         f"    -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\\n"
         '    -d \'{"request_id": "demo-0001-birth", "record_type": "BIRTH",\n'
-        '         "caller": {"unit_code": "H01", "officer_id": "001085000123"},\n'
+        '         "caller": {"system_id": "motcua", "unit_code": "H01",\n'
+        '                    "officer_id": "001085000123"},\n'
         '         "purpose": {"procedure_code": "1.001234", "dossier_id": "HS-2026-0001",\n'
         '                     "legal_basis": "LEGAL_DUTY"},\n'
         '         "by_registration": {"authority_code": "00001", "number": "1"}}\'\n'
@@ -167,7 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="lgsp-bus",
         description="Provincial data-exchange bus: HTTP gateway → RabbitMQ → adapter workers "
         "→ national databases (C06 population SOAP, MOJ civil-status REST).",
+        epilog=ENVIRONMENT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"lgsp-bus {_version()}")
     parser.add_argument(
         "--log-format",
         choices=["json", "console"],
@@ -200,6 +264,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--host", default="127.0.0.1", help="gateway address (default 127.0.0.1)")
     run.add_argument("--port", type=int, default=8080, help="gateway port (default 8080)")
     run.add_argument("--no-sim", action="store_true", help="do not start the simulators")
+    for kind, env in (
+        ("civil-status", "LGSP_SIM_CIVIL_STATUS_PORT"),
+        ("population", "LGSP_SIM_POPULATION_PORT"),
+    ):
+        run.add_argument(
+            f"--{kind}-sim-port",
+            type=int,
+            metavar="PORT",
+            help=f"run the {kind} simulator on this port and point its loopback upstream "
+            f"there (default: the port in routing.yaml; env {env})",
+        )
 
     gw = sub.add_parser(
         "gateway",
@@ -209,8 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gw.add_argument("--config", help=cfg_help)
     reload_arguments(gw)
-    gw.add_argument("--host", default="127.0.0.1")
-    gw.add_argument("--port", type=int, default=8080)
+    gw.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    gw.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
 
     wk = sub.add_parser(
         "worker",
@@ -239,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve a sandbox national DB with generated data and fault knobs.",
     )
     sim.add_argument("kind", choices=["civil-status", "population"])
-    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     sim.add_argument("--port", type=int, default=None, help="default 8482 (civil), 8481 (pop.)")
     sim.add_argument("--seed", type=int, default=0, help="data seed (default 0)")
     sim.add_argument("--latency-ms", type=float, default=0.0, help="added latency per call")
@@ -255,6 +330,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``lgsp-bus`` console script."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # The reader went away (``lgsp-bus config diff a b | head``): not an error of ours.
+        # Point stdout at /dev/null so the interpreter's final flush cannot fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     logs.configure(args.log_format, args.log_level)
     handler = getattr(args, "handler", None)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -66,10 +66,11 @@ async def hot_reload(
     recorder: ReloadRecorder | None = None,
     watch: bool = True,
     admin_listen: tuple[str, int] | None = None,
+    adjust: Callable[[RoutingConfig], RoutingConfig] | None = None,
 ) -> AsyncIterator[ConfigReloader]:
     """A serving reloader for a process role: SIGHUP, file watch and (``admin_listen``)
     ``/admin/*`` on its own address; stopped when the block ends."""
-    async with ConfigReloader(path, config, recorder=recorder) as reloader:
+    async with ConfigReloader(path, config, recorder=recorder, adjust=adjust) as reloader:
         stop = asyncio.Event()
         serving = asyncio.create_task(reloader.serve(stop, watch=watch))
         try:
@@ -92,7 +93,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def reloading(
-    args: argparse.Namespace, config: RoutingConfig, recorder: ReloadRecorder | None = None
+    args: argparse.Namespace,
+    config: RoutingConfig,
+    recorder: ReloadRecorder | None = None,
+    adjust: Callable[[RoutingConfig], RoutingConfig] | None = None,
 ) -> contextlib.AbstractAsyncContextManager[ConfigReloader]:
     """:func:`hot_reload` for a role started by the CLI (its file, watch and admin address)."""
     path = Path(args.config) if args.config else default_config_path()
@@ -101,4 +105,6 @@ def reloading(
     if args.command in ("run", "gateway") and admin.port is not None:
         listen = (admin.host or "127.0.0.1", admin.port)
     watch = not getattr(args, "no_watch", False)
-    return hot_reload(path, config, recorder=recorder, watch=watch, admin_listen=listen)
+    return hot_reload(
+        path, config, recorder=recorder, watch=watch, admin_listen=listen, adjust=adjust
+    )

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 import structlog
 from aiohttp import web
 
-from adapters.base import reply_fields, request_models
+from adapters.base import answer_fields, reply_models, request_models
 from adapters.civil_status.simulator import build_app as build_civil
 from adapters.population_db.simulator import build_app as build_population
 from adapters.procedure.simulator import BASE_PATH as PROCEDURE_PATH
@@ -88,6 +88,31 @@ class Simulator:
     host: str
     port: int
     build: Callable[[], web.Application]
+    setting: str = ""
+    """What chose the port (the upstream's URL, or the run's --…-sim-port)."""
+
+
+SIM_PORT_ENV = {
+    "civil-status": "LGSP_SIM_CIVIL_STATUS_PORT",
+    "population": "LGSP_SIM_POPULATION_PORT",
+}
+"""Per simulator kind: the environment variable of ``run``'s ``--<kind>-sim-port``."""
+_SIM_ADAPTERS = {"civil_status": "civil-status", "population_db": "population"}
+
+
+def with_sim_ports(config: RoutingConfig, ports: dict[str, int]) -> RoutingConfig:
+    """``config`` with the loopback upstreams of these simulator kinds on these ports (so
+    two dev instances can run side by side); other upstreams unchanged."""
+    upstreams = dict(config.upstreams)
+    for svc in config.services.values():
+        port = ports.get(_SIM_ADAPTERS.get(svc.adapter, ""))
+        upstream = upstreams[svc.upstream]
+        parts = urlsplit(upstream.url)
+        if port is None or parts.hostname not in ("127.0.0.1", "localhost"):
+            continue
+        url = parts._replace(netloc=f"{parts.hostname}:{port}").geturl()
+        upstreams[svc.upstream] = upstream.model_copy(update={"url": url})
+    return config.model_copy(update={"upstreams": upstreams})
 
 
 def simulators_for(config: RoutingConfig, *, latency_ms: float = 0.0) -> list[Simulator]:
@@ -102,7 +127,8 @@ def simulators_for(config: RoutingConfig, *, latency_ms: float = 0.0) -> list[Si
         auth = upstream.auth
         if svc.adapter == "civil_status" and isinstance(auth, AuthBearer):
             build = partial(build_civil, token=resolve_secret(auth.token), latency_ms=latency_ms)
-            sims[key] = Simulator("civil-status", *key, build)
+            setting = f"upstreams.{svc.upstream}.url or --civil-status-sim-port"
+            sims[key] = Simulator("civil-status", *key, build, setting)
         elif svc.adapter == "population_db" and isinstance(auth, AuthC06):
             build = partial(
                 build_population,
@@ -110,12 +136,13 @@ def simulators_for(config: RoutingConfig, *, latency_ms: float = 0.0) -> list[Si
                 secret=resolve_secret(auth.secret),
                 latency_ms=latency_ms,
             )
-            sims[key] = Simulator("population", *key, build)
+            setting = f"upstreams.{svc.upstream}.url or --population-sim-port"
+            sims[key] = Simulator("population", *key, build, setting)
         elif (
             svc.adapter == "rest" and parts.path == PROCEDURE_PATH and isinstance(auth, AuthBearer)
         ):
             build = partial(build_procedure, token=resolve_secret(auth.token))
-            sims[key] = Simulator("procedure", *key, build)
+            sims[key] = Simulator("procedure", *key, build, f"upstreams.{svc.upstream}.url")
     return list(sims.values())
 
 
@@ -158,7 +185,11 @@ async def run_gateway(
     if metrics is not None:
         observers.append(MetricsObserver(metrics))
     runtime = Runtime.build(
-        config, observers, models=request_models(config), replies=reply_fields(config)
+        config,
+        observers,
+        models=request_models(config),
+        replies=reply_models(config),
+        answer_fields=answer_fields(config),
     )
     gateway = Gateway(broker, runtime, readiness=readiness if readiness is not None else [])
     if auditor is not None:
@@ -179,7 +210,13 @@ async def run_gateway(
     ssl_context = server_ssl_context(tls) if tls is not None else None
     scheme = "https" if tls is not None else "http"
     async with http_site(
-        app, host, port, shutdown_timeout=grace, ssl_context=ssl_context, json_errors=True
+        app,
+        host,
+        port,
+        shutdown_timeout=grace,
+        ssl_context=ssl_context,
+        json_errors=True,
+        setting="--host/--port",
     ) as site:
         log.info("gateway.listening", url=f"{scheme}://{host}:{bound_port(site)}")
         if listening is not None:
@@ -229,7 +266,9 @@ async def run_worker(
             worker_app = build_worker_app(status, metrics)
             if reloader is not None:  # /admin/* and the reload state on the worker's port
                 follow_worker(reloader, worker, services, app=worker_app, status=status)
-            site = await stack.enter_async_context(http_site(worker_app, *http, shutdown_timeout=2))
+            site = await stack.enter_async_context(
+                http_site(worker_app, *http, shutdown_timeout=2, setting="--http-host/--http-port")
+            )
             log.info("worker.http_listening", url=f"http://{http[0]}:{bound_port(site)}")
         elif reloader is not None:
             follow_worker(reloader, worker, services)
@@ -257,7 +296,8 @@ async def run_all(
     async with AsyncExitStack() as stack:
         if with_sims:
             for sim in simulators_for(config):
-                await stack.enter_async_context(http_site(sim.build(), sim.host, sim.port))
+                site = http_site(sim.build(), sim.host, sim.port, setting=sim.setting)
+                await stack.enter_async_context(site)
                 announce(f"simulator {sim.kind:<13} http://{sim.host}:{sim.port}/")
         auditor = await stack.enter_async_context(audit_trail(config))
         announce(f"store {auditor.store!r}, audit chain {auditor.chain}")

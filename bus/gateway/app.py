@@ -25,7 +25,6 @@ import asyncio
 import functools
 import math
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -33,15 +32,17 @@ import orjson
 import structlog
 from aiohttp import web
 
-from bus.canonical import exchange_id
+from bus.canonical import exchange_id, new_id
 from bus.config.access import allowed_operations
 from bus.envelope import Request
 from bus.errors import (
     BusError,
     InternalError,
     InvalidRequest,
+    MethodNotAllowed,
     NotFoundError,
     PayloadTooLarge,
+    RateLimited,
 )
 from bus.exchange import Exchange
 from bus.gateway import pipeline
@@ -54,6 +55,7 @@ from bus.gateway.idempotency import (
     prefers_async,
     prune_forever,
 )
+from bus.gateway.jsonbody import body_request_id
 from bus.gateway.openapi import openapi_document
 from bus.gateway.pipeline import (
     ADMITTED,
@@ -106,8 +108,9 @@ def _http_error(exc: web.HTTPException) -> BusError:
         return PayloadTooLarge("request body is too large")
     if exc.status == 404:
         return NotFoundError("no such endpoint", code="NOT_FOUND")
-    if exc.status == 405:
-        return InvalidRequest("method not allowed here", code="METHOD_NOT_ALLOWED")
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        return MethodNotAllowed(f"use {allowed} here", headers={"Allow": allowed})
     return InvalidRequest(exc.reason or "bad request", code="BAD_REQUEST")
 
 
@@ -119,7 +122,7 @@ def _route_name(request: web.Request) -> str | None:
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Bind the correlation id; render every failure in the one error shape."""
     header_id = request.headers.get("X-Request-Id", "")
-    correlation_id = exchange_id(header_id) or uuid.uuid4().hex
+    correlation_id = exchange_id(header_id) or new_id()
     request[CORRELATION_ID] = correlation_id
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(correlation_id=correlation_id)
@@ -137,7 +140,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     if _route_name(request) == _XROAD_SOAP:
         return ingress.soap_error(request, error)
     request_id = request.get(REQUEST_ID)
-    headers = {"X-Request-Id": correlation_id, **xroad_reply_headers(request)}
+    if request_id is None and isinstance(error, RateLimited):
+        request_id = await body_request_id(request)
+    headers = {"X-Request-Id": correlation_id, **xroad_reply_headers(request), **error.headers}
     if error.retry_after is not None:
         headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
     return _json(error_body(error, request_id), error.status, headers)
@@ -366,7 +371,7 @@ async def readyz(request: web.Request) -> web.Response:
 async def openapi(request: web.Request) -> web.Response:
     """The OpenAPI document, generated from the request models."""
     rt = request.app[GATEWAY].runtime
-    return _json(openapi_document(rt.config, rt.models))
+    return _json(openapi_document(rt.config, rt.models, rt.replies))
 
 
 def build_app(gateway: Gateway) -> web.Application:

@@ -9,6 +9,15 @@ from pydantic import BaseModel
 
 from bus.config import RoutingConfig
 from bus.config.access import XROAD_CLIENT_RE, XROAD_SERVICE_RE
+from bus.gateway.responses import (
+    ACCEPTED,
+    answer_schema,
+    ecma_patterns,
+    error_headers,
+    messages_path,
+    plain_paths,
+    reply_headers,
+)
 from bus.xroad import XROAD_ID_RE, XROAD_USER_RE
 
 __all__ = ["ERROR_CODES", "admin_paths", "openapi_document"]
@@ -19,8 +28,9 @@ ERROR_CODES: dict[str, str] = {
     "UNKNOWN_SERVICE": "404: no such service",
     "UNKNOWN_OPERATION": "404: the service has no such operation",
     "NOT_FOUND": "404: no such endpoint",
-    "METHOD_NOT_ALLOWED": "400: wrong HTTP method for this endpoint",
+    "METHOD_NOT_ALLOWED": "405: wrong HTTP method for this endpoint (Allow lists the right one)",
     "MALFORMED_JSON": "400: the body is not a JSON object",
+    "DUPLICATE_KEY": "400: the body names a key twice in one object",
     "UNKNOWN_FIELD": "400: a field the operation does not define (path in detail)",
     "MISSING_FIELD": "400: a required field is absent (path in detail)",
     "INVALID_FIELD": "400: a field has the wrong type or is out of range",
@@ -38,8 +48,8 @@ ERROR_CODES: dict[str, str] = {
     "BROKER_UNAVAILABLE": "503: the message broker is unreachable (retryable)",
     "NO_ROUTE": "503: no queue is bound for the service (operator error)",
     "OVERLOADED": "503: too many requests in flight; see Retry-After (retryable)",
-    "AUDIT_UNAVAILABLE": "503: the audit record could not be made durable, so the answer "
-    "is withheld (fail_closed route; retryable)",
+    "AUDIT_UNAVAILABLE": "503: fail_closed route: the audit store is down, so nothing is "
+    "fetched, or the record could not be made durable, so the answer is withheld (retryable)",
     "DEADLINE_EXCEEDED": "504: no answer before the request's deadline (retryable)",
     "INTERNAL_ERROR": "500: a bug in the bus",
     "ADMIN_DISABLED": "404: /admin/* is off (no admin.api_keys in routing.yaml)",
@@ -64,6 +74,7 @@ ERROR_CODES: dict[str, str] = {
     "PURPOSE_REQUIRED": "400: personal data: purpose.procedure_code, dossier_id and "
     "legal_basis are required",
     "OFFICER_REQUIRED": "400: personal data: caller.officer_id (or X-Road-UserId) is required",
+    "CALLER_REQUIRED": "400: personal data: caller.system_id and caller.unit_code are required",
     "CONSENT_REF_REQUIRED": "400: legal_basis CONSENT without purpose.consent_ref",
     "INVALID_OFFICER_ID": "400: caller.officer_id is not a 12-digit personal ID",
     "INVALID_CODE": "400: a caller/purpose code is not 1-64 of [A-Za-z0-9._/-]",
@@ -154,48 +165,6 @@ _PREFER_PARAMETER: dict[str, Any] = {
     "description": "respond-async: answer 202 with Location /v1/messages/{request_id} "
     "unless the outcome is ready at once (RFC 7240)",
 }
-_ACCEPTED: dict[str, Any] = {
-    "description": "accepted (Prefer: respond-async); GET the Location for the answer",
-    "headers": {
-        "Location": {"schema": {"type": "string"}},
-        "Retry-After": {"schema": {"type": "integer"}},
-    },
-    "content": {"application/json": {"schema": {"type": "object"}}},
-}
-
-
-def _messages_path(error_ref: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "get": {
-            "operationId": "messages.get",
-            "summary": "the stored answer of a request (async mode), by request_id",
-            "security": [{"apiKey": []}],
-            "parameters": [
-                {
-                    "name": "request_id",
-                    "in": "path",
-                    "required": True,
-                    "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,64}$"},
-                }
-            ],
-            "responses": {
-                "200": {
-                    "description": "the answer, exactly as the POST would have given it",
-                    "content": {"application/json": {"schema": {"type": "object"}}},
-                },
-                "202": _ACCEPTED,
-                **{
-                    str(code): {
-                        "description": "error (or the request's stored error)",
-                        "content": error_ref,
-                    }
-                    for code in _ERROR_STATUSES
-                },
-            },
-        }
-    }
-
-
 _REQUIRED_FOR_PERSONAL_DATA = {
     "caller": ["officer_id"],
     "purpose": ["procedure_code", "dossier_id", "legal_basis"],
@@ -227,7 +196,9 @@ def _personal_data_rules(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def openapi_document(
-    config: RoutingConfig, models: Mapping[tuple[str, str], type[BaseModel]]
+    config: RoutingConfig,
+    models: Mapping[tuple[str, str], type[BaseModel]],
+    replies: Mapping[tuple[str, str], type[BaseModel]] | None = None,
 ) -> dict[str, Any]:
     """The document for the services in ``config``."""
     schemas: dict[str, Any] = {"Error": _ERROR_SCHEMA}
@@ -268,30 +239,48 @@ def openapi_document(
                     "200": {
                         "description": "the upstream's answer in canonical form (a repeat "
                         "of an answered request_id: the stored answer, Idempotent-Replayed)",
-                        "content": {"application/json": {"schema": {"type": "object"}}},
+                        "headers": reply_headers("200"),
+                        "content": {
+                            "application/json": {
+                                "schema": answer_schema(
+                                    (replies or {}).get((service, operation)), schemas
+                                )
+                            }
+                        },
                     },
-                    "202": _ACCEPTED,
+                    "202": ACCEPTED,
                     **{
-                        str(code): {"description": "error", "content": error_ref}
-                        for code in _ERROR_STATUSES
+                        str(code): {
+                            "description": "error",
+                            "headers": error_headers(code),
+                            "content": error_ref,
+                        }
+                        for code in (*_ERROR_STATUSES, 405)
                     },
                 },
             }
         }
-    paths["/v1/messages/{request_id}"] = _messages_path(error_ref)
+    paths["/v1/messages/{request_id}"] = messages_path(error_ref, _ERROR_STATUSES)
+    paths.update(plain_paths())
     security: dict[str, Any] = {"apiKey": {"type": "http", "scheme": "bearer"}}
     if config.admin.api_keys:  # the management API is served only with admin keys
         paths.update(admin_paths())
         security["adminKey"] = {"type": "http", "scheme": "bearer"}
-    return {
+    document = {
         "openapi": "3.1.0",
-        "info": {"title": "lgsp-bus gateway", "version": "1"},
+        "info": {
+            "title": "lgsp-bus gateway",
+            "version": "1",
+            "license": {"name": "Apache-2.0", "identifier": "Apache-2.0"},
+        },
+        "servers": [{"url": "/", "description": "this gateway (where the document was read)"}],
         "paths": paths,
         "components": {
             "schemas": schemas,
             "securitySchemes": security,
         },
     }
+    return dict(ecma_patterns(document))
 
 
 _ADMIN_API: tuple[tuple[str, str, str, dict[str, Any] | None], ...] = (

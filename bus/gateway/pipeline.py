@@ -8,10 +8,13 @@ the one place that records what a stage learnt onto the :class:`~bus.exchange.Ex
 1. :func:`admit` — in-flight bound (``OVERLOADED``), authenticate (API key / mTLS), the
    consumer's rate limit (``RATE_LIMITED``) → :class:`Admitted`;
 2. :func:`route` — service and operation (``UNKNOWN_SERVICE``/``UNKNOWN_OPERATION``)
-   → :class:`Routed`;
+   → :class:`Routed`; then every observer that is an :class:`~bus.exchange.ExchangeGate`
+   may refuse the exchange (``AUDIT_UNAVAILABLE``: a ``fail_closed`` route whose audit
+   store is down is refused before any personal data is fetched);
 3. :func:`allow` — ACL (``FORBIDDEN_OPERATION``), X-Road headers against consumer and
    service → :class:`Allowed`;
-4. :func:`read` — content type, body size, strict JSON → :class:`Read`;
+4. :func:`read` — content type, body size, strict JSON (one object, no key twice:
+   ``DUPLICATE_KEY``, :mod:`bus.gateway.jsonbody`) → :class:`Read`;
 5. :func:`validate` — the operation's request model → :class:`Validated`;
 6. :func:`check` — officer (``X-Road-UserId``), purpose, sensitive fields asked for,
    ``requested_at`` → :class:`Checked`;
@@ -24,7 +27,6 @@ the in-flight count, error shape and observers are middlewares (:mod:`bus.gatewa
 from __future__ import annotations
 
 import time
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -34,13 +36,14 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from bus.canonical import CanonicalRequest, validation_error
+from bus.canonical import CanonicalRequest, new_id, validation_error
 from bus.config import OperationConfig, RoutingConfig, ServiceConfig
 from bus.config.access import authorize
 from bus.envelope import Request
 from bus.errors import InvalidRequest, NotFoundError, Overloaded, UnsupportedMediaType
 from bus.exchange import Exchange
 from bus.gateway import privacy
+from bus.gateway.jsonbody import duplicate_key
 from bus.gateway.runtime import Gateway, Runtime
 from bus.gateway.security import Identity
 from bus.gateway.server import peer_certificate
@@ -185,6 +188,12 @@ async def read(request: web.Request, allowed: Allowed) -> Read:
         raise InvalidRequest("request body is not valid JSON", code="MALFORMED_JSON") from None
     if not isinstance(body, dict):
         raise InvalidRequest("request body must be a JSON object", code="MALFORMED_JSON")
+    repeated = duplicate_key(raw, body)
+    if repeated is not None:
+        raise InvalidRequest(
+            f"request body names the key {repeated!r} twice in one object",
+            code="DUPLICATE_KEY",
+        )
     remember_pii_here(pii_of(body))
     return Read(allowed, body)
 
@@ -225,7 +234,7 @@ def envelope(request: web.Request, checked: Checked) -> Request:
         service=r.service,
         operation=r.operation,
         consumer=r.consumer,
-        correlation_id=uuid.uuid4().hex,
+        correlation_id=new_id(),
         trace_id=request[CORRELATION_ID],
         traceparent=tracing.traceparent() if tracing.enabled() else None,
         deadline=_deadline(request, r.op.timeout_s),
@@ -240,6 +249,8 @@ async def run(request: web.Request, gateway: Gateway, rt: Runtime, exchange: Exc
     exchange.consumer = admitted.consumer
     routed = route(request, rt, admitted)
     exchange.service, exchange.operation = routed.service, routed.operation
+    for gate in rt.gates:  # e.g. the audit trail of a fail_closed route, its store down
+        await gate.exchange_starting(exchange)
     structlog.contextvars.bind_contextvars(
         service=routed.service, operation=routed.operation, consumer=routed.consumer
     )

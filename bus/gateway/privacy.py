@@ -58,7 +58,8 @@ def officer_of(validated: BaseModel) -> str | None:
 
 
 def check_purpose(service: ServiceConfig, validated: BaseModel, officer: str | None) -> None:
-    """Raise ``PURPOSE_REQUIRED``/``OFFICER_REQUIRED`` for a personal-data call without them."""
+    """Raise ``PURPOSE_REQUIRED``/``OFFICER_REQUIRED``/``CALLER_REQUIRED`` (``caller.system_id``
+    and ``caller.unit_code``) for a personal-data call without them."""
     if not service.personal_data:
         return
     purpose = getattr(validated, "purpose", None)
@@ -85,6 +86,20 @@ def check_purpose(service: ServiceConfig, validated: BaseModel, officer: str | N
             code="OFFICER_REQUIRED",
             detail={"errors": [_missing("caller.officer_id", "OFFICER_REQUIRED")]},
         )
+    caller = getattr(validated, "caller", None)
+    absent = [name for name in CALLER_FIELDS if getattr(caller, name, None) is None]
+    if absent:
+        paths = ", ".join(f"caller.{name}" for name in absent)
+        raise InvalidRequest(
+            f"this service holds personal data: {paths} (the calling system and the "
+            "officer's unit, recorded in the audit trail) required",
+            code="CALLER_REQUIRED",
+            detail={"errors": [_missing(f"caller.{n}", "CALLER_REQUIRED") for n in absent]},
+        )
+
+
+CALLER_FIELDS = ("system_id", "unit_code")
+"""What a personal-data request must say about its caller besides the officer."""
 
 
 def purpose_consent(purpose: Any) -> bool:

@@ -2,7 +2,9 @@
 
 A consumer with ``rate_limit: {rate_per_s, burst}`` in ``routing.yaml`` may make ``burst``
 requests at once and ``rate_per_s`` a second after that; one more gets ``429
-RATE_LIMITED`` with ``Retry-After`` (whole seconds, rounded up) and costs nothing.
+RATE_LIMITED`` with ``Retry-After`` (whole seconds, rounded up) and costs nothing. The 429
+also carries the IETF draft's ``RateLimit-Limit`` (the burst), ``RateLimit-Remaining``
+(``0``) and ``RateLimit-Reset`` (seconds until a request is admitted again, rounded up).
 Consumers without a ``rate_limit`` are bounded only by the gateway's in-flight limit.
 
 By default the buckets live in this process: N gateway replicas behind a load balancer
@@ -18,6 +20,7 @@ changes ``rate_limit_backend`` takes effect at the next restart).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 
@@ -166,4 +169,9 @@ class RateLimiter:
             raise RateLimited(
                 f"over this consumer's rate limit ({bucket.rate:g}/s, burst {bucket.burst})",
                 retry_after=wait,
+                headers={
+                    "RateLimit-Limit": str(bucket.burst),
+                    "RateLimit-Remaining": "0",
+                    "RateLimit-Reset": str(max(1, math.ceil(wait))),
+                },
             )

@@ -23,7 +23,7 @@ from pydantic import BaseModel
 
 from bus.broker.base import Broker
 from bus.config import RoutingConfig
-from bus.exchange import ExchangeObserver
+from bus.exchange import ExchangeGate, ExchangeObserver
 from bus.gateway.ratelimit import RateLimiter
 from bus.gateway.security import Authenticator
 from bus.store import Store
@@ -39,8 +39,18 @@ class Runtime:
     auth: Authenticator
     models: Mapping[tuple[str, str], type[BaseModel]]
     observers: tuple[ExchangeObserver, ...] = ()
-    replies: Mapping[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
-    """(service, operation) → the answer's field paths (X-Road WSDLs describe them)."""
+    replies: Mapping[tuple[str, str], type[BaseModel]] = dataclasses.field(default_factory=dict)
+    """The adapter kinds' answer models (the OpenAPI document's 200 schemas)."""
+    answer_fields: Mapping[tuple[str, str], tuple[str, ...]] = dataclasses.field(
+        default_factory=dict
+    )
+    """(service, operation) → the answer's dotted field paths (X-Road WSDLs describe them)."""
+    gates: tuple[ExchangeGate, ...] = dataclasses.field(init=False, default=())
+    """The observers that may refuse an exchange before it starts (worked out once)."""
+
+    def __post_init__(self) -> None:
+        gates = tuple(o for o in self.observers if isinstance(o, ExchangeGate))
+        object.__setattr__(self, "gates", gates)
 
     @classmethod
     def build(
@@ -49,12 +59,19 @@ class Runtime:
         observers: Sequence[ExchangeObserver] = (),
         *,
         models: Mapping[tuple[str, str], type[BaseModel]],
-        replies: Mapping[tuple[str, str], tuple[str, ...]] | None = None,
+        replies: Mapping[tuple[str, str], type[BaseModel]] | None = None,
+        answer_fields: Mapping[tuple[str, str], tuple[str, ...]] | None = None,
     ) -> Runtime:
-        """Resolve keys once; ``models`` (and ``replies``) come from the adapter kinds, built
-        by the composition root (the gateway knows no adapter)."""
+        """Resolve keys once; ``models`` (``replies``) are the adapter kinds' request (answer)
+        models, ``answer_fields`` their declared answer paths, built by the composition root
+        (the gateway knows no adapter)."""
         return cls(
-            config, Authenticator(config), dict(models), tuple(observers), dict(replies or {})
+            config,
+            Authenticator(config),
+            dict(models),
+            tuple(observers),
+            dict(replies or {}),
+            dict(answer_fields or {}),
         )
 
     def with_observer(self, observer: ExchangeObserver) -> Runtime:

@@ -13,11 +13,13 @@
   plain-text page, and logs only the error's type: aiohttp's own message quotes the
   offending line, which may hold personal data.
 * :func:`http_site` serves an app (HTTPS with a context) until its block ends, then stops
-  accepting and waits for in-flight requests; :func:`bound_port` tells the port it got.
+  accepting and waits for in-flight requests; :func:`bound_port` tells the port it got. A
+  port that cannot be had raises :class:`PortInUse`, naming the setting that chose it.
 """
 
 from __future__ import annotations
 
+import errno
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -35,6 +37,7 @@ from bus.gateway.security import PeerCertificate
 
 __all__ = [
     "HeadersTooLarge",
+    "PortInUse",
     "bound_port",
     "http_site",
     "json_protocol_errors",
@@ -137,19 +140,39 @@ async def http_site(
     shutdown_timeout: float = 15.0,
     ssl_context: ssl.SSLContext | None = None,
     json_errors: bool = False,
+    setting: str = "",
 ) -> AsyncIterator[web.AppRunner]:
     """Serve ``app`` on host:port (HTTPS with ``ssl_context``); on exit stop accepting and
-    wait for in-flight requests. ``json_errors``: HTTP parse errors in the gateway's shape."""
+    wait for in-flight requests. ``json_errors``: HTTP parse errors in the gateway's shape.
+    ``setting``: what chose host:port (``--port``, ``admin.port`` …), named if it is taken."""
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
     await runner.setup()
     if json_errors:
         json_protocol_errors(runner)
     site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=ssl_context)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        if exc.errno in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
+            raise PortInUse(host, port, setting, exc.strerror or str(exc)) from None
+        raise
     try:
         yield runner
     finally:
         await runner.cleanup()
+
+
+class PortInUse(Exception):
+    """A server could not listen on its address (taken, or not this host's)."""
+
+    def __init__(self, host: str, port: int, setting: str, reason: str) -> None:
+        chosen = f" (set by {setting})" if setting else ""
+        super().__init__(
+            f"cannot listen on {host}:{port}{chosen}: {reason}; stop what uses it or choose "
+            "another port"
+        )
+        self.host, self.port, self.setting = host, port, setting
 
 
 def bound_port(runner: web.AppRunner) -> int:

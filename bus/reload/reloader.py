@@ -1,7 +1,7 @@
 """Hot reload of routing.yaml: validate, prepare every part, swap them at once — or change nothing.
 
-Triggers: ``SIGHUP``; a change of the file (watchfiles, on the file's directory, so an
-editor's write-and-rename and a Kubernetes ConfigMap's symlink swap are both seen); and
+Triggers: ``SIGHUP``; a change of the file or of a file it references (watchfiles, those
+files only: :mod:`bus.reload.watch`); and
 ``POST /admin/reload`` (:mod:`bus.admin.api`). One reload runs at a time:
 
 1. read and validate the file exactly as at start (every error, located; warnings logged);
@@ -43,6 +43,7 @@ from bus.config.diff import diff_configs, needs_restart, summary
 from bus.config.rules import config_warnings
 from bus.config.source import YamlDocument
 from bus.observe.metrics import Metrics, config_version
+from bus.reload.watch import Watched, watch
 
 __all__ = [
     "AdminAuditor",
@@ -59,8 +60,6 @@ log = structlog.get_logger("bus.reload.reloader")
 Outcome = Literal["applied", "unchanged", "rejected"]
 MAX_SHOWN = 20
 """Errors kept in a result (``/readyz`` and the admin answer); the log has them all."""
-WATCH_DEBOUNCE_MS = 400
-"""Changes closer together than this are one change (editors write in several steps)."""
 
 
 @dataclass(frozen=True)
@@ -159,8 +158,11 @@ class ConfigReloader:
         *,
         recorder: ReloadRecorder | None = None,
         auditor: AdminAuditor | None = None,
+        adjust: Callable[[RoutingConfig], RoutingConfig] | None = None,
     ) -> None:
         self.path = Path(path)
+        self.adjust = adjust
+        """Applied to every reloaded file (``run``'s simulator ports), as at start."""
         self.config = config
         self.version = config_version(config)
         self.loaded_at = time.time()
@@ -180,6 +182,8 @@ class ConfigReloader:
         self._trigger = "file"
         self._closing = asyncio.Event()
         self._settling: set[asyncio.Task[None]] = set()
+        self._watched = Watched(self.path, config)
+        self._refs = self._watched.references_digest()
         try:
             self.source: bytes | None = self.path.read_bytes()
             """The text of the file in force (as read when it was applied)."""
@@ -242,6 +246,11 @@ class ConfigReloader:
     def _result(self, outcome: Outcome, trigger: str, actor: str, **kw: Any) -> ReloadResult:
         return ReloadResult(outcome, trigger, actor, time.time(), self.version, **kw)
 
+    def _parse(self, raw: bytes) -> tuple[RoutingConfig, YamlDocument]:
+        doc = YamlDocument.from_text(raw.decode("utf-8"), str(self.path))
+        new = parse_routing(doc.data, doc)
+        return (new if self.adjust is None else self.adjust(new)), doc
+
     async def _reload(self, trigger: str, actor: str) -> ReloadResult:
         try:
             raw = self.path.read_bytes()
@@ -250,8 +259,7 @@ class ConfigReloader:
             return self._result("rejected", trigger, actor, errors=(error,))
         self._seen = _digest(raw)
         try:
-            doc = YamlDocument.from_text(raw.decode("utf-8"), str(self.path))
-            new = parse_routing(doc.data, doc)
+            new, doc = self._parse(raw)
         except UnicodeDecodeError:
             return self._result("rejected", trigger, actor, errors=("the file is not UTF-8",))
         except ConfigError as exc:
@@ -263,7 +271,8 @@ class ConfigReloader:
             return self._result("rejected", trigger, actor, errors=tuple(errors))
         candidate = config_version(new)
         warnings = tuple(str(i) for i in config_warnings(new, doc)[:MAX_SHOWN])
-        if candidate == self.version and trigger == "file":
+        refs = Watched(self.path, new).references_digest()
+        if candidate == self.version and trigger == "file" and refs == self._refs:
             return self._result("unchanged", trigger, actor, candidate=candidate)
         prepared: list[Prepared] = []
         target_name = ""
@@ -282,6 +291,8 @@ class ConfigReloader:
         for part in prepared:
             part.commit()
         self.config, self.version, self.loaded_at = new, candidate, time.time()
+        self._watched.follow(new)
+        self._refs = refs
         self.source = raw
         for part in prepared:
             task = asyncio.create_task(self._settle(part))
@@ -366,6 +377,8 @@ class ConfigReloader:
         self._wanted.set()
 
     def _file_changed(self) -> bool:
+        if self._watched.references_digest() != self._refs:
+            return True
         try:
             return _digest(self.path.read_bytes()) != self._seen
         except OSError:
@@ -393,21 +406,7 @@ class ConfigReloader:
                 loop.remove_signal_handler(signal.SIGHUP)
 
     async def _watch(self, stop: asyncio.Event) -> None:
-        from watchfiles import awatch
-
-        directory = self.path.resolve().parent if self.path.exists() else self.path.parent
-        try:
-            async for _changes in awatch(
-                directory,
-                stop_event=stop,
-                watch_filter=None,
-                debounce=WATCH_DEBOUNCE_MS,
-                step=50,
-                recursive=False,
-            ):
-                self.request("file")
-        except (OSError, RuntimeError) as exc:
-            log.error("config.watch_failed", directory=str(directory), error=_describe(exc))
+        await watch(self._watched, lambda: self.request("file"), stop)
 
 
 async def _first(*events: asyncio.Event) -> asyncio.Event:

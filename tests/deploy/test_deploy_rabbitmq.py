@@ -53,7 +53,19 @@ def test_topology_matches_what_the_code_declares() -> None:
     work = queues["lgsp.svc.civil-status"]["arguments"]
     assert work["x-queue-type"] == "quorum"
     assert work["x-dead-letter-exchange"] == "lgsp.dlx"
-    assert queues["lgsp.dlq.civil-status"]["arguments"]["x-queue-type"] == "quorum"
+    policy_keys = {"x-delivery-limit", "x-max-length", "x-overflow", "x-message-ttl"}
+    assert not policy_keys & set(work), "a queue argument would shadow the policy"
+    assert not policy_keys & set(queues["lgsp.dlq.civil-status"]["arguments"])
+    # Everything broker.* sets is in the policies (queue arguments would shadow them).
+    policies = {p["name"]: p["definition"] for p in actual["policies"]}
+    assert policies["lgsp-work-queues"]["dead-letter-exchange"] == "lgsp.dlx"
+    assert set(policies["lgsp-work-queues"]) == {
+        "dead-letter-exchange",
+        "delivery-limit",
+        "max-length",
+        "overflow",
+    }
+    assert set(policies["lgsp-dead-letter-queues"]) == {"message-ttl"}
 
 
 def test_one_definitions_file_fits_compose_and_kubernetes() -> None:
@@ -143,3 +155,9 @@ async def test_rabbitmq_sees_the_same_topology_after_the_bus_declares(
         if b["source_name"].startswith("lgsp.")
     }
     assert bindings == {(b["source"], b["destination"], b["routing_key"]) for b in defs["bindings"]}
+    # The bus applied the same policies the file carries (through the management API).
+    applied = {
+        p["name"]: (p["pattern"], json.loads(p["definition"]))  # a JSON text in the listing
+        for p in _list("list_policies", fresh_vhost.name)
+    }
+    assert applied == {p["name"]: (p["pattern"], p["definition"]) for p in defs["policies"]}

@@ -16,7 +16,7 @@ import pytest
 
 from adapters.civil_status.data import sample_person, sample_registration
 from adapters.civil_status.models import RecordType
-from adapters.civil_status.simulator import build_app
+from adapters.civil_status.simulator import STATS, SimStats, build_app
 from bus.audit.observer import Auditor, verify_store
 from bus.config import AuditSettings, RoutingConfig
 from bus.store import Store, open_store
@@ -36,6 +36,7 @@ class AuditedBus:
     auditor: Auditor
     store: Store
     url: str
+    upstream: SimStats
 
     async def call(
         self, body: Any, *, key: str | None = None, path: str = "/v1/civil-status/lookup"
@@ -64,7 +65,7 @@ def lookup(**query: Any) -> dict[str, Any]:
     return {
         "request_id": f"req-{uuid.uuid4().hex[:16]}",
         "record_type": "BIRTH",
-        "caller": {"unit_code": "H01", "officer_id": OFFICER},
+        "caller": {"system_id": "motcua", "unit_code": "H01", "officer_id": OFFICER},
         "purpose": PURPOSE,
         **query,
     }
@@ -87,7 +88,8 @@ async def audited(
     url = store_url + "?busy_timeout_ms=200" if store_url.startswith("sqlite") else store_url
     audit_store = open_store(url)
     await audit_store.connect()
-    async with serve_app(build_app(token=token, hang_s=30)) as sim_url:
+    sim = build_app(token=token, hang_s=30)
+    async with serve_app(sim) as sim_url:
         config = stack_config(
             civil_url=sim_url, token_env="T_MOJ_TOKEN", key_env="T_PORTAL_KEY", timeout_s=1.0
         )
@@ -95,7 +97,7 @@ async def audited(
         settings = AuditSettings(commit_timeout_s=0.5)
         auditor = Auditor(audit_store, node="lgsp-1", key=KEY, settings=settings)
         async with auditor, running_bus(config, None, key, auditor=auditor) as bus:
-            yield AuditedBus(bus, auditor, audit_store, url)
+            yield AuditedBus(bus, auditor, audit_store, url, sim[STATS])
     await audit_store.aclose()
 
 
@@ -193,11 +195,20 @@ async def test_a_store_that_refuses_writes_withholds_fail_closed_answers(
         cid, status, reply = await audited.call(body)
         async with audited.bus.session.get(audited.bus.url + "readyz") as r:
             ready = await r.json()
+        if policy == "fail_closed":
+            # The writer now knows its store fails: the next fail_closed request is refused
+            # before anything is fetched that could not be audited.
+            before = audited.upstream.requests
+            second = lookup(by_registration=sample_registration(0, RecordType.BIRTH, 7))
+            refused_cid, refused_status, refused = await audited.call(second)
+            assert (refused_status, refused["error"]["code"]) == (503, "AUDIT_UNAVAILABLE")
+            assert audited.upstream.requests == before, "the national DB was not called"
     code = reply["error"]["code"] if status != 200 else "OK"
     if policy == "fail_closed":
         assert (status, code) == (503, "AUDIT_UNAVAILABLE"), "no answer without its record"
         assert reply["error"]["retryable"] is True
         assert ready["audit"]["state"] == "failing"
+        assert (await audited.records())[refused_cid].outcome == "AUDIT_UNAVAILABLE"
     else:
         # Answered first — unless the request-result store (idempotency) shares the lock:
         # SQLite locks the whole file, the PostgreSQL fault here locks the audit tables only.
@@ -236,3 +247,48 @@ async def test_handing_out_a_stored_answer_is_audited_too(audited: AuditedBus) -
     assert fetched[0].request_id == body["request_id"]
     assert any(f.startswith("persons") for f in fetched[0].fields)
     assert (fetched[1].outcome, fetched[1].status) == ("MESSAGE_NOT_FOUND", 404)
+
+
+@pytest.mark.postgres
+async def test_a_fail_closed_route_is_refused_before_the_upstream_when_the_store_is_gone(
+    pg_database: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store unreachable (its connections cut, new ones refused) while idle: the writer
+    has nothing to write, so the gateway asks the store before fetching anything."""
+    from bus.audit.observer import STORE_FRESH_S
+    from tests.support.tcpproxy import TcpProxy
+
+    token, key = new_secret(), new_secret()
+    monkeypatch.setenv("T_MOJ_TOKEN", token)
+    monkeypatch.setenv("T_PORTAL_KEY", key)
+    monkeypatch.setenv("T_PORTAL_KEY_OUTSIDER", new_secret())
+    proxy = await TcpProxy("127.0.0.1", 5432).start()
+    audit_store = open_store(pg_database.url(port=proxy.port))
+    await audit_store.connect()
+    sim = build_app(token=token, hang_s=30)
+    try:
+        async with serve_app(sim) as sim_url:
+            config = stack_config(
+                civil_url=sim_url, token_env="T_MOJ_TOKEN", key_env="T_PORTAL_KEY", timeout_s=1.0
+            )
+            settings = AuditSettings(commit_timeout_s=0.5)
+            auditor = Auditor(audit_store, node="lgsp-gone", key=KEY, settings=settings)
+            async with auditor, running_bus(config, None, key, auditor=auditor) as bus:
+                audited = AuditedBus(bus, auditor, audit_store, "", sim[STATS])
+                body = lookup(by_registration=sample_registration(0, RecordType.BIRTH, 8))
+                assert (await audited.call(body))[1] == 200
+                proxy.accepting = False
+                proxy.cut()
+                await asyncio.sleep(STORE_FRESH_S + 0.1)  # the last answer no longer vouches
+                before = sim[STATS].requests
+                body = lookup(by_registration=sample_registration(0, RecordType.BIRTH, 9))
+                _, status, reply = await audited.call(body)
+                assert (status, reply["error"]["code"]) == (503, "AUDIT_UNAVAILABLE")
+                assert sim[STATS].requests == before, "the national DB was not called"
+                proxy.accepting = True  # back: served again, the refusal on record
+                body = lookup(by_registration=sample_registration(0, RecordType.BIRTH, 10))
+                await asyncio.sleep(STORE_FRESH_S + 0.1)
+                assert (await audited.call(body))[1] == 200
+    finally:
+        await audit_store.aclose()
+        await proxy.aclose()

@@ -50,7 +50,7 @@ def lookup(record_type: str = "BIRTH", **query: Any) -> dict[str, Any]:
         "request_id": f"req-{uuid.uuid4().hex[:16]}",
         "record_type": record_type,
         # Civil-status records are personal data: the purpose and the officer are required.
-        "caller": {"unit_code": "H01", "officer_id": "001085000123"},
+        "caller": {"system_id": "motcua", "unit_code": "H01", "officer_id": "001085000123"},
         "purpose": {
             "procedure_code": "1.001234",
             "dossier_id": "HS-2026-0001",

@@ -93,7 +93,7 @@ def body(i: int) -> dict[str, Any]:
     return {
         "request_id": f"crash-{uuid.uuid4().hex[:16]}",
         "record_type": "BIRTH",
-        "caller": {"unit_code": "H01", "officer_id": "001085000123"},
+        "caller": {"system_id": "motcua", "unit_code": "H01", "officer_id": "001085000123"},
         "purpose": PURPOSE,
         "by_person": {"id_number": person["id_number"]},
     }

@@ -95,7 +95,7 @@ def lookup_body(request_id: str, *, subject: str | None = None) -> dict[str, Any
     body: dict[str, Any] = {
         "request_id": request_id,
         "record_type": "BIRTH",
-        "caller": {"unit_code": "H01", "officer_id": "001085000123"},
+        "caller": {"system_id": "motcua", "unit_code": "H01", "officer_id": "001085000123"},
         "purpose": {
             "procedure_code": "1.001234",
             "dossier_id": "HS-2026-0001",

@@ -1,9 +1,10 @@
 """What the files under ``deploy/`` must say, derived from the code (not copied from it).
 
 ``rabbitmq_topology`` renders the RabbitMQ definitions of a routing config from the same
-functions the AMQP broker declares with (``queue_arguments``, ``dlq_arguments``, the
-exchange and queue names), so ``deploy/rabbitmq/definitions.json`` can be compared with —
-or regenerated from — what the bus really declares::
+functions the AMQP broker declares and applies with (``queue_arguments``,
+``dlq_arguments``, ``queue_policies``, the exchange and queue names), so
+``deploy/rabbitmq/definitions.json`` can be compared with — or regenerated from — what the
+bus really declares::
 
     .venv/bin/python -m tests.support.deploy    # rewrite the topology, keep the users
 """
@@ -24,10 +25,12 @@ from adapters.base import load_routing
 from bus.broker.base import (
     DLX,
     REQUESTS_EXCHANGE,
+    QueuePolicy,
     dlq_arguments,
     dlq_name,
     queue_arguments,
     queue_name,
+    queue_policies,
     queue_specs,
 )
 from bus.config import RoutingConfig
@@ -53,25 +56,16 @@ K8S_ROUTING = DEPLOY / "k8s" / "routing.yaml"
 VHOST = "lgsp"
 TOPOLOGY_KEYS = ("vhosts", "exchanges", "queues", "bindings", "policies")
 
-_ARG_TO_POLICY = {
-    "x-delivery-limit": "delivery-limit",
-    "x-max-length": "max-length",
-    "x-overflow": "overflow",
-    "x-dead-letter-exchange": "dead-letter-exchange",
-    "x-message-ttl": "message-ttl",
-}
 
-
-def _policy(name: str, pattern: str, arguments: dict[str, Any]) -> dict[str, Any]:
-    """A policy restating the queues' own arguments (those a policy can carry)."""
-    definition = {_ARG_TO_POLICY[k]: v for k, v in arguments.items() if k in _ARG_TO_POLICY}
+def _policy(policy: QueuePolicy) -> dict[str, Any]:
+    """A policy of the broker's own (:func:`bus.broker.base.queue_policies`) as definitions."""
     return {
         "vhost": VHOST,
-        "name": name,
-        "pattern": pattern,
-        "apply-to": "queues",
-        "priority": 0,
-        "definition": dict(sorted(definition.items())),
+        "name": policy.name,
+        "pattern": policy.pattern,
+        "apply-to": policy.apply_to,
+        "priority": policy.priority,
+        "definition": dict(sorted(policy.definition.items())),
     }
 
 
@@ -109,16 +103,8 @@ def rabbitmq_topology(config: RoutingConfig) -> dict[str, Any]:
                 }
             )
     exchange = {"vhost": VHOST, "durable": True, "auto_delete": False, "internal": False}
-    policies = []
-    if specs:
-        # Every service shares the broker settings, so one policy per queue family fits all.
-        work = {
-            k: v for k, v in queue_arguments(specs[0]).items() if k != "x-dead-letter-routing-key"
-        }
-        policies = [
-            _policy("lgsp-work-queues", r"^lgsp\.svc\.", work),
-            _policy("lgsp-dead-letter-queues", r"^lgsp\.dlq\.", dlq_arguments(specs[0])),
-        ]
+    # Every service shares the broker settings, so one policy per queue family fits all.
+    policies = [_policy(p) for p in queue_policies(specs[0])] if specs else []
     return {
         "vhosts": [{"name": VHOST, "metadata": {"description": "lgsp-bus", "tags": []}}],
         "exchanges": [

@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from adapters.base import parse_routing, reply_fields, request_models
+from adapters.base import answer_fields, parse_routing, reply_models, request_models
 from bus.audit.observer import AuditObserver, Auditor
 from bus.broker import NULL_RECORDER, Broker, open_broker, queue_specs
 from bus.config import RoutingConfig
@@ -175,7 +175,11 @@ async def running_bus(
         if auditor is not None:
             observers.insert(0, AuditObserver(auditor, config))
         runtime = Runtime.build(
-            config, observers, models=request_models(config), replies=reply_fields(config)
+            config,
+            observers,
+            models=request_models(config),
+            replies=reply_models(config),
+            answer_fields=answer_fields(config),
         )
         gateway = Gateway(gateway_broker, runtime)
         gateway.readiness.append(worker.readiness)  # as in `lgsp-bus run`: breakers in /readyz

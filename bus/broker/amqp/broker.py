@@ -1,12 +1,17 @@
 """RabbitMQ broker over aio-pika: quorum queues, publisher confirms, replies, failover.
 
 Topology (declared from ``routing.yaml``): topic exchange ``lgsp.requests``; per service a
-durable quorum queue ``lgsp.svc.<service>`` bound to ``<service>.*`` with ``x-delivery-limit``,
-``x-max-length`` + ``reject-publish`` and dead-lettering to ``lgsp.dlx`` (direct), which
-routes to ``lgsp.dlq.<service>``. The worker dead-letters undecodable messages, and those
-delivered ``delivery_limit`` times (``x-delivery-count``), itself, with headers saying why
-(:mod:`bus.broker.amqp.deadletters`); RabbitMQ's ``x-delivery-limit`` is the backstop and
-expires messages whose deadline passed in the queue. Reply and ack are one step that a
+durable quorum queue ``lgsp.svc.<service>`` bound to ``<service>.*``, dead-lettering to
+``lgsp.dlx`` (direct), which routes to ``lgsp.dlq.<service>``. Queues are declared with
+``x-queue-type`` and the dead-letter exchange and routing key only (fixed by the names);
+the delivery limit, ``max-length`` + ``reject-publish`` and the DLQ's TTL are the
+policies ``lgsp-work-queues`` and
+``lgsp-dead-letter-queues``, applied through the management API
+(:mod:`bus.broker.amqp.policies`), so a changed ``broker.*`` never conflicts with a queue.
+The worker dead-letters undecodable messages, and those delivered ``delivery_limit`` times
+(``x-delivery-count``), itself, with headers saying why (:mod:`bus.broker.amqp.deadletters`);
+the policy's ``delivery-limit`` is the backstop and expires messages whose deadline passed
+in the queue. Reply and ack are one step that a
 cancellation does not split, so an answered message is never answered again.
 
 Requests are persistent, ``mandatory`` and confirmed, and carry the deadline as message
@@ -39,6 +44,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import aio_pika
 import aiormq
@@ -53,6 +59,7 @@ from pamqp.commands import Basic
 
 from bus.broker.amqp.deadletters import claim_dead_letters, copy_to_dlq, purge_dead_letters
 from bus.broker.amqp.failover import FailoverConnection, split_urls
+from bus.broker.amqp.policies import apply_policies
 from bus.broker.base import (
     DLX,
     NULL_RECORDER,
@@ -60,12 +67,15 @@ from bus.broker.base import (
     BrokerRecorder,
     Handler,
     QueueSpec,
+    TopologyConflict,
     dlq_arguments,
     dlq_name,
     queue_arguments,
     queue_name,
+    queue_policies,
 )
 from bus.broker.deadletters import MAX_SCAN, ClaimedLetter, scrub_error
+from bus.canonical import new_id
 from bus.envelope import (
     DecodeError,
     Reply,
@@ -115,6 +125,8 @@ class AmqpBroker:
         """The worker side's channel for replies: without publisher confirms (see
         :meth:`_reply_and_ack`); opened by the first :meth:`serve`."""
         self._last_errors: OrderedDict[str, str] = OrderedDict()
+        self._policies_for: QueueSpec | None = None
+        """The settings whose policies this broker applied last (applied once per change)."""
         self._renewing: asyncio.Future[None] | None = None
         self._renewed_at = 0.0
 
@@ -216,25 +228,30 @@ class AmqpBroker:
     # -- topology -----------------------------------------------------------------------
 
     async def declare(self, specs: Sequence[QueueSpec]) -> None:
-        """Declare each service's quorum queue, binding and DLQ."""
+        """Apply the queue policies (``broker.*``), then declare each service's quorum
+        queue, binding and DLQ with immutable arguments only; a queue left with other
+        arguments (by an older bus) raises :class:`TopologyConflict`."""
         channel, _exchange = self._require()
+        if specs and specs[0] != self._policies_for:
+            await apply_policies(self._urls, queue_policies(specs[0]))
+            self._policies_for = specs[0]
         for spec in specs:
             await self._declare_one(channel, spec)
             self._specs[spec.service] = spec
 
-    @staticmethod
-    async def _declare_one(channel: AbstractRobustChannel, spec: QueueSpec) -> AbstractRobustQueue:
-        dlq = await channel.declare_queue(
-            dlq_name(spec.service),
-            durable=True,
-            arguments=dlq_arguments(spec),
-        )
-        await dlq.bind(DLX, routing_key=spec.service)
-        queue = await channel.declare_queue(
-            queue_name(spec.service),
-            durable=True,
-            arguments=queue_arguments(spec),
-        )
+    async def _declare_one(
+        self, channel: AbstractRobustChannel, spec: QueueSpec
+    ) -> AbstractRobustQueue:
+        try:
+            dlq = await channel.declare_queue(
+                dlq_name(spec.service), durable=True, arguments=dlq_arguments(spec)
+            )
+            await dlq.bind(DLX, routing_key=spec.service)
+            queue = await channel.declare_queue(
+                queue_name(spec.service), durable=True, arguments=queue_arguments(spec)
+            )
+        except aiormq.exceptions.ChannelPreconditionFailed as exc:
+            raise TopologyConflict(_conflict(exc, self._urls[0])) from None
         await queue.bind(REQUESTS_EXCHANGE, routing_key=f"{spec.service}.*")
         return queue
 
@@ -259,7 +276,7 @@ class AmqpBroker:
         if not self.ready:
             raise BrokerUnavailable("broker connection is down; try again shortly")
         body, headers = encode_request(req)
-        correlation_id = req.correlation_id or uuid.uuid4().hex
+        correlation_id = req.correlation_id or new_id()
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._pending[correlation_id] = future
         properties = Basic.Properties(
@@ -543,6 +560,21 @@ async def _publish(
     underlay = await channel.get_underlay_channel()
     await underlay.basic_publish(
         body, exchange=exchange, routing_key=routing_key, properties=properties, mandatory=mandatory
+    )
+
+
+def _conflict(exc: BaseException, url: str) -> str:
+    """One line: what RabbitMQ found different, and how to migrate."""
+    text = str(exc.args[0] if exc.args else exc).splitlines()[0]
+    text = text.removeprefix("PRECONDITION_FAILED - ")
+    queue = text.split("for queue '", 1)[1].split("'", 1)[0] if "for queue '" in text else "?"
+    vhost = unquote(urlsplit(url).path[1:]) or "/"
+    return (
+        f"RabbitMQ refused to declare queue {queue}: {text}. This bus declares queues with "
+        "x-queue-type and the dead-letter exchange/routing key only and keeps broker.* in the "
+        "policies lgsp-work-queues/lgsp-dead-letter-queues; the queue was made by an older "
+        f"version. Migrate: stop the workers, let the queue drain (or move its messages), "
+        f"then rabbitmqctl delete_queue -p {vhost} {queue} and start again"
     )
 
 

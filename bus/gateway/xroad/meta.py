@@ -64,7 +64,7 @@ def wsdl_of(rt: Runtime, code: str, spec: ProviderService, address: str) -> str:
         namespace=rt.config.provider.namespace,
         description=spec.description or svc.operations[spec.operation].description,
         model=rt.models[(spec.service, spec.operation)],
-        reply_fields=rt.replies.get((spec.service, spec.operation), ()),
+        reply_fields=rt.answer_fields.get((spec.service, spec.operation), ()),
         address=address,
     )
 

@@ -87,7 +87,7 @@ def test_accountable_requests_need_officer_and_purpose() -> None:
         model(accountable=True).model_validate(BASE)
     ok = {
         **BASE,
-        "caller": {"officer_id": "001085000123"},
+        "caller": {"system_id": "motcua", "unit_code": "H01", "officer_id": "001085000123"},
         "purpose": {"procedure_code": "1.001", "dossier_id": "HS-1"},
     }
     model(accountable=True).model_validate(ok)

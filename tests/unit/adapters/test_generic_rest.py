@@ -18,7 +18,7 @@ from tests.fixtures.generic_upstreams import SEEN, VSS_PASSWORD, VSS_USER, socia
 from tests.support.stack import serve_app
 
 ACCOUNTABLE = {
-    "caller": {"officer_id": "001085000123", "unit_code": "H01"},
+    "caller": {"system_id": "motcua", "unit_code": "H01", "officer_id": "001085000123"},
     "purpose": {"procedure_code": "1.001234", "dossier_id": "HS-2026-0001"},
 }
 

@@ -30,8 +30,10 @@ class Cli:
     url: str
     config: Path
 
-    async def run(self, *args: str, stdin: str = "") -> tuple[int, str, str]:
+    async def run(self, *args: str, stdin: str = "", key: bool = True) -> tuple[int, str, str]:
         env = {**os.environ, "LGSP_STORE_URL": self.url, "T_AUDIT_KEY": KEY}
+        if not key:  # the audit key unset in this process's environment
+            del env["T_AUDIT_KEY"]
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -157,6 +159,12 @@ async def test_export_is_a_self_checking_evidence_bundle(cli: Cli, tmp_path: Pat
     )
     assert code == 1
     assert "no record" in err
+    # An export names a request, not a citizen: it needs no audit key (its own record is
+    # written without a subject key).
+    code, _, err = await cli.run(
+        "audit", "export", "--config", str(cli.config), "--request-id", "req-00000002", key=False
+    )
+    assert code == 0, err
 
 
 async def test_prune_keeps_the_chains_verifiable(cli: Cli) -> None:

@@ -130,7 +130,11 @@ async def test_the_example_serves(secrets: str) -> None:
                 "/v1/social-insurance/lookup",
                 {
                     "request_id": "req-00000002",
-                    "caller": {"officer_id": "001085000123"},
+                    "caller": {
+                        "system_id": "motcua",
+                        "unit_code": "H01",
+                        "officer_id": "001085000123",
+                    },
                     "purpose": {
                         "procedure_code": "1.001234",
                         "dossier_id": "HS-1",

@@ -339,3 +339,35 @@ def test_logs_and_dead_letters_share_one_masker() -> None:
     assert logged["note"] == shown["note"] == "about 001*******45"
     assert "An" not in logged["full_name"]
     assert shown["full_name"] == "***"
+
+
+# --- exchange ids ------------------------------------------------------------------------
+
+
+def test_exchange_ids_are_never_altered_but_the_requests_own_id_numbers_in_them_are() -> None:
+    # A caller's id with digit runs that are no one's ID number: logged as sent, so a grep
+    # for the id the caller reports finds its lines.
+    for value in ("trace-123456789-abc", "req-001085012345", "a123456789012b"):
+        event = _event(correlation_id=value, request_id=value, trace_id=value)
+        assert (event["correlation_id"], event["request_id"], event["trace_id"]) == (value,) * 3
+        assert _event(detail={"request_id": value})["detail"]["request_id"] == value
+    # The same digits anywhere else are still masked.
+    assert _event(note="trace-123456789-abc")["note"] == "trace-123****89-abc"
+    # The citizen's own ID number put into a request_id is masked there too.
+    with remember_pii(["079203001234"]):
+        event = _event(request_id="dossier-079203001234-1", correlation_id="x079203001234")
+    assert event["request_id"] == "dossier-079*******34-1"
+    assert event["correlation_id"] == "x079*******34"
+    # An id that is nothing but an ID number cannot be told from one: masked.
+    assert _event(correlation_id="038204756860")["correlation_id"] == "038*******60"
+
+
+def test_ids_the_bus_generates_never_look_like_an_id_number() -> None:
+    from bus.canonical import new_id
+
+    ids = [new_id() for _ in range(20_000)]
+    assert len(set(ids)) == len(ids)
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    # Wherever one lands (free text, a header, an id key), the masker leaves it whole.
+    text = " ".join(ids)
+    assert mask_text(text) == text

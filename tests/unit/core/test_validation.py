@@ -134,7 +134,7 @@ def _lookup(**subject: Any) -> dict[str, Any]:
     base = {"id_type": "CCCD12", "id_number": "001090012345", "full_name": "Nguyễn Văn An"}
     return {
         "request_id": "req-00000001",
-        "caller": {"officer_id": "001085000123"},
+        "caller": {"system_id": "motcua", "unit_code": "H01", "officer_id": "001085000123"},
         "purpose": {"procedure_code": "1.0001", "dossier_id": "HS-1"},
         "subject": {**base, "birth_date": "1990-03-04", **subject},
     }

@@ -354,7 +354,8 @@ async def test_an_invalid_timeout_header_is_refused(bus: SecureBus) -> None:
 
 async def test_wrong_methods_and_paths_have_codes(bus: SecureBus) -> None:
     reply = await bus.call(CIVIL, method="GET")
-    assert (reply.status, reply.code) == (400, "METHOD_NOT_ALLOWED")
+    assert (reply.status, reply.code) == (405, "METHOD_NOT_ALLOWED")
+    assert reply.headers["Allow"] == "POST"  # RFC 9110 §15.5.6
     reply = await bus.call("/v1/civil-status/lookup/extra", civil_body())
     assert (reply.status, reply.code) == (404, "NOT_FOUND")
     reply = await bus.call("/v1/land/lookup", civil_body())

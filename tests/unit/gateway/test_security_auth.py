@@ -76,6 +76,7 @@ async def test_unknown_malformed_and_expired_credentials_are_one_401(
     # Nothing about why: an expired key reads exactly like a wrong one.
     assert message in reply.body["error"]["message"]
     assert reply.body["error"]["retryable"] is False
+    assert reply.headers["WWW-Authenticate"].startswith("Bearer")  # RFC 6750 §3
     assert bus.upstream_calls() == before
 
 
@@ -125,11 +126,20 @@ async def test_rate_limit_is_429_with_retry_after_and_costs_nothing(bus: SecureB
         reply = await bus.call(CIVIL, civil_body(), key="limited")
         assert reply.status == 200, reply.body
     before = bus.upstream_calls()
-    reply = await bus.call(CIVIL, civil_body(), key="limited")
+    body = civil_body()
+    reply = await bus.call(CIVIL, body, key="limited")
     assert (reply.status, reply.code) == (429, "RATE_LIMITED")
     assert reply.body["error"]["retryable"] is True
+    # The refusal names the request it refused, though the body was never validated.
+    assert reply.body["error"]["request_id"] == body["request_id"]
     # One token per 1000 s: the caller is told to wait whole seconds, rounded up.
     assert 900 <= int(reply.headers["Retry-After"]) <= 1000
+    assert reply.headers["RateLimit-Limit"] == "2"  # the burst
+    assert reply.headers["RateLimit-Remaining"] == "0"
+    assert reply.headers["RateLimit-Reset"] == reply.headers["Retry-After"]
+    # A body without a well-formed request_id gets none echoed.
+    reply = await bus.call(CIVIL, {**body, "request_id": "<x> y"}, key="limited")
+    assert (reply.status, reply.body["error"]["request_id"]) == (429, None)
     assert bus.upstream_calls() == before
     # Other consumers have buckets of their own.
     assert (await bus.call(CIVIL, civil_body(), key="portal-new")).status == 200

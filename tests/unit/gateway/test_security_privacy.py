@@ -73,6 +73,8 @@ def _without(data: dict[str, Any], key: str) -> dict[str, Any]:
         ({"caller": caller(officer_id="12345")}, "INVALID_OFFICER_ID", "caller.officer_id"),
         ({"caller": caller(unit_code="H 01")}, "INVALID_CODE", "caller.unit_code"),
         ({"caller": caller(system_id="<motcua>")}, "INVALID_CODE", "caller.system_id"),
+        ({"caller": _without(caller(), "unit_code")}, "CALLER_REQUIRED", "caller.unit_code"),
+        ({"caller": _without(caller(), "system_id")}, "CALLER_REQUIRED", "caller.system_id"),
     ],
 )
 async def test_personal_data_needs_purpose_and_officer(
@@ -87,6 +89,26 @@ async def test_personal_data_needs_purpose_and_officer(
     if where is not None and (path == CIVIL or not code.endswith("_REQUIRED")):
         assert where in paths
     assert bus.upstream_calls() == before
+
+
+@pytest.mark.parametrize("path", [CIVIL, LOOKUP])
+async def test_a_body_naming_a_key_twice_is_refused(bus: SecureBus, path: str) -> None:
+    body = civil_body() if path == CIVIL else population_body()
+    raw = orjson.dumps(body)
+    before = bus.upstream_calls()
+    # The last wins for orjson, the first for some proxies: another citizen, or another
+    # purpose, depending on who reads it. Nested objects and spaced colons alike.
+    for twice in (
+        raw[:-1] + b',"request_id":"req-other-0001"}',
+        raw.replace(b'"caller":{', b'"caller":{"officer_id" : "001085000999",', 1),
+        raw[:-1] + b',"note":"a:b\\u003a","request_id":"x-1"}',
+    ):
+        reply = await bus.call(path, twice)
+        assert (reply.status, reply.code) == (400, "DUPLICATE_KEY"), reply.body
+    assert bus.upstream_calls() == before
+    # Colons inside strings (times, escapes) are no duplicates.
+    spaced = orjson.dumps({**body, "request_id": "req:colon:0001"}).replace(b'":', b'" :')
+    assert (await bus.call(path, spaced)).status == 200
 
 
 async def test_consent_with_its_reference_is_a_legal_basis(bus: SecureBus) -> None:

@@ -71,12 +71,15 @@ FULL = {"procedure_code": "1.001", "dossier_id": "HS-1", "legal_basis": "LEGAL_D
         (FULL, None, "OFFICER_REQUIRED"),
         (FULL, "001085000123", None),
         ({**FULL, "legal_basis": "CONSENT", "consent_ref": "CONSENT-1"}, "001085000123", None),
+        ({**FULL, "caller": {"unit_code": "H01"}}, "001085000123", "CALLER_REQUIRED"),
+        ({**FULL, "caller": {"system_id": "motcua"}}, "001085000123", "CALLER_REQUIRED"),
     ],
 )
 def test_purpose_rules(purpose: dict[str, Any], officer: str | None, code: str | None) -> None:
     config = _config()
     svc = config.services["civil-status"]
-    request = _req(purpose={k: v for k, v in purpose.items() if v is not None})
+    caller = purpose.pop("caller", {"system_id": "motcua", "unit_code": "H01"})
+    request = _req(purpose={k: v for k, v in purpose.items() if v is not None}, caller=caller)
     if code is None:
         check_purpose(svc, request, officer)
         return

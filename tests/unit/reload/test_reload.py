@@ -43,7 +43,7 @@ def lookup(index: int = 0) -> dict[str, Any]:
         "request_id": f"req-{uuid.uuid4().hex[:16]}",
         "record_type": "BIRTH",
         "by_registration": reg,
-        "caller": {"unit_code": "H01", "officer_id": "001085000123"},
+        "caller": {"system_id": "motcua", "unit_code": "H01", "officer_id": "001085000123"},
         "purpose": {
             "procedure_code": "1.001234",
             "dossier_id": "HS-2026-0001",

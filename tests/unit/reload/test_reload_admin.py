@@ -75,7 +75,7 @@ async def test_admin_credentials_are_separate_from_consumers(
         status, body = await bus.call("admin", lookup())
         assert (status, body["error"]["code"]) == (401, "UNAUTHENTICATED")
         status, body = await request(bus.session, "GET", reload_url, keys["admin"])
-        assert (status, body["error"]["code"]) == (400, "METHOD_NOT_ALLOWED")
+        assert (status, body["error"]["code"]) == (405, "METHOD_NOT_ALLOWED")
 
         write_config(path, civil_config(sims, upstream="sim-b", admin=ADMIN))
         status, body = await request(bus.session, "POST", reload_url, keys["admin"])
