@@ -57,13 +57,7 @@ from bus.gateway.idempotency import (
 )
 from bus.gateway.jsonbody import body_request_id
 from bus.gateway.openapi import openapi_document
-from bus.gateway.pipeline import (
-    ADMITTED,
-    CORRELATION_ID,
-    EXCHANGE,
-    REQUEST_ID,
-    xroad_reply_headers,
-)
+from bus.gateway.pipeline import ADMITTED, CORRELATION_ID, REQUEST_ID, xroad_reply_headers
 from bus.gateway.reply import error_body, render_reply, replayed_fields
 from bus.gateway.runtime import GATEWAY, Gateway, Runtime
 from bus.gateway.xroad import ingress
@@ -87,6 +81,7 @@ PRUNE_INTERVAL_S = 600.0
 """How often a gateway deletes expired request results from the store."""
 
 BACKGROUND = web.AppKey("background", Background)
+EXCHANGE = pipeline.EXCHANGE
 RUNTIME = web.RequestKey("runtime", Runtime)
 """The runtime a request started with (read once, by :func:`observe_middleware`)."""
 _CALL, _MESSAGE = "call", "message"
