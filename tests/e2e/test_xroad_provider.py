@@ -21,9 +21,11 @@ import requests
 from aiohttp import web
 from lxml import etree
 
+from adapters.base import parse_routing
 from adapters.procedure.simulator import CALLS, build_app
 from bus.audit.observer import Auditor
 from bus.config import AuditSettings
+from bus.gateway.server import server_ssl_context
 from bus.store import Store, open_store
 from bus.store.base import AuditRecord
 from bus.xroad import request_hash
@@ -41,6 +43,12 @@ from tests.support.xroad import (
     envelope,
     headers,
     status_body,
+)
+from tests.unit.gateway.test_security_auth import (  # the test PKI and its TLS settings
+    Pki,
+    _client_ssl,
+    _tls,
+    pki,  # noqa: F401 (a fixture)
 )
 
 KEY = b"k" * 32
@@ -342,3 +350,40 @@ async def test_rest_r1_call_and_refusals(provider: Provider) -> None:
     assert provider.calls == before
     records = await provider.records()
     assert len(records) == 1 + len(cases)
+
+
+async def test_a_security_server_is_trusted_by_its_mtls_certificate(
+    pki: Pki,  # noqa: F811 (the fixture imported above)
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    token = new_secret()
+    monkeypatch.setenv("T_PROC_TOKEN", token)
+    sim = build_app(token=token)
+    async with serve_app(sim) as sim_url:
+        data = config(sim_url).model_dump(mode="json", exclude_none=True)
+        data["gateway"]["tls"] = _tls(pki, "optional")
+        data["provider"]["security_servers"] = [{"subject": "CN=motcua.tinh.gov.vn,O=So TTTT,C=VN"}]
+        cfg = parse_routing(data)
+        assert cfg.gateway.tls is not None
+        server_ctx = server_ssl_context(cfg.gateway.tls)
+        outcomes = {}
+        for cert in ("motcua", "unmapped", None):
+            client_ctx = _client_ssl(pki, cert)
+            async with (
+                running_bus(
+                    cfg, None, "unused", ssl_context=server_ctx, client_ssl=client_ctx
+                ) as bus,
+                bus.session.post(
+                    bus.url + "xroad",
+                    data=envelope(headers(), status_body()),
+                    headers={"Content-Type": "text/xml"},
+                ) as r,
+            ):
+                doc = etree.fromstring(await r.read())
+                outcomes[cert] = (r.status, fault_of(doc)[1])
+    assert outcomes == {
+        "motcua": (200, None),
+        "unmapped": (500, "XROAD_UNTRUSTED_PEER"),
+        None: (500, "XROAD_UNTRUSTED_PEER"),
+    }
+    assert len(sim[CALLS]) == 1
