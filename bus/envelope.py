@@ -55,6 +55,10 @@ class Request:
     """The gateway's correlation id (``X-Request-Id``), for logs across processes."""
     traceparent: str | None = None
     """W3C trace context of the gateway's span (tracing on), header ``traceparent``."""
+    short_deadline: bool = False
+    """The caller shortened the deadline below the operation's ``timeout_s``
+    (``X-Lgsp-Timeout-Ms``): a timeout at that deadline is the caller's doing, and the
+    upstream's circuit breaker does not count it."""
 
     @property
     def routing_key(self) -> str:
@@ -99,6 +103,8 @@ def encode_request(req: Request) -> tuple[bytes, dict[str, HeaderValue]]:
         headers[_H + "trace-id"] = req.trace_id
     if req.traceparent is not None:
         headers["traceparent"] = req.traceparent
+    if req.short_deadline:
+        headers[_H + "short-deadline"] = 1
     return orjson.dumps(req.body), headers
 
 
@@ -139,6 +145,7 @@ def decode_request(body: bytes, headers: dict[str, Any], correlation_id: str | N
         officer=officer if isinstance(officer, str) else None,
         trace_id=trace_id if isinstance(trace_id, str) else None,
         traceparent=traceparent if isinstance(traceparent, str) else None,
+        short_deadline=headers.get(_H + "short-deadline") == 1,
         body=payload,
     )
 

@@ -33,9 +33,11 @@ Library errors (aiohttp, aio-pika, zeep) are mapped into this tree at the bounda
 
 from __future__ import annotations
 
+import re
 from typing import Any, ClassVar
 
 __all__ = [
+    "UPSTREAM_MESSAGES",
     "AuditUnavailable",
     "BrokerUnavailable",
     "BusError",
@@ -61,6 +63,7 @@ __all__ = [
     "UpstreamTimeout",
     "UpstreamUnavailable",
     "error_from_code",
+    "for_caller",
 ]
 
 
@@ -209,6 +212,40 @@ class UpstreamBadResponse(UpstreamError):
     """The upstream's answer could not be understood (bad JSON/XML, hostile XML, too big)."""
 
     default_code = "UPSTREAM_BAD_RESPONSE"
+
+
+UPSTREAM_MESSAGES: dict[str, str] = {
+    "UPSTREAM_ERROR": "the national database failed",
+    "UPSTREAM_TIMEOUT": "the national database did not answer in time",
+    "UPSTREAM_UNAVAILABLE": "the national database is unavailable",
+    "UPSTREAM_REJECTED": "the national database refused the request",
+    "UPSTREAM_AUTH_FAILED": "the national database refused the bus's credentials",
+    "UPSTREAM_BAD_RESPONSE": "the national database sent an answer the bus cannot use",
+}
+"""What a caller is told for each upstream error code: fixed texts, so no byte of an
+upstream's answer (IDs, names, tokens, markup in a fault or a broken response) reaches a
+caller or the stored answers. The adapter's own message goes to the (masked) log."""
+_SAFE_DETAIL = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+
+
+def for_caller(exc: BusError) -> dict[str, Any]:
+    """``exc``'s wire form as a caller may see it: an upstream error gets its fixed text
+    and only code-shaped detail values (``upstream_code``, ``fault_code``)."""
+    wire = exc.to_dict()
+    if isinstance(exc, UpstreamError) and exc.code in UPSTREAM_MESSAGES:
+        wire["message"] = UPSTREAM_MESSAGES[exc.code]
+        detail = {
+            k: v
+            for k, v in (exc.detail or {}).items()
+            if k in ("upstream_code", "fault_code")
+            and isinstance(v, str)
+            and _SAFE_DETAIL.fullmatch(v)
+        }
+        if detail:
+            wire["detail"] = detail
+        else:
+            wire.pop("detail", None)
+    return wire
 
 
 class CircuitOpen(UpstreamError):

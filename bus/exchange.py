@@ -26,6 +26,9 @@ class Exchange:
     started_at: float = field(default_factory=time.time)
     request_id: str | None = None
     consumer: str | None = None
+    credential: str | None = None
+    """Which of the consumer's credentials authenticated it: the API key's ``label`` (else
+    ``key-<n>``) or ``cert-<n>``; never the secret. Recorded as ``detail.credential``."""
     service: str | None = None
     operation: str | None = None
     officer: str | None = None

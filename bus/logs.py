@@ -358,9 +358,7 @@ def _is_personal_key(key: str) -> bool:
     return known
 
 
-_STATIC_KEYS = frozenset(
-    {"event", "level", "timestamp", "logger", "service", "operation", "consumer", "code"}
-)
+_STATIC_KEYS = frozenset({"event", "level", "logger", "service", "operation", "consumer", "code"})
 """Keys whose values come from code or the routing config (event names, levels, config
 names, error codes), never from a request body: the same value is masked the same way on
 every line, so its masked form is remembered (:data:`_STATIC_MEMO`). ID-like digits and
@@ -383,8 +381,15 @@ def _mask_static(value: str) -> str:
 
 
 def mask_pii(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """structlog processor: mask ID numbers and names in every value of the event."""
+    """structlog processor: mask ID numbers and names in every value of the event.
+
+    ``timestamp`` is left alone: :func:`configure` puts ``TimeStamper`` right before this
+    processor in both chains, so it is always the stamper's ISO time (a caller's own
+    ``timestamp=`` is overwritten). Masking it cost a regex pass per line, and remembering it
+    filled :data:`_STATIC_MEMO` with unique times, so later static values were not memoized."""
     for key, value in event_dict.items():
+        if key == "timestamp":
+            continue
         if type(value) is str and key in _STATIC_KEYS:
             event_dict[key] = _mask_static(value)
         else:

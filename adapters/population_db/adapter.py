@@ -104,7 +104,12 @@ class PopulationDbAdapter:
         reply = self._codec.parse(route.c06_operation, result.status, result.body)
         if isinstance(model, PopulationLookup):
             accent_insensitive = self._options.name_match == "accent_insensitive"
-            out = lookup_reply(model, reply, accent_insensitive=accent_insensitive)
+            out = lookup_reply(
+                model,
+                reply,
+                accent_insensitive=accent_insensitive,
+                reveal_mismatch=self._options.reveal_mismatch,
+            )
         else:
             out = verify_reply(model, reply)
         out["correlation_id"] = ctx.correlation_id

@@ -5,8 +5,10 @@ Upstream values that cannot be understood raise :class:`~bus.errors.UpstreamBadR
 with a message that never repeats the value.
 
 Privacy decision: a lookup whose record disagrees with what was asked (name, birth date,
-sex or ID) answers ``MISMATCH`` with the *names of the disagreeing fields only* — never the
-record — so guessing an ID does not disclose whose it is.
+sex or ID) answers ``MISMATCH`` — never the record — so guessing an ID does not disclose
+whose it is. Which field disagreed is not said either (it would confirm a birth date in
+≤ 366 guesses) unless the service sets ``options.reveal_mismatch: true``, when the
+*names of the disagreeing fields* are listed.
 """
 
 from __future__ import annotations
@@ -260,9 +262,14 @@ def _records(reply: Mapping[str, Any]) -> list[Mapping[str, Any]]:
 
 
 def lookup_reply(
-    request: PopulationLookup, reply: Mapping[str, Any], *, accent_insensitive: bool = False
+    request: PopulationLookup,
+    reply: Mapping[str, Any],
+    *,
+    accent_insensitive: bool = False,
+    reveal_mismatch: bool = False,
 ) -> dict[str, Any]:
-    """The canonical lookup response for a ``CongdanCollection``."""
+    """The canonical lookup response for a ``CongdanCollection``; a ``MISMATCH`` names the
+    disagreeing fields only with ``reveal_mismatch`` (``options.reveal_mismatch``)."""
     out: dict[str, Any] = {
         "request_id": request.request_id,
         "status": "NOT_FOUND",
@@ -276,7 +283,9 @@ def lookup_reply(
     citizen = next((c for c in records if c[id_key] == request.subject.id_number), records[0])
     wrong = mismatches(request.subject, citizen, accent_insensitive=accent_insensitive)
     if wrong:
-        out.update(status="MISMATCH", mismatch=wrong)
+        out["status"] = "MISMATCH"
+        if reveal_mismatch:
+            out["mismatch"] = wrong
         return out
     out.update(status="FOUND", citizen=select_fields(citizen, request.fields))
     return out

@@ -129,6 +129,11 @@ class ServiceOptions(_Options):
     name_match: Literal["exact", "accent_insensitive"] = Field(
         "exact", description="how a record's name is compared with the one asked (MISMATCH)"
     )
+    reveal_mismatch: bool = Field(
+        False,
+        description="MISMATCH names the disagreeing fields (full_name, birth_date …); off, "
+        "since naming them lets a caller confirm a birth date in a few hundred guesses",
+    )
     content_type: str = Field("application/xml; charset=utf-8", description="C06 wants this")
     soap_action: str = '""'
     extra_headers: dict[str, str] = Field(

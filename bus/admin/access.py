@@ -15,6 +15,7 @@ from aiohttp import web
 
 from bus.config import AdminRole, AdminSettings, RoutingConfig, resolve_secret
 from bus.config.access import parse_expiry
+from bus.config.keys import shared_keys
 from bus.errors import NotFoundError, RequestError, Unauthenticated
 from bus.gateway.security import bearer_key
 from bus.reload.reloader import ConfigReloader
@@ -27,6 +28,7 @@ __all__ = [
     "AdminTarget",
     "ConfigRejected",
     "Principal",
+    "admin_keys",
     "admin_state",
     "authorised",
 ]
@@ -109,11 +111,19 @@ class AdminTarget:
     name = "admin"
 
     def __init__(self, config: RoutingConfig) -> None:
-        self.keys = AdminKeys(config.admin)
+        self.keys = admin_keys(config)
 
     async def prepare(self, old: RoutingConfig, new: RoutingConfig) -> _KeysSwap:
         """Resolve the new admin keys."""
-        return _KeysSwap(self, AdminKeys(new.admin))
+        return _KeysSwap(self, admin_keys(new))
+
+
+def admin_keys(config: RoutingConfig) -> AdminKeys:
+    """The config's admin keys; ``ValueError`` if one has a consumer key's value."""
+    shared = shared_keys(config)
+    if shared:
+        raise ValueError(shared[0][1])
+    return AdminKeys(config.admin)
 
 
 @dataclass

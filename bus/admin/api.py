@@ -23,7 +23,10 @@ Endpoints (all need an admin key):
   ``422 CONFIG_REJECTED`` with every error (the running config stays);
 * ``GET /admin/config`` — the version in force and the last reload's result;
 * ``GET /admin/explain?consumer=&service=&operation=`` — ``config explain`` on the config
-  in force.
+  in force;
+* ``GET /admin/reports/access|breach|dpia|stats``, ``POST /admin/reports/subject`` — the
+  data-protection reports (:mod:`bus.admin.reports`; the DPIA for any role, the reports
+  over the audit trail for the auditor role only: `audit.search`).
 """
 
 from __future__ import annotations
@@ -48,6 +51,8 @@ from bus.admin.access import (
 )
 from bus.admin.console import mount_console
 from bus.admin.console.roles import require
+from bus.admin.reports import mount_reports
+from bus.config import RoutingConfig
 from bus.config.explain import explain
 from bus.errors import InvalidRequest
 from bus.gateway.app import error_middleware
@@ -119,6 +124,14 @@ def mount_admin(app: web.Application, reloader: ConfigReloader) -> None:
     app.router.add_get("/admin/config", config_status)
     app.router.add_get("/admin/explain", explain_call)
     mount_console(app)
+
+    def authorise(request: web.Request) -> tuple[RoutingConfig, object, str]:
+        # The DPIA reads only the config (any role); the others read the audit trail.
+        admin, principal = authorised(request)
+        require(principal, "view" if request.path.endswith("/dpia") else "audit.search")
+        return admin.reloader.config, admin.reloader.auditor, principal.name
+
+    mount_reports(app, authorise)
 
 
 def build_admin_app(reloader: ConfigReloader) -> web.Application:

@@ -122,7 +122,7 @@ def answer_keeper(config: RoutingConfig, store: Store) -> OnAnswer:
             if awaits_answer(kept):
                 outcome, _ = render_reply(config, req, reply, req.trace_id or req.correlation_id)
                 await store.message_finish(
-                    req.consumer, req.request_id, outcome.status, outcome.body
+                    req.consumer, req.request_id, outcome.status, outcome.stored or outcome.body
                 )
                 log.info("dlq.answer_stored", status=outcome.status)
         except Exception as exc:  # the replay itself succeeded; say so and go on

@@ -21,8 +21,9 @@ logs may be sampled, records are not.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -32,9 +33,10 @@ from bus.audit.chain import AuditEntry, ChainProblem, ChainVerifier, Pin, nfc
 from bus.audit.writer import LEASE_S, Auditor, AuditRecorder, AuditUnavailable
 from bus.canonical import exchange_id
 from bus.config import AuditPolicy, RoutingConfig, resolve_secret
+from bus.config.models import MIN_AUDIT_KEY_CHARS
 from bus.exchange import Exchange
 from bus.store import open_store, store_url_from_env
-from bus.store.base import ChainHead, Store
+from bus.store.base import GENESIS_HASH, AuditRecord, ChainHead, Store
 
 __all__ = [
     "LEASE_S",
@@ -45,6 +47,7 @@ __all__ = [
     "AuditUnavailable",
     "Auditor",
     "ChainReport",
+    "Sampler",
     "StoreProbe",
     "audit_policy",
     "audit_trail",
@@ -56,7 +59,7 @@ __all__ = [
 
 log = structlog.get_logger("bus.audit.observer")
 
-MIN_KEY_CHARS = 16
+MIN_KEY_CHARS = MIN_AUDIT_KEY_CHARS
 
 
 def audit_policy(config: RoutingConfig, service: str | None) -> AuditPolicy:
@@ -81,7 +84,7 @@ def load_subject_key(config: RoutingConfig) -> bytes | None:
         return None
     try:
         key = resolve_secret(ref)
-    except (KeyError, OSError) as exc:
+    except (KeyError, OSError, ValueError) as exc:
         reason = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         raise AuditKeyError(f"audit.subject_key: {reason}") from None
     if len(key) < MIN_KEY_CHARS:
@@ -140,15 +143,20 @@ class AuditObserver:
     same auditor (:meth:`with_config`)."""
 
     def __init__(
-        self, auditor: Auditor, config: RoutingConfig, probe: StoreProbe | None = None
+        self,
+        auditor: Auditor,
+        config: RoutingConfig,
+        probe: StoreProbe | None = None,
+        sampler: Sampler | None = None,
     ) -> None:
         self.auditor = auditor
         self.config = config
         self.probe = probe or StoreProbe(auditor)
+        self.sampler = sampler or Sampler()
 
     def with_config(self, config: RoutingConfig) -> AuditObserver:
-        """The same auditor (and store probe) under a new config."""
-        return AuditObserver(self.auditor, config, self.probe)
+        """The same auditor (store probe, unauthenticated-record sampler) under a new config."""
+        return AuditObserver(self.auditor, config, self.probe, self.sampler)
 
     async def exchange_starting(self, exchange: Exchange) -> None:
         """Refuse a ``fail_closed`` exchange whose record could not be written."""
@@ -156,9 +164,42 @@ class AuditObserver:
             await self.probe.check()
 
     async def exchange_finished(self, exchange: Exchange) -> None:
-        """Record the exchange under its route's policy."""
+        """Record the exchange under its route's policy; unauthenticated ones sampled."""
+        if exchange.consumer is None and exchange.outcome == "UNAUTHENTICATED":
+            await self._unauthenticated(exchange)
+            return
         durable = audit_policy(self.config, exchange.service) == "fail_closed"
         await self.auditor.record(exchange_entry(self.auditor, exchange), durable=durable)
+
+    async def _unauthenticated(self, exchange: Exchange) -> None:
+        # Nobody's data was reached: one record a second, not durable, carrying how many
+        # were left out before it (metrics still count every one).
+        suppressed = self.sampler.admit()
+        if suppressed is None:
+            return
+        entry = exchange_entry(self.auditor, exchange)
+        if suppressed:
+            entry = dataclasses.replace(entry, detail={"suppressed_before": suppressed})
+        await self.auditor.record(entry, durable=False)
+
+
+class Sampler:
+    """Admits one unauthenticated record per clock second; counts the others."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._second = -1
+        self._suppressed = 0
+
+    def admit(self) -> int | None:
+        """``None``: leave this one out; else record it, with this many left out before."""
+        second = int(self._clock())
+        if second == self._second:
+            self._suppressed += 1
+            return None
+        self._second = second
+        suppressed, self._suppressed = self._suppressed, 0
+        return suppressed
 
 
 def exchange_entry(auditor: Auditor, exchange: Exchange) -> AuditEntry:
@@ -183,6 +224,8 @@ def exchange_entry(auditor: Auditor, exchange: Exchange) -> AuditEntry:
         outcome=exchange.outcome,
         status=exchange.status,
         latency_us=int(exchange.latency_s * 1_000_000),
+        # In detail (hashed, free-form): records written before it existed still verify.
+        detail={"credential": exchange.credential} if exchange.credential else {},
     )
 
 
@@ -224,10 +267,15 @@ class ChainReport:
 
 
 async def verify_store(
-    store: Store, pins: Iterable[Pin] = (), page: int = 1000
+    store: Store,
+    pins: Iterable[Pin] = (),
+    page: int = 1000,
+    visit: Callable[[AuditRecord], None] | None = None,
 ) -> list[ChainReport]:
     """Walk every chain; each report names its chain's first problem, if any. A chain whose
-    prune anchor no surviving ``audit.prune`` record names is reported as ``anchor``."""
+    prune anchor no surviving ``audit.prune`` record names is reported as ``anchor``.
+    ``visit`` is called with every record that verified, in chain order (the reports in
+    :mod:`bus.report` read the trail this way: one walk both checks and counts)."""
     pins = list(pins)
     reports: list[ChainReport] = []
     witnesses: set[tuple[str, int, str]] = set()
@@ -239,12 +287,22 @@ async def verify_store(
             for rec in records:
                 if verifier.feed(rec) is not None:
                     break
+                if visit is not None:
+                    visit(rec)
             if len(records) < page:
                 break
             after = records[-1].seq
         verifier.finish()
         witnesses |= verifier.witnesses
         reports.append(ChainReport(head, verifier.checked, verifier.problem))
+    present = {r.head.chain for r in reports}
+    for pin in sorted({p for p in pins if p.chain not in present}, key=lambda p: p.chain):
+        # A pin is a promise that the chain exists: wiping the trail (records and the
+        # chain row, or both tables) must not pass as "0 chains, all intact".
+        gone = ChainHead(pin.chain, "", 0, GENESIS_HASH, 0, GENESIS_HASH, None, 0.0)
+        problem = ChainProblem(pin.chain, pin.seq, "missing", "a pinned chain is not in the store")
+        reports.append(ChainReport(gone, 0, problem))
+        present.add(pin.chain)
     for report in reports:
         head = report.head
         anchor = (head.chain, head.anchor_seq, head.anchor_hash)

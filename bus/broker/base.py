@@ -179,6 +179,10 @@ class BrokerRecorder(Protocol):
         """The connection came back after a loss."""
         ...
 
+    def link_failed(self) -> None:
+        """The link's self-check found it dead (half-open); a reconnect follows."""
+        ...
+
     def publish_failed(self, reason: str) -> None:
         """A publish was not confirmed: ``nack`` (queue full), ``unroutable`` or ``error``."""
         ...
@@ -195,6 +199,9 @@ class _NullRecorder:
         """Ignored."""
 
     def broker_reconnected(self) -> None:
+        """Ignored."""
+
+    def link_failed(self) -> None:
         """Ignored."""
 
     def publish_failed(self, reason: str) -> None:

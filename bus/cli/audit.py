@@ -17,7 +17,6 @@ import json
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -34,29 +33,18 @@ from bus.audit.observer import (
 from bus.cli.common import CONFIG_HELP, load_or_exit
 from bus.config import RoutingConfig
 from bus.logs import mask_id
+from bus.report.trail import parse_time as parse_moment
 from bus.store import Store, open_store, store_url_from_env
 
-__all__ = ["check_audit_key", "parse_time", "register"]
-
-VN = timezone(timedelta(hours=7), "ICT")
+__all__ = ["check_audit_key", "login_name", "parse_time", "register"]
 
 
 def parse_time(text: str, *, end_of_day: bool = False) -> int:
-    """``YYYY-MM-DD`` or an ISO date-time → µs since the epoch; no offset means +07:00. With
-    ``end_of_day`` a bare date means the end of that day (an inclusive ``--to``)."""
+    """:func:`bus.report.trail.parse_time` for argparse (``ArgumentTypeError``)."""
     try:
-        if len(text) == 10:
-            day = date.fromisoformat(text) + timedelta(days=1 if end_of_day else 0)
-            moment = datetime(day.year, day.month, day.day, tzinfo=VN)
-        else:
-            moment = datetime.fromisoformat(text)
-            if moment.tzinfo is None:
-                moment = moment.replace(tzinfo=VN)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"not a date (YYYY-MM-DD) or ISO date-time: {text!r}"
-        ) from None
-    return int(moment.timestamp() * 1_000_000)
+        return parse_moment(text, end_of_day=end_of_day)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 _show_time = show_time
@@ -162,6 +150,16 @@ def _query(args: argparse.Namespace) -> int:
         async with open_auditor(config, store) as auditor:
             if auditor.key_id is None:
                 print("audit query: routing config has no audit.subject_key", file=sys.stderr)
+                return 2
+            mine, other = await store.audit_key_use(auditor.key_id)
+            if other and not mine:
+                # Under a key the trail was not written with, every answer would be "0".
+                print(
+                    f"audit query: no access record is keyed under audit key id "
+                    f"{auditor.key_id}, but records under another key exist: audit.subject_key "
+                    "is not the key this trail was written with",
+                    file=sys.stderr,
+                )
                 return 2
             keys = [k for k in (auditor.subject_key(i) for i in ids) if k is not None]
             records = await store.audit_find(
@@ -277,7 +275,8 @@ def check_audit_key(config: RoutingConfig, role: str) -> None:
         raise SystemExit(2) from None
 
 
-def _login() -> str:
+def login_name() -> str:
+    """The login name of whoever runs the command (the default ``--actor``)."""
     try:
         return getpass.getuser()
     except (KeyError, OSError):
@@ -301,7 +300,9 @@ def register(sub: Any) -> None:
         p.add_argument("--store", help="store URL (default: $LGSP_STORE_URL or the SQLite file)")
         if config:
             p.add_argument("--config", help=CONFIG_HELP)
-            p.add_argument("--actor", default=_login(), help="who runs this (default: login name)")
+            p.add_argument(
+                "--actor", default=login_name(), help="who runs this (default: login name)"
+            )
 
     verify = asub.add_parser(
         "verify",
@@ -313,7 +314,7 @@ def register(sub: Any) -> None:
         action="append",
         type=_pin,
         help="CHAIN:SEQ:HASH from an earlier verify or an audit.checkpoint log line; the "
-        "record must still have that hash (repeatable)",
+        "record must still have that hash and the chain must still exist (repeatable)",
     )
     verify.add_argument("--json", action="store_true", help="machine-readable report")
     verify.set_defaults(handler=_verify)

@@ -19,7 +19,13 @@ if TYPE_CHECKING:
 __all__ = ["main"]
 
 
-COMMAND_MODULES = ("bus.cli.config", "bus.cli.audit", "bus.cli.probe", "bus.cli.dlq")
+COMMAND_MODULES = (
+    "bus.cli.config",
+    "bus.cli.audit",
+    "bus.cli.report",
+    "bus.cli.probe",
+    "bus.cli.dlq",
+)
 """Modules with a ``register(subparsers)`` function adding an operator command group."""
 
 
@@ -179,10 +185,13 @@ async def _serve_role(role: str, args: argparse.Namespace, config: RoutingConfig
             )
 
 
-def _announce_demo(host: str, port: int) -> None:
-    key = os.environ.get("LGSP_DEMO_API_KEY", "")
+def _announce_demo(host: str, port: int, *, generated: bool) -> None:
+    # A key the operator set is never echoed (terminals and their logs keep it); a key
+    # generated for this run only is shown, since nobody else knows it.
+    key = os.environ.get("LGSP_DEMO_API_KEY", "") if generated else "$LGSP_DEMO_API_KEY"
+    where = "generated for this run only" if generated else "from LGSP_DEMO_API_KEY"
     print(
-        "\nTry it (demo consumer key from LGSP_DEMO_API_KEY):\n"
+        f"\nTry it (demo consumer key {where}):\n"
         f"  curl -s http://{host}:{port}/v1/civil-status/lookup \\\n"
         f"    -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\\n"
         '    -d \'{"request_id": "demo-0001-birth", "record_type": "BIRTH",\n'
@@ -257,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
         "when LGSP_AMQP_URL or broker.urls is set, else the in-memory broker; keeps idempotent "
         "answers and the audit trail in LGSP_STORE_URL (default: SQLite ./lgsp-bus.sqlite3). "
         "Unset demo secrets (LGSP_DEMO_API_KEY, LGSP_SIM_*, LGSP_AUDIT_KEY) get random values "
-        "for the run; the demo key is printed with a curl example.",
+        "for the run; a curl example is printed (with the demo key only if it was generated).",
     )
     run.add_argument("--config", help=cfg_help)
     reload_arguments(run)
@@ -354,7 +363,7 @@ def _main(argv: Sequence[str] | None) -> int:
         from bus.cli import roles as runner
 
         generated = runner.ensure_demo_secrets()
-        _announce_demo(args.host, args.port)
+        _announce_demo(args.host, args.port, generated="LGSP_DEMO_API_KEY" in generated)
         if "LGSP_AUDIT_KEY" in generated:
             print(
                 "Note: LGSP_AUDIT_KEY was unset, so this run uses a random audit key: "

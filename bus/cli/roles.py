@@ -33,7 +33,7 @@ from bus.cli.reloading import follow_gateway, follow_worker
 from bus.config import AuthBearer, AuthC06, RoutingConfig, resolve_secret
 from bus.exchange import ExchangeObserver
 from bus.gateway.app import Gateway, Runtime, build_app, instrument_gateway
-from bus.gateway.server import bound_port, http_site, server_ssl_context
+from bus.gateway.server import bound_port, http_site, server_ssl_context, stop_accepting
 from bus.observe.accesslog import AccessLogObserver
 from bus.observe.health import WorkerStatus, build_worker_app, sample_queues
 from bus.observe.metrics import Metrics
@@ -222,6 +222,10 @@ async def run_gateway(
         if listening is not None:
             listening.set()
         await stop.wait()
+        # At once: not ready, new calls refused, the listener closed; then the calls in
+        # flight finish within the grace.
+        gateway.stopping = True
+        await stop_accepting(site)
         log.info("gateway.stopping", in_flight=gateway.in_flight)
         await gateway.wait_idle(grace)
 

@@ -211,6 +211,8 @@ def security_problems(config: RoutingConfig) -> list[str]:  # noqa: C901 (ARCHIT
             other = certs.setdefault(ident, cname)
             if other != cname:
                 problems.append(f"{where}.client_certs names a certificate that is also {other}'s")
+        if consumer.require_client_cert and not consumer.client_certs:
+            problems.append(f"{where}.require_client_cert needs client_certs to require")
         if consumer.client_certs and (tls is None or tls.client_auth == "none"):
             problems.append(
                 f"{where}.client_certs needs gateway.tls with client_auth optional or required"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import stat
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -60,6 +61,7 @@ __all__ = [
     "OperationConfig",
     "RateLimit",
     "RateLimitBackend",
+    "ReportSettings",
     "RetryPolicy",
     "RoutingConfig",
     "SecretRef",
@@ -72,6 +74,7 @@ __all__ = [
 
 _SECRET_RE = re.compile(r"^(env:[A-Za-z_][A-Za-z0-9_]*|file:.+)$")
 _NAME_RE = r"^[a-z][a-z0-9_-]{0,62}$"
+_TRANSPARENCY_RE = re.compile(r"^(?:full|excluded|delayed\(([1-9][0-9]{0,3}) days?\))$")
 
 
 def check_secret_ref(value: str) -> str:
@@ -102,8 +105,28 @@ def resolve_secret(ref: str) -> str:
             raise KeyError(f"environment variable {target} is not set")
         return value
     if kind == "file":
-        return Path(target).read_text(encoding="utf-8").strip()
+        return _read_secret_file(Path(target))
     raise ValueError(f"not a secret reference: {kind}:…")
+
+
+MIN_AUDIT_KEY_CHARS = 16
+"""Shortest audit subject key ``run`` accepts (``config validate --secrets`` checks it too)."""
+MAX_SECRET_BYTES = 64 * 1024
+"""Longest secret file read (a key, a token, a PEM password); ``file:/dev/zero`` or a
+mistaken large file is refused instead of read without end."""
+
+
+def _read_secret_file(path: Path) -> str:
+    with path.open("rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise ValueError(f"secret file {path} is not a regular file")
+        data = f.read(MAX_SECRET_BYTES + 1)
+    if len(data) > MAX_SECRET_BYTES:
+        raise ValueError(f"secret file {path} is longer than {MAX_SECRET_BYTES} bytes")
+    try:
+        return data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise ValueError(f"secret file {path} is not UTF-8 text") from None
 
 
 class _Model(BaseModel):
@@ -349,6 +372,11 @@ class ConsumerConfig(_Model):
     client_certs: list[ClientCert] = Field(
         default_factory=list, description="mutual-TLS certificates that identify this consumer"
     )
+    require_client_cert: bool = Field(
+        False,
+        description="an API key of this consumer works only together with one of its "
+        "client_certs (the key alone is refused)",
+    )
     allow: dict[str, list[str]] = Field(
         default_factory=dict, description="service → operations this consumer may call"
     )
@@ -369,6 +397,33 @@ class ConsumerConfig(_Model):
     xroad_client: Annotated[str, Field(pattern=XROAD_CLIENT_RE.pattern)] | None = Field(
         None, description="this consumer's X-Road client id (INSTANCE/CLASS/MEMBER/SUBSYSTEM)"
     )
+    display_name: Annotated[str, Field(min_length=1, max_length=200)] | None = Field(
+        None,
+        description="the organisation as a citizen reads it in 'report subject' "
+        "(e.g. 'UBND phường Bến Nghé'); default: the consumer's name",
+    )
+    transparency: Annotated[str, Field(pattern=_TRANSPARENCY_RE.pattern)] = Field(
+        "full",
+        description="what citizens and published statistics see of this consumer's "
+        "accesses: full; 'delayed(N days)' (a subject's report shows an access only N days "
+        "after it; left out of 'report stats'); excluded (never shown to the subject, left "
+        "out of 'report stats'; e.g. police investigations)",
+    )
+
+    @property
+    def transparency_delay_days(self) -> int | None:
+        """Days before a subject may see an access: 0 (full), N (delayed), None (excluded)."""
+        if self.transparency == "full":
+            return 0
+        match = _TRANSPARENCY_RE.fullmatch(self.transparency)
+        if match is None or match.group(1) is None:
+            return None
+        return int(match.group(1))
+
+    @property
+    def covert(self) -> bool:
+        """Delayed or excluded: left out of published statistics."""
+        return self.transparency != "full"
 
 
 class GatewayTls(_Model):
@@ -439,6 +494,12 @@ class GatewaySettings(_Model):
 
     max_body_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024)
     max_in_flight: int = Field(1024, ge=1)
+    max_in_flight_per_consumer: int | None = Field(
+        None,
+        ge=1,
+        description="calls (async ones too) one consumer may have in flight; default: "
+        "max_in_flight less a quarter, so one consumer's burst cannot take every slot",
+    )
     shutdown_grace_s: float = Field(15.0, ge=0, le=300)
     max_deadline_s: float = Field(
         60.0, gt=0, le=600, description="cap on every operation's timeout_s (the longest deadline)"
@@ -451,7 +512,7 @@ class GatewaySettings(_Model):
         None, description="this bus's X-Road id; X-Road-Service headers must name it"
     )
     idempotency_ttl_s: float = Field(
-        86_400.0,
+        3_600.0,
         ge=60,
         le=30 * 86_400,
         description="how long a request_id's answer is kept for repeats and GET /v1/messages",
@@ -572,6 +633,18 @@ class AuditSettings(_Model):
     )
 
 
+class ReportSettings(_Model):
+    """The data-protection reports (``lgsp-bus report``, ``/admin/reports/*``)."""
+
+    k_anonymity: int = Field(
+        10,
+        ge=2,
+        le=10_000,
+        description="'report stats' suppresses every cell whose calls or distinct "
+        "subjects are fewer than this",
+    )
+
+
 class TracingSettings(_Model):
     """OpenTelemetry traces over OTLP/HTTP (bus/observe/tracing.py); off by default."""
 
@@ -617,6 +690,7 @@ class RoutingConfig(_Model):
     services: dict[Name, ServiceConfig] = Field(default_factory=dict)
     admin: AdminSettings = AdminSettings()
     audit: AuditSettings = AuditSettings()
+    reports: ReportSettings = ReportSettings()
     tracing: TracingSettings = TracingSettings()
     provider: ProviderSettings | None = Field(
         None, description="services served to X-Road/NDXP callers (bus/config/provider.py)"

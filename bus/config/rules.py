@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel
 
 from bus.config.access import parse_expiry
+from bus.config.keys import key_problems
 from bus.config.kinds import KindCatalog
 from bus.config.models import (
     ApiKey,
@@ -281,8 +282,9 @@ def _is_secret_field(model: BaseModel, name: str) -> bool:
 
 
 def secret_errors(config: RoutingConfig, doc: YamlDocument | None) -> list[ConfigIssue]:
-    """References that do not resolve here (``config validate --secrets`` on the bus's host)."""
-    issues: list[ConfigIssue] = []
+    """References that do not resolve here (``config validate --secrets`` on the bus's host),
+    and key values used both as an admin key and a consumer key."""
+    issues = [ConfigIssue.at(doc, p, m) for p, m in key_problems(config)]
     for path, ref in secret_references(config):
         try:
             resolve_secret(ref)

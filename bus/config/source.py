@@ -61,6 +61,45 @@ class ConfigError(Exception):
         super().__init__("\n".join(str(i) for i in self.issues))
 
 
+MAX_YAML_DEPTH = 64
+"""Deepest nesting of mappings/sequences a config may have (routing.yaml needs about 8)."""
+MAX_YAML_NODES = 200_000
+"""Most nodes a config may expand to, aliases counted each time they are used: a
+"billion laughs" alias bomb of a few KB is refused instead of expanded (25 s and 3 GiB
+before)."""
+
+
+def _too_deep() -> ConfigIssue:
+    return ConfigIssue((), f"YAML nests deeper than {MAX_YAML_DEPTH} levels")
+
+
+def _check_shape(root: yaml.Node) -> None:
+    """Depth and expanded size within bounds, walked iteratively (no recursion)."""
+    stack: list[tuple[yaml.Node, int]] = [(root, 1)]
+    seen = 0
+    while stack:
+        node, depth = stack.pop()
+        seen += 1
+        if seen > MAX_YAML_NODES:
+            raise ConfigError(
+                [
+                    ConfigIssue(
+                        (),
+                        f"YAML expands to more than {MAX_YAML_NODES} nodes (aliases counted "
+                        "each time they are used)",
+                    )
+                ]
+            )
+        if depth > MAX_YAML_DEPTH:
+            raise ConfigError([_too_deep()])
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                stack.append((key, depth + 1))
+                stack.append((value, depth + 1))
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend((item, depth + 1) for item in node.value)
+
+
 @dataclass
 class YamlDocument:
     """Parsed YAML data plus the position of every mapping key and sequence item."""
@@ -74,6 +113,8 @@ class YamlDocument:
         """Parse YAML text; raises :class:`ConfigError` on syntax errors and duplicate keys."""
         try:
             node = yaml.compose(text, Loader=yaml.SafeLoader)
+        except RecursionError:
+            raise ConfigError([_too_deep()]) from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             line = mark.line + 1 if mark is not None else None
@@ -89,6 +130,7 @@ class YamlDocument:
         if node is None:
             doc.data = {}
             return doc
+        _check_shape(node)
         doc._walk(node, ())
         if doc.duplicates:
             raise ConfigError(doc.duplicates)

@@ -57,8 +57,8 @@ from bus.gateway.idempotency import (
 )
 from bus.gateway.jsonbody import body_request_id
 from bus.gateway.openapi import openapi_document
-from bus.gateway.pipeline import ADMITTED, CORRELATION_ID, REQUEST_ID, xroad_reply_headers
-from bus.gateway.reply import error_body, render_reply, replayed_fields
+from bus.gateway.pipeline import ADMITTED, CORRELATION_ID, HELD_BY, REQUEST_ID, xroad_reply_headers
+from bus.gateway.reply import error_body, render_reply, serve_stored
 from bus.gateway.runtime import GATEWAY, Gateway, Runtime
 from bus.gateway.xroad import ingress
 from bus.observe import tracing
@@ -77,17 +77,13 @@ __all__ = [
 
 log = structlog.get_logger("bus.gateway.app")
 
-PRUNE_INTERVAL_S = 600.0
-"""How often a gateway deletes expired request results from the store."""
+PRUNE_INTERVAL_S = 600.0  # how often a gateway deletes expired request results
 
 BACKGROUND = web.AppKey("background", Background)
 EXCHANGE = pipeline.EXCHANGE
-RUNTIME = web.RequestKey("runtime", Runtime)
-"""The runtime a request started with (read once, by :func:`observe_middleware`)."""
+RUNTIME = web.RequestKey("runtime", Runtime)  # a request's, read once by observe_middleware
 _CALL, _MESSAGE = "call", "message"
-_XROAD_SOAP, _XROAD_REST = "xroad-soap", "xroad-rest"
-_CALLS = frozenset({_CALL, _XROAD_SOAP, _XROAD_REST})
-"""Route names: calls are observed and counted in flight; messages observed only."""
+_CALLS = frozenset({_CALL, *ingress.ROUTES})  # observed, counted in flight; messages observed
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -132,8 +128,6 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except Exception:
         log.exception("gateway.unhandled_error")
         error = InternalError("the gateway failed unexpectedly")
-    if _route_name(request) == _XROAD_SOAP:
-        return ingress.soap_error(request, error)
     request_id = request.get(REQUEST_ID)
     if request_id is None and isinstance(error, RateLimited):
         request_id = await body_request_id(request)
@@ -153,7 +147,7 @@ async def in_flight_middleware(request: web.Request, handler: Handler) -> web.St
     try:
         return await handler(request)
     finally:
-        gateway.leave()
+        gateway.leave(request.get(HELD_BY))
 
 
 @web.middleware
@@ -171,12 +165,21 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
     try:
         response = await handler(request)
     except BusError as exc:
-        exchange.outcome, exchange.status = exc.code, exc.status
+        error: BusError = exc
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        error = _http_error(exc)
+    except Exception:  # a bug: still one audit record and one metric (500 INTERNAL_ERROR)
+        log.exception("gateway.unhandled_error")
+        error = InternalError("the gateway failed unexpectedly")
+    else:
+        exchange.outcome, exchange.status = "OK", response.status
         await _tell_observers(rt, exchange)
-        raise
-    exchange.outcome, exchange.status = "OK", response.status
+        return response
+    exchange.outcome, exchange.status = error.code, error.status
     await _tell_observers(rt, exchange)
-    return response
+    raise error
 
 
 async def _tell_observers(rt: Runtime, exchange: Exchange) -> None:
@@ -236,10 +239,10 @@ async def _call_operation(request: web.Request) -> web.Response:
         stale_after_s=op.timeout_s + STALE_GRACE_S,
         asynchronous=prefers_async(request.headers.get("Prefer")),
         execute=exchanged,
-        hold=gateway.hold,
+        hold=functools.partial(gateway.hold, req.consumer),
     )
-    if "Idempotent-Replayed" in outcome.headers:  # the audit trail: what it got this time
-        exchange.fields_returned = replayed_fields(rt.config, req, outcome.body)
+    if "Idempotent-Replayed" in outcome.headers:  # under today's grants; audit what is sent
+        outcome, exchange.fields_returned = serve_stored(rt.config, req.consumer, outcome)
     return _respond(request, outcome)
 
 
@@ -276,8 +279,9 @@ async def get_message(request: web.Request) -> web.Response:
     observed (audited) like a call, keyed by the same request_id as the original request.
     """
     gateway, rt, exchange = request.app[GATEWAY], request[RUNTIME], request[EXCHANGE]
-    consumer = pipeline.identify(request, rt).consumer
-    exchange.consumer = consumer
+    identity = pipeline.identify(request, rt)
+    consumer = identity.consumer
+    exchange.consumer, exchange.credential = consumer, identity.credential
     await gateway.limiter.admit(consumer)
     request_id = request.match_info["request_id"]
     if exchange_id(request_id) is None:
@@ -296,10 +300,7 @@ async def get_message(request: web.Request) -> web.Response:
     outcome = await step.lookup(consumer, request_id, longest + STALE_GRACE_S)
     if outcome is None:
         raise NotFoundError("no message with this request_id", code="MESSAGE_NOT_FOUND")
-    if outcome.error is None and outcome.status == 200:
-        stored = orjson.loads(outcome.body)
-        if isinstance(stored, dict):
-            exchange.fields_returned = sorted(stored)
+    outcome, exchange.fields_returned = serve_stored(rt.config, consumer, outcome)
     return _respond(request, outcome)
 
 
@@ -351,6 +352,7 @@ async def readyz(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY]
     config = gateway.config
     checks = {"broker": gateway.broker.ready, "config": bool(config.services)}
+    checks["accepting"] = not gateway.stopping
     ready = all(checks.values())
     detail: dict[str, Any] = {
         "status": "ready" if ready else "not_ready",
@@ -372,7 +374,7 @@ async def openapi(request: web.Request) -> web.Response:
 def build_app(gateway: Gateway) -> web.Application:
     """The gateway application (the caller owns the broker's lifecycle)."""
     app = web.Application(
-        middlewares=[error_middleware, in_flight_middleware, observe_middleware],
+        middlewares=[error_middleware, ingress.faults, in_flight_middleware, observe_middleware],
         client_max_size=gateway.config.gateway.max_body_bytes,
         handler_args={"max_field_size": 8190, "max_line_size": 8190},
     )
@@ -385,7 +387,7 @@ def build_app(gateway: Gateway) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/openapi.json", openapi)
-    ingress.add_routes(app, soap_name=_XROAD_SOAP, rest_name=_XROAD_REST)
+    ingress.add_routes(app)
     return app
 
 

@@ -91,6 +91,10 @@ class Outcome:
     body: bytes
     headers: dict[str, str] = field(default_factory=dict)
     error: BusError | None = None
+    stored: bytes | None = None
+    """What the store keeps when it is not ``body`` (an answer with the service and
+    operation it came from, so it can be re-checked when served:
+    :func:`bus.gateway.reply.serve_stored`)."""
 
     @classmethod
     def failure(cls, exc: BusError, request_id: str | None) -> Outcome:
@@ -320,8 +324,9 @@ class Idempotency:
             if outcome.error is not None and outcome.error.code in NOT_ACCEPTED:
                 await self._store(self.store.message_release(consumer, request_id))
             else:
+                kept = outcome.stored or outcome.body
                 await self._store(
-                    self.store.message_finish(consumer, request_id, outcome.status, outcome.body)
+                    self.store.message_finish(consumer, request_id, outcome.status, kept)
                 )
         except StoreUnavailable:
             # The caller still gets this answer; only a repeat would run the request again.

@@ -30,6 +30,10 @@ ERROR_CODES: dict[str, str] = {
     "NOT_FOUND": "404: no such endpoint",
     "METHOD_NOT_ALLOWED": "405: wrong HTTP method for this endpoint (Allow lists the right one)",
     "MALFORMED_JSON": "400: the body is not a JSON object",
+    "DUPLICATE_HEADER": "400: Authorization, Content-Type, X-Request-Id, X-Lgsp-Timeout-Ms, "
+    "Prefer or an X-Road header is sent more than once",
+    "JSON_TOO_DEEP": "400: the body nests objects/arrays deeper than 32 levels",
+    "MALFORMED_BODY": "400: the body does not decode with its Content-Encoding (gzip/deflate)",
     "DUPLICATE_KEY": "400: the body names a key twice in one object",
     "UNKNOWN_FIELD": "400: a field the operation does not define (path in detail)",
     "MISSING_FIELD": "400: a required field is absent (path in detail)",
@@ -103,6 +107,8 @@ ERROR_CODES: dict[str, str] = {
     "STORE_UNAVAILABLE": "503: the store of request results is unreachable (retryable)",
     "BUS_UNAVAILABLE": "503: the gateway stopped before the answer arrived; send the request "
     "again with the same request_id (retryable)",
+    "SHUTTING_DOWN": "503: the gateway is stopping (SIGTERM) and takes no new calls; send the "
+    "request again, another instance answers (retryable, Retry-After)",
 }
 
 _ERROR_SCHEMA: dict[str, Any] = {

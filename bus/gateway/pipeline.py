@@ -27,6 +27,7 @@ the in-flight count, error shape and observers are middlewares (:mod:`bus.gatewa
 from __future__ import annotations
 
 import time
+import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -34,13 +35,21 @@ from typing import Any
 import orjson
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import ContentEncodingError
+from aiohttp.web_protocol import RequestPayloadError
 from pydantic import BaseModel, ValidationError
 
 from bus.canonical import CanonicalRequest, new_id, validation_error
 from bus.config import OperationConfig, RoutingConfig, ServiceConfig
 from bus.config.access import authorize
 from bus.envelope import Request
-from bus.errors import InvalidRequest, NotFoundError, Overloaded, UnsupportedMediaType
+from bus.errors import (
+    BusUnavailable,
+    InvalidRequest,
+    NotFoundError,
+    Overloaded,
+    UnsupportedMediaType,
+)
 from bus.exchange import Exchange
 from bus.gateway import privacy
 from bus.gateway.jsonbody import duplicate_key
@@ -56,6 +65,7 @@ __all__ = [
     "BODY_HASH",
     "CORRELATION_ID",
     "EXCHANGE",
+    "HELD_BY",
     "REQUEST_ID",
     "TIMEOUT_HEADER",
     "XROAD",
@@ -86,6 +96,8 @@ REQUEST_ID = web.RequestKey("request_id", str)
 EXCHANGE = web.RequestKey("exchange", Exchange)
 """The exchange an observed request records onto (the observe middleware makes it)."""
 ADMITTED = web.RequestKey("admitted", bool)
+HELD_BY = web.RequestKey("held_by", str)
+"""The consumer whose in-flight share this call holds."""
 """Set by the in-flight middleware: ``False`` when the gateway was full."""
 
 
@@ -94,6 +106,8 @@ class Admitted:
     """An authenticated caller within its limits."""
 
     consumer: str
+    credential: str | None = None
+    """Which of its credentials (key label, ``key-<n>``, ``cert-<n>``): for the audit trail."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,11 +161,27 @@ def identify(request: web.Request, rt: Runtime) -> Identity:
 
 async def admit(request: web.Request, gateway: Gateway, rt: Runtime) -> Admitted:
     """Stage 1: room in flight, an authenticated consumer, within its rate limit."""
+    for name in SINGLE_HEADERS:
+        if len(request.headers.getall(name, ())) > 1:
+            raise InvalidRequest(f"header {name} is sent more than once", code="DUPLICATE_HEADER")
+    if gateway.stopping:
+        raise BusUnavailable(
+            "the gateway is shutting down; send the request again (another instance answers)",
+            code="SHUTTING_DOWN",
+            retry_after=1.0,
+        )
     if not request.get(ADMITTED, True):
         raise Overloaded("the gateway has too many requests in flight", retry_after=1.0)
-    consumer = identify(request, rt).consumer
+    identity = identify(request, rt)
+    consumer = identity.consumer
     await gateway.limiter.admit(consumer)
-    return Admitted(consumer)
+    if not gateway.consumer_enter(consumer):
+        raise Overloaded(
+            "this consumer has too many requests in flight (its share of the gateway)",
+            retry_after=1.0,
+        )
+    request[HELD_BY] = consumer  # released when the call ends (app.in_flight_middleware)
+    return Admitted(consumer, identity.credential)
 
 
 def route(request: web.Request, rt: Runtime, admitted: Admitted) -> Routed:
@@ -180,7 +210,15 @@ async def read(request: web.Request, allowed: Allowed) -> Read:
     """Stage 3: JSON only, bounded (``client_max_size``: 413), one object."""
     if request.content_type != "application/json":
         raise UnsupportedMediaType("send the request as application/json")
-    raw = await request.read()
+    try:
+        raw = await request.read()
+    except web.HTTPException:
+        raise  # 413 from client_max_size
+    except (ContentEncodingError, RequestPayloadError, zlib.error) as exc:
+        # A gzip/deflate body that does not inflate (aiohttp decompresses while reading).
+        raise InvalidRequest(
+            "the request body does not decode with its Content-Encoding", code="MALFORMED_BODY"
+        ) from exc
     request[BODY_HASH] = request_hash(raw)
     try:
         body = orjson.loads(raw)
@@ -188,6 +226,11 @@ async def read(request: web.Request, allowed: Allowed) -> Read:
         raise InvalidRequest("request body is not valid JSON", code="MALFORMED_JSON") from None
     if not isinstance(body, dict):
         raise InvalidRequest("request body must be a JSON object", code="MALFORMED_JSON")
+    if too_deep(body, MAX_JSON_DEPTH):
+        raise InvalidRequest(
+            f"request body nests objects or arrays deeper than {MAX_JSON_DEPTH} levels",
+            code="JSON_TOO_DEEP",
+        )
     repeated = duplicate_key(raw, body)
     if repeated is not None:
         raise InvalidRequest(
@@ -229,6 +272,7 @@ def envelope(request: web.Request, checked: Checked) -> Request:
     by the caller's ``X-Lgsp-Timeout-Ms``."""
     v = checked.validated
     r = v.allowed.routed
+    deadline, short = _deadline(request, r.op.timeout_s)
     return Request(
         request_id=v.request_id,
         service=r.service,
@@ -237,7 +281,8 @@ def envelope(request: web.Request, checked: Checked) -> Request:
         correlation_id=new_id(),
         trace_id=request[CORRELATION_ID],
         traceparent=tracing.traceparent() if tracing.enabled() else None,
-        deadline=_deadline(request, r.op.timeout_s),
+        deadline=deadline,
+        short_deadline=short,
         body=_with_officer(v.model.model_dump(mode="json", exclude_none=True), checked.officer),
         officer=checked.officer,
     )
@@ -246,7 +291,7 @@ def envelope(request: web.Request, checked: Checked) -> Request:
 async def run(request: web.Request, gateway: Gateway, rt: Runtime, exchange: Exchange) -> Request:
     """Every stage in order, each one's findings recorded onto ``exchange`` here."""
     admitted = await admit(request, gateway, rt)
-    exchange.consumer = admitted.consumer
+    exchange.consumer, exchange.credential = admitted.consumer, admitted.credential
     routed = route(request, rt, admitted)
     exchange.service, exchange.operation = routed.service, routed.operation
     for gate in rt.gates:  # e.g. the audit trail of a fail_closed route, its store down
@@ -286,15 +331,52 @@ def describe(exchange: Exchange, validated: BaseModel) -> None:
         exchange.subject_id = validated.subject_id()
 
 
-def _deadline(request: web.Request, timeout_s: float) -> float:
+SINGLE_HEADERS = (
+    "Authorization",
+    "Content-Type",
+    "Content-Encoding",
+    "X-Request-Id",
+    TIMEOUT_HEADER,
+    "Prefer",
+    "X-Road-Client",
+    "X-Road-Service",
+    "X-Road-Id",
+    "X-Road-UserId",
+)
+"""Headers a call may carry once: two ``Authorization`` (or deadline, X-Road …) headers
+could be read differently by a proxy in front and by the gateway."""
+MAX_JSON_DEPTH = 32
+"""Deepest nesting of objects/arrays a request body may have (the request models need 4)."""
+
+
+def too_deep(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests dicts/lists more than ``limit`` levels (iterative: no
+    recursion on hostile input)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values() if isinstance(v, dict | list))
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item if isinstance(v, dict | list))
+    return False
+
+
+def _deadline(request: web.Request, timeout_s: float) -> tuple[float, bool]:
+    """The deadline, and whether the caller's header made it shorter than ``timeout_s``."""
     raw = request.headers.get(TIMEOUT_HEADER)
+    short = False
     if raw is not None:
-        if not raw.isdigit() or not 1 <= int(raw) <= 600_000:
+        # ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
+        if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 600_000:
             raise InvalidRequest(
                 f"{TIMEOUT_HEADER} must be whole milliseconds, 1..600000", code="INVALID_TIMEOUT"
             )
+        short = int(raw) / 1000 < timeout_s
         timeout_s = min(timeout_s, int(raw) / 1000)
-    return time.time() + timeout_s
+    return time.time() + timeout_s, short
 
 
 def _with_officer(body: dict[str, Any], officer: str | None) -> dict[str, Any]:

@@ -3,6 +3,11 @@
 :func:`render_reply` withholds the fields the consumer may not see and is used by both the
 gateway and ``lgsp-bus dlq replay`` (which stores replayed answers); :func:`error_body` is
 the one JSON error shape, ``{"error": {"code", "message", "request_id", "retryable"}}``.
+
+A stored answer is kept with the service and operation it answered (:data:`STORED_META`)
+and served through :func:`serve_stored`, which applies the consumer's grants *as they are
+now*: a revoked operation is ``403 FORBIDDEN_OPERATION``, a narrowed field grant withholds
+the fields again, and the fields listed for the audit record are those actually sent.
 """
 
 from __future__ import annotations
@@ -12,17 +17,27 @@ from typing import Any
 import orjson
 
 from bus.config import RoutingConfig
+from bus.config.access import authorize
 from bus.envelope import Reply, Request
-from bus.errors import BusError, error_from_code
+from bus.errors import BusError, NotFoundError, error_from_code
 from bus.gateway import privacy
 from bus.gateway.idempotency import Outcome
 
-__all__ = ["ENVELOPE_KEYS", "WITHHELD_HEADER", "error_body", "render_reply", "replayed_fields"]
+__all__ = [
+    "ENVELOPE_KEYS",
+    "STORED_META",
+    "WITHHELD_HEADER",
+    "error_body",
+    "render_reply",
+    "serve_stored",
+]
 
 WITHHELD_HEADER = "X-Lgsp-Withheld-Fields"
 """Reply fields the consumer's grants withheld (dotted paths, comma-separated)."""
 ENVELOPE_KEYS = frozenset({"request_id", "correlation_id"})
 """Keys of a rendered answer that are not the upstream's data."""
+STORED_META = "x-lgsp-stored"
+"""Key of a stored answer naming its service and operation (never sent to a caller)."""
 
 
 def error_body(exc: BusError, request_id: str | None) -> dict[str, Any]:
@@ -53,10 +68,40 @@ def render_reply(
     headers = {}
     if filtered.withheld:
         headers[WITHHELD_HEADER] = ",".join(filtered.withheld)[:2048]
-    return Outcome(200, orjson.dumps(out), headers), filtered.returned
+    meta = {"service": req.service, "operation": req.operation}
+    stored = orjson.dumps({**out, STORED_META: meta})
+    return Outcome(200, orjson.dumps(out), headers, stored=stored), filtered.returned
 
 
-def replayed_fields(config: RoutingConfig, req: Request, stored: bytes) -> list[str]:
-    """The fields a stored (replayed) answer returns to ``req``'s consumer."""
-    body = {k: v for k, v in orjson.loads(stored).items() if k not in ENVELOPE_KEYS}
-    return privacy.FieldFilter.of(config, req.consumer, req.service).apply(body).returned
+def serve_stored(
+    config: RoutingConfig, consumer: str, outcome: Outcome
+) -> tuple[Outcome, list[str]]:
+    """A stored outcome as ``consumer`` may get it now: the operation still granted (else
+    ``Forbidden``), the current field filter applied; with the fields sent. Failures are
+    served as they were."""
+    if outcome.error is not None or outcome.status != 200:
+        return outcome, []
+    stored = orjson.loads(outcome.body)
+    meta = stored.pop(STORED_META, None) if isinstance(stored, dict) else None
+    if not (
+        isinstance(meta, dict)
+        and isinstance(meta.get("service"), str)
+        and isinstance(meta.get("operation"), str)
+    ):
+        # Kept before answers named their operation: it cannot be re-checked, so it is not
+        # served (the request may be sent again, with a new request_id).
+        raise NotFoundError(
+            "this stored answer cannot be checked against current grants; send the request "
+            "again with a new request_id",
+            code="MESSAGE_NOT_FOUND",
+        )
+    service, operation = meta["service"], meta["operation"]
+    authorize(config, consumer, service, operation)
+    envelope = {k: v for k, v in stored.items() if k in ENVELOPE_KEYS}
+    data = {k: v for k, v in stored.items() if k not in ENVELOPE_KEYS}
+    filtered = privacy.FieldFilter.of(config, consumer, service).apply(data)
+    headers = {k: v for k, v in outcome.headers.items() if k != WITHHELD_HEADER}
+    if filtered.withheld:
+        headers[WITHHELD_HEADER] = ",".join(filtered.withheld)[:2048]
+    body = orjson.dumps({**filtered.body, **envelope})
+    return Outcome(200, body, headers), filtered.returned

@@ -92,6 +92,11 @@ class Gateway:
     """Per-consumer token buckets (``consumers.<c>.rate_limit``)."""
     in_flight: int = field(default=0, init=False)
     idle: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+    by_consumer: dict[str, int] = field(default_factory=dict, init=False)
+    """Calls in flight per consumer (the share each may hold of ``max_in_flight``)."""
+    stopping: bool = field(default=False, init=False)
+    """Set at SIGTERM: ``/readyz`` is 503 and new calls are refused (``SHUTTING_DOWN``)
+    while those in flight finish."""
 
     def __post_init__(self) -> None:
         self.limiter = RateLimiter.from_config(self.runtime.config)
@@ -124,17 +129,51 @@ class Gateway:
         self.idle.clear()
         return admitted
 
-    def leave(self) -> None:
-        """A request counted by :meth:`enter` is done."""
+    def leave(self, consumer: str | None = None) -> None:
+        """A request counted by :meth:`enter` is done (and ``consumer``'s share freed)."""
+        if consumer is not None:
+            self.consumer_leave(consumer)
         self.in_flight -= 1
         if not self.in_flight:
             self.idle.set()
 
-    def hold(self) -> Callable[[], None]:
-        """Count a background (async-mode) request in flight; returns its release."""
+    def consumer_share(self) -> int:
+        """How many calls one consumer may have in flight."""
+        gw = self.runtime.config.gateway
+        if gw.max_in_flight_per_consumer is not None:
+            return gw.max_in_flight_per_consumer
+        return max(1, gw.max_in_flight - gw.max_in_flight // 4)
+
+    def consumer_enter(self, consumer: str) -> bool:
+        """Count a call of ``consumer``; ``False`` (nothing counted) if its share is full."""
+        held = self.by_consumer.get(consumer, 0)
+        if held >= self.consumer_share():
+            return False
+        self.by_consumer[consumer] = held + 1
+        return True
+
+    def consumer_leave(self, consumer: str) -> None:
+        """A call counted by :meth:`consumer_enter` is done."""
+        held = self.by_consumer.get(consumer, 0) - 1
+        if held > 0:
+            self.by_consumer[consumer] = held
+        else:
+            self.by_consumer.pop(consumer, None)
+
+    def hold(self, consumer: str | None = None) -> Callable[[], None]:
+        """Count a background (async-mode) request in flight (and in ``consumer``'s share);
+        returns its release."""
         self.in_flight += 1
         self.idle.clear()
-        return self.leave
+        if consumer is None:
+            return self.leave
+        self.by_consumer[consumer] = self.by_consumer.get(consumer, 0) + 1
+
+        def release() -> None:
+            self.consumer_leave(consumer)
+            self.leave()
+
+        return release
 
     async def wait_idle(self, bound_s: float) -> None:
         """Wait until no request is in flight, at most ``bound_s`` seconds."""

@@ -145,6 +145,7 @@ class Authenticator:
         self._keys: dict[bytes, _Key] = {}
         self._by_fingerprint: dict[str, Identity] = {}
         self._by_subject: dict[frozenset[tuple[str, str]], Identity] = {}
+        self._cert_required = {n for n, c in config.consumers.items() if c.require_client_cert}
         now = now or datetime.now(UTC)
         for name, consumer in config.consumers.items():
             for i, api_key in enumerate(consumer.api_keys):
@@ -184,6 +185,8 @@ class Authenticator:
             by_key = self._api_key(authorization)
             if by_cert is not None and by_cert.consumer != by_key.consumer:
                 raise Unauthenticated("invalid credentials")
+            if by_cert is None and by_key.consumer in self._cert_required:
+                raise Unauthenticated("invalid credentials")  # the key alone is not enough
             return by_key
         if by_cert is not None:
             return by_cert

@@ -43,6 +43,7 @@ __all__ = [
     "json_protocol_errors",
     "peer_certificate",
     "server_ssl_context",
+    "stop_accepting",
 ]
 
 log = structlog.get_logger("bus.gateway.server")
@@ -161,6 +162,13 @@ async def http_site(
         yield runner
     finally:
         await runner.cleanup()
+
+
+async def stop_accepting(runner: web.AppRunner) -> None:
+    """Close the listening sockets now (new connections are refused); connections already
+    open stay until the runner's cleanup, so requests in flight can finish."""
+    for site in list(runner.sites):
+        await site.stop()
 
 
 class PortInUse(Exception):

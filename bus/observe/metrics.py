@@ -1,14 +1,12 @@
 """Prometheus metrics of one process, on an injected registry; every name starts ``lgsp_``.
 
 One :class:`Metrics` object per process (the CLI makes it; tests make their own registry),
-handed to the parts that record: the gateway (through
-:class:`bus.observe.observer.MetricsObserver`), the worker, the broker (through the small
-:class:`~bus.broker.base.BrokerRecorder` protocol, so the broker needs no prometheus),
-and the retry, breaker, audit and config-reload code through the ``record``-style methods
-below. ``/metrics`` renders :meth:`Metrics.render`.
+handed to the parts that record: the gateway (:class:`bus.observe.observer.MetricsObserver`),
+the worker, the broker (the :class:`~bus.broker.base.BrokerRecorder` protocol: the broker
+needs no prometheus), retry, breaker, audit and config reload (``record``-style methods).
+``/metrics`` renders :meth:`Metrics.render`.
 
-Label values are bounded (:mod:`bus.observe.labels`; reasons come from fixed sets): no
-request id, officer, subject or other personal data is ever a label.
+Label values are bounded (:mod:`bus.observe.labels`, fixed reason sets): no ID is a label.
 """
 
 from __future__ import annotations
@@ -39,6 +37,7 @@ from bus.observe.labels import (
     NONE,
     OTHER,
     BoundedLabel,
+    Children,
 )
 
 __all__ = [
@@ -65,6 +64,7 @@ BREAKER_STATES: Final = {"closed": 0, "half_open": 1, "open": 2}
 PUBLISH_FAILURE_REASONS: Final = frozenset({"nack", "unroutable", "error"})
 DEAD_LETTER_REASONS: Final = frozenset({"rejected", "delivery_limit", "expired", "other"})
 CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
+_LINK_HELP = "Times the broker link's self-check found it dead (half-open) and tore it down"
 
 
 def config_version(config: RoutingConfig) -> str:
@@ -184,6 +184,7 @@ class Metrics:
             "Times the broker connection came back after a loss",
             registry=r,
         )
+        self.broker_link_failures = Counter("lgsp_broker_link_failures", _LINK_HELP, registry=r)
         self.publish_failures = Counter(
             "lgsp_broker_publish_failures",
             "Publishes the broker did not confirm: nack (queue full), unroutable, error",
@@ -253,6 +254,10 @@ class Metrics:
         )
         self.config_last_reload_ok.set(1)
         self._config_version: str | None = None
+        c = Children  # the hot families' children, cached (never removed)
+        self._req, self._req_s = c(self.requests), c(self.request_duration)
+        self._up, self._up_s = c(self.upstream_requests), c(self.upstream_duration)
+        self._busy = c(self.worker_in_flight)
 
     # -- gateway ----------------------------------------------------------------------
 
@@ -268,8 +273,8 @@ class Metrics:
     ) -> None:
         """One answered gateway request (``code`` is ``OK`` or the error code)."""
         svc, op, outcome = self._service(service), self._operation(operation), _outcome(status)
-        self.requests.labels(svc, op, self._consumer(consumer), self._code(code), outcome).inc()
-        self.request_duration.labels(svc, op, outcome).observe(seconds)
+        self._req(svc, op, self._consumer(consumer), self._code(code), outcome).inc()
+        self._req_s(svc, op, outcome).observe(seconds)
 
     def watch_gateway_in_flight(self, read: Callable[[], float]) -> None:
         """Read the gateway's in-flight count at each scrape (it is swapped with the config)."""
@@ -280,16 +285,16 @@ class Metrics:
     def upstream_call(self, service: str, operation: str, code: str, seconds: float) -> None:
         """One request's upstream call by the worker finished (``OK`` or the error code)."""
         svc, op = self._service(service), self._operation(operation)
-        self.upstream_requests.labels(svc, op, self._code(code)).inc()
-        self.upstream_duration.labels(svc, op).observe(seconds)
+        self._up(svc, op, self._code(code)).inc()
+        self._up_s(svc, op).observe(seconds)
 
     def worker_started(self, service: str) -> None:
         """The worker took a request of ``service`` (pair with :meth:`worker_finished`)."""
-        self.worker_in_flight.labels(self._service(service)).inc()
+        self._busy(self._service(service)).inc()
 
     def worker_finished(self, service: str) -> None:
         """The worker finished a request of ``service``."""
-        self.worker_in_flight.labels(self._service(service)).dec()
+        self._busy(self._service(service)).dec()
 
     def upstream_retry(self, service: str, operation: str) -> None:
         """For the retry policy: an upstream call is about to be repeated."""
@@ -323,6 +328,10 @@ class Metrics:
         """The broker connection came back after a loss."""
         self.broker_reconnects.inc()
         self.broker_connected.set(1)
+
+    def link_failed(self) -> None:
+        """The broker link's self-check found it dead; a reconnect follows."""
+        self.broker_link_failures.inc()
 
     def publish_failed(self, reason: str) -> None:
         """A publish was not confirmed: ``nack`` (queue full), ``unroutable`` or ``error``."""

@@ -259,7 +259,9 @@ class ConfigReloader:
             return self._result("rejected", trigger, actor, errors=(error,))
         self._seen = _digest(raw)
         try:
-            new, doc = self._parse(raw)
+            # Off the event loop: a large or hostile file must not stall the requests served
+            # meanwhile (the parse itself is bounded: bus.config.source).
+            new, doc = await asyncio.to_thread(self._parse, raw)
         except UnicodeDecodeError:
             return self._result("rejected", trigger, actor, errors=("the file is not UTF-8",))
         except ConfigError as exc:

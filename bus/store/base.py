@@ -187,6 +187,12 @@ class Store(Protocol):
         ``since_us <= time_us < until_us``), by time."""
         ...
 
+    async def audit_key_use(self, key_id: str) -> tuple[bool, bool]:
+        """Whether exchange records keyed under ``key_id`` exist, and whether records keyed
+        under any other key id do (``audit query`` refuses a key the trail was not written
+        with instead of reporting 0 accesses)."""
+        ...
+
     async def audit_prune_plan(self, before_us: int) -> dict[str, tuple[int, str]]:
         """Per chain, the longest prefix of records all older than ``before_us``:
         chain → (seq of its last record, that record's hash). Chains with none are left out."""

@@ -268,6 +268,19 @@ class SqlStore:
             )
         return [audit_record(r) for r in rows]
 
+    async def audit_key_use(self, key_id: str) -> tuple[bool, bool]:
+        """This key used by an exchange record; another key used by any record."""
+        async with self._read() as conn:
+            mine = await conn.fetch(
+                "SELECT 1 FROM lgsp_audit_records WHERE key_id = ? AND kind = 'exchange' LIMIT 1",
+                key_id,
+            )
+            other = await conn.fetch(
+                "SELECT 1 FROM lgsp_audit_records WHERE key_id IS NOT NULL AND key_id <> ? LIMIT 1",
+                key_id,
+            )
+        return bool(mine), bool(other)
+
     async def audit_prune_plan(self, before_us: int) -> dict[str, tuple[int, str]]:
         """Per chain, the last record of its all-older prefix."""
         plan: dict[str, tuple[int, str]] = {}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -53,6 +54,21 @@ async def _rollback(db: aiosqlite.Connection) -> None:
         await db.execute("ROLLBACK")
 
 
+def _owner_only(path: Path) -> None:
+    """Create the database file readable and writable by its owner only (0600), or narrow an
+    existing one: it holds answers with citizens' data and the audit trail. SQLite gives
+    the ``-wal`` and ``-shm`` files the database file's mode."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    for suffix in ("-wal", "-shm"):
+        side = path.with_name(path.name + suffix)
+        with contextlib.suppress(FileNotFoundError):
+            side.chmod(0o600)
+
+
 class SqliteStore(SqlStore):
     """The Store on a SQLite file."""
 
@@ -79,6 +95,7 @@ class SqliteStore(SqlStore):
         if self._db is not None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        _owner_only(self.path)
         db = await aiosqlite.connect(self.path, isolation_level=None)
         try:
             await db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")

@@ -17,7 +17,9 @@ fails at once with ``CIRCUIT_OPEN`` (``Retry-After`` = the time left open); afte
 ``open_s`` it is ``half_open`` and lets ``half_open_probes`` calls through at a time; a
 probe's success closes it, a probe's failure opens it again. Failures are the upstream's
 health failures only (timeouts, unavailable, HTTP 500); a rejection or an unreadable
-answer means the upstream is up and counts as a success.
+answer means the upstream is up and counts as a success. A timeout at a deadline the
+caller shortened below the operation's timeout (``Request.short_deadline``) is no outcome:
+one consumer's short deadlines must not open the breaker for every consumer.
 """
 
 from __future__ import annotations
@@ -317,12 +319,16 @@ async def call_with_retry(  # noqa: C901 (ARCHITECTURE.md)
     deadline: float,
     breaker: CircuitBreaker | None = None,
     on_retry: Callable[[int, BaseException], None] | None = None,
+    caller_deadline: bool = False,
 ) -> T:
     """Run ``attempt(number, attempt_deadline)`` under the policy and the breaker.
 
     ``deadline`` is wall-clock epoch seconds (the request's deadline minus the reply
     margin); each attempt gets ``min(deadline, now + attempt_timeout_s)`` and must finish
-    by it. The last error is raised as it is.
+    by it. The last error is raised as it is. ``caller_deadline``: the caller shortened
+    ``deadline`` below the operation's timeout; an attempt that ran into it and timed out
+    is then no outcome for the breaker (neither failure nor success), so one consumer's
+    short deadlines cannot open the upstream's breaker for everyone.
     """
     end = deadline
     if policy.budget_s is not None:
@@ -350,7 +356,10 @@ async def call_with_retry(  # noqa: C901 (ARCHITECTURE.md)
             breaker.release(probe=probe)
             raise
         except Exception as exc:
-            breaker.record(exc, probe=probe)
+            if caller_deadline and attempt_end >= deadline and isinstance(exc, UpstreamTimeout):
+                breaker.release(probe=probe)  # the caller's deadline, not the upstream's health
+            else:
+                breaker.record(exc, probe=probe)
             raise
         breaker.record(None, probe=probe)
         return result

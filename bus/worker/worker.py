@@ -29,6 +29,7 @@ from bus.errors import (
     InternalError,
     NotFoundError,
     UpstreamTimeout,
+    for_caller,
 )
 from bus.logs import forget_pii, pii_of, remember_pii_here
 from bus.observe import tracing
@@ -143,8 +144,12 @@ class Worker:
                 req.request_id, req.correlation_id, body=body, meta={"elapsed_ms": elapsed_ms}
             )
         except BusError as exc:
-            log.info("worker.request_failed", code=exc.code, attempt=req.attempt)
-            wire = exc.to_dict()
+            # The adapter's message (masked like every log line) is for operators; the caller
+            # gets the code and a fixed text (bus.errors.for_caller).
+            log.info(
+                "worker.request_failed", code=exc.code, attempt=req.attempt, said=exc.message[:200]
+            )
+            wire = for_caller(exc)
             if exc.retry_after is not None:  # e.g. CIRCUIT_OPEN: the caller's Retry-After
                 wire["retry_after_s"] = round(exc.retry_after, 3)
             return Reply(req.request_id, req.correlation_id, error=wire)
@@ -248,6 +253,7 @@ class Worker:
             deadline=ctx.deadline,
             breaker=self.breakers.for_service(req.service),
             on_retry=on_retry,
+            caller_deadline=req.short_deadline,
         )
 
     async def run(self, stop: asyncio.Event, services: Iterable[str] | None = None) -> None:

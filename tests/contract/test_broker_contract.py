@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -273,3 +274,27 @@ async def test_stop_finishes_in_flight_work_then_returns(broker: Broker) -> None
     reply = await asyncio.wait_for(pending, 5)
     await asyncio.wait_for(serve, 5)
     assert reply.ok
+
+
+async def test_the_request_arrives_with_its_deadline_facts(broker: Broker) -> None:
+    # The worker must know the caller shortened the deadline (the breaker does not count a
+    # timeout at it) and when it ends, whatever carries the message.
+    service = fresh_service()
+    await broker.declare([QueueSpec(service)])
+    seen: list[Request] = []
+
+    async def keep(req: Request) -> Reply:
+        seen.append(req)
+        return await echo(req)
+
+    sent = [
+        dataclasses.replace(make_request(service, {"n": i}), short_deadline=bool(i))
+        for i in range(2)
+    ]
+    async with serving(broker, service, keep):
+        for req in sent:
+            assert (await broker.request(req)).ok
+    got = {r.request_id: r for r in seen}
+    for req in sent:
+        assert got[req.request_id].short_deadline is req.short_deadline
+        assert abs(got[req.request_id].deadline - req.deadline) < 0.002

@@ -123,7 +123,8 @@ async def test_run_serves_the_readme_example_and_stops_cleanly(tmp_path: Path) -
     assert f"gateway listening on http://127.0.0.1:{port}/" in out
     assert f"simulator civil-status  http://127.0.0.1:{sim_port}/" in out
     assert f"simulator population    http://127.0.0.1:{env['LGSP_SIM_POPULATION_PORT']}/" in out
-    assert "Bearer cli-test-key" in out  # the newcomer is told how to call it
+    assert "Bearer $LGSP_DEMO_API_KEY" in out  # the newcomer is told how to call it
+    assert "cli-test-key" not in out  # 21.15: a key the operator set is never echoed
     events = [orjson.loads(line) for line in err.splitlines() if line.startswith("{")]
     served = [e for e in events if e.get("event") == "worker.request_served"]
     # One correlation id follows the request across the broker into the worker's log.

@@ -191,7 +191,7 @@ async def test_service_list_health_and_openapi(bus: CivilBus) -> None:
     async with bus.session.get(bus.url + "readyz") as r:
         ready = await r.json()
         assert r.status == 200
-        assert ready["checks"] == {"broker": True, "config": True}
+        assert ready["checks"] == {"broker": True, "config": True, "accepting": True}
     async with bus.session.get(bus.url + "openapi.json") as r:
         doc = await r.json()
     assert "/v1/civil-status/lookup" in doc["paths"]

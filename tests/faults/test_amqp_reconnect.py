@@ -153,3 +153,74 @@ async def test_replies_fall_back_to_the_consuming_channel_when_the_reply_channel
     assert first.body["echo"] == {"n": 1}
     assert second.body is not None
     assert second.body["echo"] == {"n": 2}
+
+
+class CountingRecorder:
+    """Records the broker's connection reports (a stand-in for the metrics)."""
+
+    def __init__(self) -> None:
+        self.connected: list[bool] = []
+        self.link_failures = 0
+        self.reconnects = 0
+
+    def broker_connection(self, connected: bool) -> None:
+        self.connected.append(connected)
+
+    def broker_reconnected(self) -> None:
+        self.reconnects += 1
+
+    def link_failed(self) -> None:
+        self.link_failures += 1
+
+    def publish_failed(self, reason: str) -> None:
+        pass
+
+    def dead_lettered(self, service: str, reason: str) -> None:
+        pass
+
+
+async def test_half_open_link_is_detected_and_reconnected(
+    rabbit_vhost: TestVhost, proxy: TcpProxy
+) -> None:
+    # The link's bytes are dropped for a while with TCP kept (a half-open link): without a
+    # self-check the client stays "ready" and every request waits out its deadline for good.
+    recorder = CountingRecorder()
+    client = AmqpBroker(
+        rabbit_vhost.url(port=proxy.port),
+        name="test-client",
+        recorder=recorder,
+        check_interval_s=0.5,
+        check_timeout_s=1.0,
+    )
+    server = AmqpBroker(rabbit_vhost.url(), name="test-worker")
+    await client.connect()
+    await server.connect()
+    service = fresh_service()
+    await client.declare([QueueSpec(service)])
+    try:
+        async with serving(server, service, echo):
+            assert (await client.request(make_request(service, {"n": 0}))).ok
+            proxy.blackhole = True
+            waiting = asyncio.create_task(client.request(make_request(service, {}, timeout=30)))
+            # The check finds the dead link: not ready, the waiting request fails with a
+            # clear code long before its 30 s deadline.
+            with pytest.raises(BrokerUnavailable):
+                await asyncio.wait_for(waiting, timeout=10)
+            assert not client.ready
+            assert recorder.link_failures >= 1
+            assert False in recorder.connected
+            await asyncio.sleep(2)
+            proxy.blackhole = False
+            await wait_ready(client, 30)
+            reply = await request_until_ok(client, service, 20)
+            assert reply.ok
+            assert reply.body is not None
+            assert reply.body["echo"] == {"after": "cut"}
+            assert recorder.reconnects >= 1
+            replies = await asyncio.gather(
+                *(client.request(make_request(service, {"n": i})) for i in range(10))
+            )
+            assert all(r.ok for r in replies)
+    finally:
+        await client.aclose()
+        await server.aclose()

@@ -631,3 +631,28 @@ async def test_full_queue_is_503_with_retry_after_at_once(broker_url: str | None
         admitted=len(waiting),
         refused_after_ms=round(refused.elapsed * 1000, 1),
     )
+
+
+async def test_a_callers_short_deadlines_do_not_open_the_shared_breaker() -> None:
+    # One consumer's X-Lgsp-Timeout-Ms shorter than the upstream's answer time: its
+    # requests time out, but that is its deadline, not the upstream's health; the breaker
+    # stays closed for everyone (issue 21.4: ~15 such calls used to open it for 15 s).
+    breaker = {"min_calls": 4, "failure_ratio": 0.5, "open_s": 15, "window_s": 30}
+    async with AsyncExitStack() as stack:
+        sim = await stack.enter_async_context(simulator(latency_ms=600))
+        config = parse_routing(fault_config(sim.url, service=fresh_service(), breaker=breaker))
+        client = await stack.enter_async_context(bus(config, None))
+        short = [await client.call(good(i), headers={"X-Lgsp-Timeout-Ms": "300"}) for i in range(8)]
+        assert {r.status for r in short} == {504}, [(r.status, r.code) for r in short]
+        _, ready = await client.get("/readyz")
+        assert ready["breakers"]["moj"]["state"] == "closed"
+        assert ready["breakers"]["moj"]["failures"] == 0
+        assert (await client.call(good(100))).status == 200
+        # The upstream timing out inside the operation's own timeout still counts.
+        slow = await stack.enter_async_context(simulator(latency_ms=600))
+        own = parse_routing(
+            fault_config(slow.url, service=fresh_service(), breaker=breaker, timeout_s=0.4)
+        )
+        other = await stack.enter_async_context(bus(own, None))
+        codes = [(await other.call(good(200 + i))).code for i in range(6)]
+        assert codes[-1] == "CIRCUIT_OPEN", codes

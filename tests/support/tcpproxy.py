@@ -1,4 +1,5 @@
-"""A TCP proxy the tests control: cut live connections, refuse new ones, add latency.
+"""A TCP proxy the tests control: cut live connections, refuse new ones, add latency,
+blackhole the bytes of live connections (a half-open link: TCP up, nothing arrives).
 
 Put it between the bus and RabbitMQ (or an upstream) to cause the network faults the bus
 must survive, without touching the real server.
@@ -20,6 +21,8 @@ class TcpProxy:
         self.port = 0
         self.accepting = True
         self.delay_s = 0.0
+        self.blackhole = False
+        """While true, bytes are read and dropped in both directions; TCP stays up."""
         self.connections_made = 0
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
@@ -62,6 +65,8 @@ class TcpProxy:
             while data := await reader.read(65536):
                 if self.delay_s:
                     await asyncio.sleep(self.delay_s)
+                if self.blackhole:
+                    continue
                 writer.write(data)
                 await writer.drain()
 

@@ -41,7 +41,7 @@ import contextlib
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -59,6 +59,13 @@ from pamqp.commands import Basic
 
 from bus.broker.amqp.deadletters import claim_dead_letters, copy_to_dlq, purge_dead_letters
 from bus.broker.amqp.failover import FailoverConnection, split_urls
+from bus.broker.amqp.linkcheck import (
+    CHECK_INTERVAL_S,
+    CHECK_TIMEOUT_S,
+    LinkDead,
+    LinkWatchdog,
+    with_heartbeat,
+)
 from bus.broker.amqp.policies import apply_policies
 from bus.broker.base import (
     DLX,
@@ -104,9 +111,15 @@ class AmqpBroker:
     """A :class:`~bus.broker.base.Broker` on RabbitMQ."""
 
     def __init__(
-        self, url: str, *, name: str = "lgsp-bus", recorder: BrokerRecorder = NULL_RECORDER
+        self,
+        url: str,
+        *,
+        name: str = "lgsp-bus",
+        recorder: BrokerRecorder = NULL_RECORDER,
+        check_interval_s: float = CHECK_INTERVAL_S,
+        check_timeout_s: float = CHECK_TIMEOUT_S,
     ) -> None:
-        self._urls = split_urls(url)
+        self._urls = [with_heartbeat(u) for u in split_urls(url)]
         if not self._urls:
             raise ValueError("no AMQP URL given")
         self._reply_to = REPLY_TO if len(self._urls) == 1 else f"lgsp.reply.{uuid.uuid4().hex}"
@@ -125,6 +138,13 @@ class AmqpBroker:
         """The worker side's channel for replies: without publisher confirms (see
         :meth:`_reply_and_ack`); opened by the first :meth:`serve`."""
         self._last_errors: OrderedDict[str, str] = OrderedDict()
+        self._reply_tag: str | None = None
+        self._watchdog = LinkWatchdog(
+            self._check_link,
+            self._link_dead,
+            interval_s=check_interval_s,
+            timeout_s=check_timeout_s,
+        )
         self._policies_for: QueueSpec | None = None
         """The settings whose policies this broker applied last (applied once per change)."""
         self._renewing: asyncio.Future[None] | None = None
@@ -161,10 +181,11 @@ class AmqpBroker:
                     auto_delete=True,
                     arguments={"x-queue-type": "classic"},
                 )
-            await replies.consume(self._on_reply, no_ack=True)
+            self._reply_tag = await replies.consume(self._on_reply, no_ack=True)
             self._reply_consumer_ready = True
             log.info("broker.connected", url=_redact(str(connection.node)), nodes=len(self._urls))
             self._recorder.broker_connection(True)
+            self._watchdog.start()
 
     async def _first_connection(self) -> FailoverConnection:
         """A robust connection to the first node that answers, tried in the list's order;
@@ -193,6 +214,9 @@ class AmqpBroker:
         self._recorder.broker_connection(False)
         if self._pending:
             log.warning("broker.channel_lost", pending=len(self._pending))
+        self._fail_pending()
+
+    def _fail_pending(self) -> None:
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(
@@ -203,6 +227,38 @@ class AmqpBroker:
                         detail={"queued": True},
                     )
                 )
+
+    async def _check_link(self) -> None:
+        """One round trip on the publishing channel, and the reply consumer still there
+        (:mod:`bus.broker.amqp.linkcheck`). Skipped while the connection is reconnecting."""
+        connection, channel = self._connection, self._channel
+        if connection is None or channel is None or connection.is_closed or channel.is_closed:
+            return  # down and known to be down: the robust connection is on it
+        if not self._reply_consumer_ready:
+            return  # reopening
+        underlay = await channel.get_underlay_channel()
+        consumers = getattr(underlay, "consumers", {})  # aiormq.Channel's registered consumers
+        if self._reply_tag is not None and self._reply_tag not in consumers:
+            raise LinkDead("the reply consumer is no longer registered")
+        await underlay.exchange_declare(REQUESTS_EXCHANGE, exchange_type="topic", passive=True)
+
+    async def _link_dead(self, reason: str) -> None:
+        """Fail the waiting requests, report not ready, tear the connection down so the
+        robust connection reconnects (its channels and consumers are restored)."""
+        log.warning("broker.link_dead", reason=reason, pending=len(self._pending))
+        self._reply_consumer_ready = False
+        self._recorder.broker_connection(False)
+        self._recorder.link_failed()
+        self._fail_pending()
+        connection = self._connection
+        transport = connection.transport if connection is not None else None
+        if transport is None:
+            return
+        # What aiormq itself does for a connection that stopped sending frames: stop its
+        # reader, which closes the connection without waiting on the dead peer.
+        cancel = getattr(getattr(transport.connection, "_reader_task", None), "cancel", None)
+        if callable(cancel):
+            cancel()
 
     def _on_channel_back(self, *_: Any) -> None:
         self._reply_consumer_ready = True
@@ -293,8 +349,16 @@ class AmqpBroker:
         try:
             async with asyncio.timeout(remaining):
                 try:
-                    await _publish(
-                        channel, exchange.name, req.routing_key, body, properties, mandatory=True
+                    await _unless_lost(
+                        future,
+                        _publish(
+                            channel,
+                            exchange.name,
+                            req.routing_key,
+                            body,
+                            properties,
+                            mandatory=True,
+                        ),
                     )
                 except aiormq.exceptions.PublishError as exc:
                     self._recorder.publish_failed("unroutable")
@@ -534,6 +598,7 @@ class AmqpBroker:
 
     async def aclose(self) -> None:
         """Close the connection; pending requests fail with ``BrokerUnavailable``."""
+        await self._watchdog.stop()
         self._on_channel_lost()
         self._reply_channel = None
         if self._connection is not None:
@@ -561,6 +626,21 @@ async def _publish(
     await underlay.basic_publish(
         body, exchange=exchange, routing_key=routing_key, properties=properties, mandatory=mandatory
     )
+
+
+async def _unless_lost(pending: asyncio.Future[Reply], publish: Awaitable[None]) -> None:
+    """Await ``publish`` (its confirm), but give up at once when ``pending`` fails first: the
+    link was declared dead (:meth:`AmqpBroker._link_dead`) and no confirm will come."""
+    task = asyncio.ensure_future(publish)
+    try:
+        await asyncio.wait((task, pending), return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    if not task.done() and pending.done() and not pending.cancelled() and pending.exception():
+        task.cancel()
+        raise pending.exception() or BrokerUnavailable("broker link lost")
+    await task
 
 
 def _conflict(exc: BaseException, url: str) -> str:

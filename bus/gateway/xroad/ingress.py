@@ -13,6 +13,7 @@ error shape, both with ``X-Road-Request-Hash``/``requestHash`` once the body was
 from __future__ import annotations
 
 import functools
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -37,7 +38,16 @@ from bus.gateway.xroad.trust import caller_of, provider_of, require_trusted_peer
 from bus.gateway.xroad.wsdl import ENVELOPE_FIELDS, coerce
 from bus.xroad import CLIENT, XRoadIdentity, request_hash
 
-__all__ = ["SOAP_HEADERS", "add_routes", "rest_call", "rest_meta", "soap_call", "soap_error"]
+__all__ = [
+    "ROUTES",
+    "SOAP_HEADERS",
+    "add_routes",
+    "faults",
+    "rest_call",
+    "rest_meta",
+    "soap_call",
+    "soap_error",
+]
 
 SOAP_HEADERS = web.RequestKey("xroad_soap_headers", tuple)
 """The X-Road header elements of a parsed SOAP request (echoed on a Fault too)."""
@@ -192,9 +202,29 @@ async def rest_meta(request: web.Request) -> web.Response:
     return web.json_response(data, dumps=lambda v: orjson.dumps(v).decode())
 
 
-def add_routes(app: web.Application, *, soap_name: str, rest_name: str) -> None:
+SOAP_ROUTE, REST_ROUTE = "xroad-soap", "xroad-rest"
+ROUTES = (SOAP_ROUTE, REST_ROUTE)
+"""Route names of the X-Road calls (observed and counted in flight like ``call``)."""
+
+
+@web.middleware
+async def faults(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Between the error and in-flight middlewares: SOAP call failures become Faults."""
+    if request.match_info.route.name != SOAP_ROUTE:
+        return await handler(request)
+    try:
+        return await handler(request)
+    except BusError as exc:
+        return soap_error(request, exc)
+    except web.HTTPRequestEntityTooLarge:
+        return soap_error(request, PayloadTooLarge("request body is too large"))
+
+
+def add_routes(app: web.Application) -> None:
     """The X-Road routes, named as the app's middlewares know them (observed calls)."""
-    app.router.add_post("/xroad", soap_call, name=soap_name)
+    app.router.add_post("/xroad", soap_call, name=SOAP_ROUTE)
     r1 = "/r1/{instance}/{mclass}/{member}/{subsystem}/{code}"
-    app.router.add_post(r1, rest_call, name=rest_name)
+    app.router.add_post(r1, rest_call, name=REST_ROUTE)
     app.router.add_get(r1, rest_meta)

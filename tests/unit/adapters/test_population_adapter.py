@@ -103,8 +103,7 @@ async def test_lookup_mismatch(adapter: Adapter) -> None:
     assert out == {
         "request_id": "req-00000001",
         "correlation_id": "corr-1",
-        "status": "MISMATCH",
-        "mismatch": ["full_name"],
+        "status": "MISMATCH",  # which field differed is not said (reveal_mismatch off)
         "source": "C06",
         "data_as_of": out["data_as_of"],
     }

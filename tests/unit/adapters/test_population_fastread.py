@@ -1,11 +1,11 @@
 """The fast C06 reply reader gives exactly zeep's dict, or steps aside for zeep.
 
 Every reply is read twice: by :func:`adapters.population_db.fastread.read_reply` and by
-zeep's own path (``SoapCodec._body``); the results must be identical down to key order and
-value types (``repr`` equality). Replies come from the simulator's data generator, then are
-varied: not found, year-only birth dates, optional parts removed, blank text, indentation,
-several records, odd timestamps; shapes the fast reader must refuse are checked to fall
-back to zeep (including zeep's schema errors).
+zeep's own path (``SoapCodec.read_body(..., fast=False)``); the results must be identical
+down to key order and value types (``repr`` equality). Replies come from the simulator's
+data generator, then are varied: not found, year-only birth dates, optional parts removed,
+blank text, indentation, several records, odd timestamps; shapes the fast reader must refuse
+are checked to fall back to zeep (including zeep's schema errors).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def codec() -> C06Codec:
 
 def _zeep(codec: C06Codec, operation: str, payload: bytes) -> Any:
     try:
-        return SoapCodec._body(codec, operation, parse_xml(payload))
+        return codec.read_body(operation, parse_xml(payload), fast=False)
     except UpstreamBadResponse as exc:
         return ("error", str(exc))
 

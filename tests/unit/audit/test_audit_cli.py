@@ -98,6 +98,50 @@ async def test_verify_reports_intact_chains_and_names_the_first_bad_record(cli: 
     assert "FAILED lgsp-1/1: missing at seq 2" in out
 
 
+async def test_a_pinned_chain_that_is_gone_fails_verification(cli: Cli) -> None:
+    # 21.8: wiping the trail (every record and the chain row) must not pass as "0 chains,
+    # all intact" when the operator pinned that chain.
+    await cli.seed(*[(A, "1.000001", 0)] * 3)
+    code, out, _ = await cli.run("audit", "verify")
+    pin = next(w for w in out.split() if w.startswith("lgsp-1/1:3:"))
+    await raw_execute(cli.url, "DELETE FROM lgsp_audit_records")
+    await raw_execute(cli.url, "DELETE FROM lgsp_audit_chains")
+    code, out, _ = await cli.run("audit", "verify", "--pin", pin)
+    assert code == 1, out
+    assert "FAILED lgsp-1/1: missing at seq 3: a pinned chain is not in the store" in out
+    code, out, _ = await cli.run("audit", "verify", "--pin", pin, "--json")
+    assert code == 1
+    assert [(r["chain"], r["ok"]) for r in json.loads(out)] == [("lgsp-1/1", False)]
+    code, out, _ = await cli.run("audit", "verify")  # without a pin nothing is promised
+    assert code == 0
+
+
+async def test_a_query_under_the_wrong_audit_key_is_refused(cli: Cli) -> None:
+    # 21.9: a wrong audit.subject_key silently reported "0 accesses".
+    await cli.seed((A, "1.000001", 0))
+    cfg = str(cli.config)
+    code, out, _ = await cli.run("audit", "query", "--config", cfg, "--subject", A)
+    assert (code, out.split()[0]) == (0, "1")
+    wrong = {**os.environ, "T_AUDIT_KEY": "another-audit-key-0123456789"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bus.cli.main",
+        "audit",
+        "query",
+        "--config",
+        cfg,
+        "--subject",
+        A,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**wrong, "LGSP_STORE_URL": cli.url},
+    )
+    out_b, err_b = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 2, out_b
+    assert "is not the key this trail was written with" in err_b.decode()
+
+
 async def test_query_finds_exactly_one_citizens_accesses(cli: Cli) -> None:
     await cli.seed((A, "1.000001", 3), (B, "1.000002", 2), (A, "1.000003", 1), (None, "1.0", 0))
     cfg = str(cli.config)

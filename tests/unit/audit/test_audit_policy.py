@@ -8,9 +8,12 @@ from typing import Any
 import pytest
 
 from adapters.base import parse_routing
+from bus.audit.chain import AuditEntry
 from bus.audit.observer import (
     AuditKeyError,
+    AuditObserver,
     Auditor,
+    Sampler,
     audit_policy,
     exchange_entry,
     load_subject_key,
@@ -117,3 +120,40 @@ def test_an_exchange_record_keys_the_subject_and_drops_free_text() -> None:
     assert exchange_entry(keyed, exchange).request_id is None
     unkeyed = exchange_entry(auditor(None), exchange)
     assert (unkeyed.subject_key, unkeyed.key_id) == (None, None)
+
+
+class Recording(Auditor):
+    """An auditor that keeps what it is asked to record (never started)."""
+
+    def __init__(self) -> None:
+        super().__init__(open_store("sqlite:///unused.sqlite3"), node="lgsp-1", key=b"k" * 20)
+        self.kept: list[tuple[AuditEntry, bool]] = []
+
+    async def record(self, entry: AuditEntry, *, durable: bool = True) -> None:
+        self.kept.append((entry, durable))
+
+
+async def test_unauthenticated_records_are_sampled_one_a_second() -> None:
+    # 21.7: each unauthenticated request wrote a durable record (~2k/s into a trail kept
+    # 365 days). Now: one a second, not durable, carrying how many were left out.
+    now = [100.2]
+    recording = Recording()
+    observer = AuditObserver(recording, config(cs={}), sampler=Sampler(clock=lambda: now[0]))
+
+    def unauthenticated() -> Exchange:
+        return Exchange(correlation_id="c", outcome="UNAUTHENTICATED", status=401)
+
+    for _ in range(5):
+        await observer.exchange_finished(unauthenticated())
+    assert len(recording.kept) == 1
+    now[0] = 101.0
+    reloaded = observer.with_config(config(cs={}))  # a reload keeps the count
+    await reloaded.exchange_finished(unauthenticated())
+    await reloaded.exchange_finished(
+        Exchange(correlation_id="d", consumer="portal", service="cs", outcome="OK", status=200)
+    )
+    assert [(e.outcome, dict(e.detail), d) for e, d in recording.kept] == [
+        ("UNAUTHENTICATED", {}, False),
+        ("UNAUTHENTICATED", {"suppressed_before": 4}, False),
+        ("OK", {}, True),
+    ]

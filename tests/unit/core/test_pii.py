@@ -86,6 +86,22 @@ def test_config_and_code_valued_keys_are_still_masked_and_their_memo_is_bounded(
     assert _event(service="late 079203001234")["service"] == "late 079*******34"
 
 
+def test_timestamps_are_the_stampers_and_do_not_fill_the_memo(log_output: io.StringIO) -> None:
+    # The stamper overwrites a caller's timestamp (an ID put there never reaches the line),
+    # and unique times do not take the static memo's room from the values that repeat.
+    logs._STATIC_MEMO.clear()  # as in a fresh process (another test may have filled it)
+    log = structlog.get_logger("test")
+    for _ in range(3):
+        log.info("test.timed", timestamp="001085012345")
+    lines = [orjson.loads(line) for line in log_output.getvalue().splitlines()]
+    assert len(lines) == 3
+    for line in lines:
+        assert line["timestamp"].startswith("20")
+        assert "001085012345" not in line["timestamp"]
+    assert not {line["timestamp"] for line in lines} & set(logs._STATIC_MEMO)
+    assert set(logs._STATIC_MEMO) <= {"test.timed", "info", "test"}
+
+
 def test_values_of_name_keys_become_initials() -> None:
     assert mask_name("Nguyễn Văn An") == "N*** V*** A***"
     out = _event(

@@ -13,12 +13,15 @@ operation). §6.16 (routing config) is tested at the end without a running bus.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
+from multidict import CIMultiDict
 
 from bus.store import Store, open_store
 from tests.support.population import subject_of
@@ -325,6 +328,47 @@ async def test_content_type_and_json_are_strict(
     assert bus.upstream_calls() == before
 
 
+async def test_duplicate_security_headers_are_refused(bus: SecureBus) -> None:
+    # 21.15: two Authorization (or deadline) headers were accepted.
+    before = bus.upstream_calls()
+    auth = ("Authorization", f"Bearer {bus.keys['portal-new']}")
+    json_type = ("Content-Type", "application/json")
+    for extra in (auth, ("X-Lgsp-Timeout-Ms", "5000"), ("X-Lgsp-Timeout-Ms", "5000")):
+        headers = CIMultiDict([auth, json_type, extra])
+        if extra[0] != "Authorization":
+            headers.add(*extra)
+        async with bus.stack.session.post(
+            bus.url + CIVIL.lstrip("/"), data=orjson.dumps(civil_body()), headers=headers
+        ) as r:
+            body = await r.json()
+        assert (r.status, body["error"]["code"]) == (400, "DUPLICATE_HEADER"), extra
+    assert bus.upstream_calls() == before
+    assert (await bus.call(CIVIL, civil_body())).status == 200
+
+
+async def test_deep_json_and_corrupt_compressed_bodies_are_4xx(bus: SecureBus) -> None:
+    # 21.13: nested 990-1023 deep (orjson parses it; recursive helpers did not survive it)
+    # and a gzip/deflate body that does not inflate used to be 500s.
+    before = bus.upstream_calls()
+    deep = b'{"a":' * 1000 + b"1" + b"}" * 1000
+    reply = await bus.call(CIVIL, deep)
+    assert (reply.status, reply.code) == (400, "JSON_TOO_DEEP")
+    listed = b"[" * 1000 + b"]" * 1000
+    reply = await bus.call(CIVIL, b'{"request_id": ' + listed + b"}")
+    assert (reply.status, reply.code) == (400, "JSON_TOO_DEEP")
+    for encoding in ("gzip", "deflate"):
+        reply = await bus.call(
+            CIVIL,
+            b"\x1f\x8b\x08\x00garbage-not-deflate",
+            headers={"Content-Encoding": encoding, "Connection": "close"},
+        )
+        assert (reply.status, reply.code) == (400, "MALFORMED_BODY"), encoding
+    good = gzip.compress(orjson.dumps(civil_body()))
+    reply = await bus.call(CIVIL, good, headers={"Content-Encoding": "gzip"})
+    assert reply.status == 200
+    assert bus.upstream_calls() == before + 1
+
+
 async def test_unknown_fields_name_their_path(bus: SecureBus) -> None:
     body = civil_body(by_registration={"authority_code": "00001", "number": "1", "colour": "red"})
     reply = await bus.call(CIVIL, body)
@@ -346,7 +390,7 @@ async def test_a_malformed_x_request_id_is_replaced(bus: SecureBus) -> None:
 
 async def test_an_invalid_timeout_header_is_refused(bus: SecureBus) -> None:
     before = bus.upstream_calls()
-    for bad in ("0", "-5", "1e3", "600001", "soon"):
+    for bad in ("0", "-5", "1e3", "600001", "soon", "²", "1²"):  # "²".isdigit() is True
         reply = await bus.call(CIVIL, civil_body(), headers={"X-Lgsp-Timeout-Ms": bad})
         assert (reply.status, reply.code) == (400, "INVALID_TIMEOUT"), bad
     assert bus.upstream_calls() == before

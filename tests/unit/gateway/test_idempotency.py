@@ -17,8 +17,11 @@ import aiohttp
 import pytest
 from multidict import CIMultiDict
 
-from adapters.base import parse_routing
+from adapters.base import parse_routing, request_models
+from bus.exchange import Exchange
 from bus.gateway.idempotency import body_hash, prefers_async
+from bus.gateway.reply import WITHHELD_HEADER
+from bus.gateway.runtime import Runtime
 from bus.store import Store, open_store
 from tests.faults.test_faults import (  # _secrets: the autouse fixture setting key and token
     KEY_ENV,
@@ -288,3 +291,84 @@ async def test_an_unreachable_store_is_503_and_calls_nobody(tmp_path: Path) -> N
         assert (status, reply["error"]["code"]) == (503, "STORE_UNAVAILABLE")
         assert reply["error"]["retryable"] is True
         assert sim.calls == 0
+
+
+class FieldsSeen:
+    """An exchange observer keeping what each audit record would list as returned."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str | None, int | None, list[str]]] = []
+
+    async def exchange_finished(self, exchange: Exchange) -> None:
+        self.seen.append((exchange.operation, exchange.status, list(exchange.fields_returned)))
+
+
+async def test_stored_answers_are_served_under_the_grants_in_force(tmp_path: Path) -> None:
+    # 21.5: a field grant narrowed or an operation revoked after an answer was stored
+    # applies to that answer too (replay and GET), and the audit lists what was sent.
+    service = fresh_service()
+    async with AsyncExitStack() as stack:
+        sim = await stack.enter_async_context(simulator())
+        store = await stack.enter_async_context(store_at(tmp_path / "s.sqlite3"))
+        data = fault_config(sim.url, service=service)
+        bus = await stack.enter_async_context(
+            running_bus(parse_routing(data), None, os.environ[KEY_ENV], store=store)
+        )
+        api = Api(bus.url, bus.session, service)
+        seen = FieldsSeen()
+        bus.gateway.add_observer(seen)
+        body = good(3)
+        status, first, _ = await api.post(body)
+        assert status == 200
+        assert first["persons"][0]["personal_id"]
+
+        def swap(consumer: dict[str, Any]) -> None:
+            data["consumers"]["portal"].update(consumer)
+            config = parse_routing(data)
+            rt = Runtime.build(config, bus.gateway.runtime.observers, models=request_models(config))
+            bus.gateway.swap(rt)
+
+        swap({"fields": {service: ["record_type", "status"]}})
+        status, replay, headers = await api.post(body)
+        assert status == 200
+        assert headers["Idempotent-Replayed"] == "true"
+        assert {"persons", "registration"}.isdisjoint(replay)
+        assert {"record_type", "status", "request_id"} <= set(replay)
+        assert "persons" in headers[WITHHELD_HEADER]
+        status, got, headers = await api.message(body["request_id"])
+        assert status == 200
+        assert set(got) == set(replay)
+        assert "x-lgsp-stored" not in got
+        # The audit records of the replay and of the GET list what was actually sent.
+        sent = sorted(k for k in replay if k not in ("request_id", "correlation_id"))
+        assert seen.seen[-2][2] == seen.seen[-1][2] == sent
+
+        swap({"allow": {}})  # the grant is revoked: the stored answer is not handed out
+        status, refused, _ = await api.message(body["request_id"])
+        assert (status, refused["error"]["code"]) == (403, "FORBIDDEN_OPERATION")
+        assert "persons" not in refused
+        assert sim.calls == 1
+
+
+async def test_one_consumers_async_burst_cannot_take_every_slot(tmp_path: Path) -> None:
+    # 21.7: async calls hold in-flight slots; one consumer filled the gateway's bound and
+    # another got OVERLOADED. Each consumer now has a share.
+    async with AsyncExitStack() as stack:
+        sim = await stack.enter_async_context(simulator(latency_ms=1500))
+        store = await stack.enter_async_context(store_at(tmp_path / "s.sqlite3"))
+        gateway = {"max_in_flight": 8, "max_in_flight_per_consumer": 2}
+        api = await stack.enter_async_context(
+            idem_bus(sim, store, None, fresh_service(), gateway=gateway)
+        )
+        burst = [await api.post(good(i), ASYNC) for i in range(3)]
+        assert [s for s, _, _ in burst] == [202, 202, 503]
+        assert burst[2][1]["error"]["code"] == "OVERLOADED"
+        assert burst[2][2]["Retry-After"] == "1"
+        other = os.environ[f"{KEY_ENV}_OTHER"]
+        status, _, _ = await api.post(good(10), key=other)
+        assert status == 200  # the other consumer is still served
+        for _, body, _ in burst[:2]:
+            status, _ = await api.answer(body["request_id"])
+            assert status == 200
+        # The share is free again once the answers are in.
+        assert (await api.post(good(20), ASYNC))[0] in (200, 202)

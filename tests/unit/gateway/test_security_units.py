@@ -249,3 +249,27 @@ def test_peer_certificate_subject_and_fingerprint() -> None:
     assert cert.sha256 == hashlib.sha256(b"DER").hexdigest()
     assert PeerCertificate.from_ssl(None, None) is None
     assert PeerCertificate.from_ssl(b"DER", {}) is None  # not verified: no identity
+
+
+def test_a_consumer_can_require_its_certificate_with_its_key() -> None:
+    # 21.15: a consumer with a certificate could not be made to require it (its key alone
+    # worked). With require_client_cert the key counts only together with the certificate.
+    cert = PeerCertificate(b"cert-der", frozenset({("CN", "motcua")}))
+    tls = {"cert_file": "/dev/null", "key_file": "/dev/null", "client_ca_file": "/dev/null"}
+    consumers = {
+        "a": {
+            "api_keys": [{"sha256": key_digest("key-a")}],
+            "client_certs": [{"sha256": cert.sha256}],
+            "require_client_cert": True,
+        },
+        "b": {"api_keys": [{"sha256": key_digest("key-b")}], "client_certs": []},
+    }
+    auth = Authenticator(
+        _config(consumers=consumers, gateway={"tls": {**tls, "client_auth": "optional"}})
+    )
+    with pytest.raises(Unauthenticated):
+        auth.identify("Bearer key-a")
+    assert auth.identify("Bearer key-a", cert).consumer == "a"
+    assert auth.identify("Bearer key-b").consumer == "b"  # not asked of b
+    issues = _issues(consumers={"c": {"api_keys": [], "require_client_cert": True}})
+    assert "require_client_cert needs client_certs" in issues

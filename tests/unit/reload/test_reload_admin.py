@@ -94,10 +94,17 @@ async def test_admin_credentials_are_separate_from_consumers(
         assert "deadline cap (gateway.max_deadline_s = 10 s)" in error
         assert body["error"]["detail"]["version"] == version
 
+        # 21.13: deeply nested YAML is a located 422, not a 500; nothing changes.
+        path.write_text("version: " + "[" * 3000 + "]" * 3000 + "\n", encoding="utf-8")
+        status, body = await request(bus.session, "POST", reload_url, keys["admin"])
+        assert (status, body["error"]["code"]) == (422, "CONFIG_REJECTED")
+        assert "YAML nests deeper than 64 levels" in body["error"]["detail"]["errors"][0]
+        assert body["error"]["detail"]["version"] == version
+
         status, body = await request(bus.session, "GET", bus.url + "admin/config", keys["admin"])
         assert status == 200
         assert body["version"] == version
-        assert body["reloads"] == {"applied": 1, "unchanged": 0, "rejected": 1}
+        assert body["reloads"] == {"applied": 1, "unchanged": 0, "rejected": 2}
         assert body["follows"] == ["worker", "gateway", "admin"]
         assert body["last_reload"]["outcome"] == "rejected"
 

@@ -4,7 +4,9 @@ durability before the answer, and a closed store."""
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
+import stat
 from pathlib import Path
 
 import pytest
@@ -71,3 +73,26 @@ async def test_a_closed_store_fails_writes(tmp_path: Path) -> None:
     await store.aclose()
     with pytest.raises((ConnectionError, ValueError)):
         await store.message_begin("portal", "r1", "h", 60)
+
+
+async def test_the_database_and_its_wal_are_owner_only(tmp_path: Path) -> None:
+    # 21.11: the file and its WAL held citizens' answers and were created 0644.
+    old = os.umask(0o022)
+    try:
+        path = tmp_path / "bus.sqlite3"
+        store = SqliteStore(path)
+        await store.connect()
+        await store.message_begin("portal", "req-00000001", "0" * 64, 60)
+        try:
+            for name in (path, path.with_name(path.name + "-wal")):
+                assert stat.S_IMODE(name.stat().st_mode) == 0o600, name
+        finally:
+            await store.aclose()
+        loose = tmp_path / "old.sqlite3"
+        loose.touch(mode=0o644)
+        again = SqliteStore(loose)
+        await again.connect()
+        await again.aclose()
+        assert stat.S_IMODE(loose.stat().st_mode) == 0o600  # an existing file is narrowed
+    finally:
+        os.umask(old)

@@ -1,0 +1,106 @@
+"""CPU cost of the bus's small per-request steps (no I/O): metrics, the access log line, ids.
+
+Run: ``.venv/bin/python -m bench.hotpath_cost [--seconds 1.0]``. Single-threaded, so every
+figure is per core; each row calls the real function. Rows with "(uncached)" repeat what the
+code did before a cut, for the before/after figures in README's table of cuts:
+
+* metrics: :meth:`bus.observe.metrics.Metrics.request_finished` (gateway, once per request),
+  ``upstream_call`` and ``worker_started``/``worker_finished`` (worker), against the same
+  families' ``labels(...)`` looked up on every call;
+* access log: :class:`bus.observe.accesslog.AccessLogObserver` with the JSON logging of
+  :func:`bus.logs.configure` writing to ``/dev/null`` (processors, masking, rendering);
+* ids: ``uuid.uuid4()`` as the gateway makes correlation ids.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import time
+import uuid
+from collections.abc import Callable
+
+from bus import logs
+from bus.exchange import Exchange
+from bus.observe.accesslog import AccessLogObserver
+from bus.observe.metrics import Metrics
+
+
+def _rate(fn: Callable[[], object], seconds: float) -> float:
+    """Calls per second of ``fn`` over about ``seconds`` (after a warm-up)."""
+    for _ in range(100):
+        fn()
+    calls, started = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - started) < seconds:
+        for _ in range(100):
+            fn()
+        calls += 100
+    return calls / elapsed
+
+
+def rows() -> list[tuple[str, Callable[[], object]]]:
+    """The measured steps."""
+    m = Metrics(role="all")
+
+    def gateway_metrics() -> None:
+        m.request_finished(
+            service="civil-status",
+            operation="lookup",
+            consumer="dvc",
+            code="OK",
+            status=200,
+            seconds=0.01,
+        )
+
+    def gateway_uncached() -> None:
+        s, o = m._service("civil-status"), m._operation("lookup")
+        m.requests.labels(s, o, m._consumer("dvc"), m._code("OK"), "ok").inc()
+        m.request_duration.labels(s, o, "ok").observe(0.01)
+
+    def worker_metrics() -> None:
+        m.worker_started("civil-status")
+        m.upstream_call("civil-status", "lookup", "OK", 0.01)
+        m.worker_finished("civil-status")
+
+    def worker_uncached() -> None:
+        s, o = m._service("civil-status"), m._operation("lookup")
+        m.worker_in_flight.labels(s).inc()
+        m.upstream_requests.labels(s, o, m._code("OK")).inc()
+        m.upstream_duration.labels(s, o).observe(0.01)
+        m.worker_in_flight.labels(s).dec()
+
+    devnull = open("/dev/null", "w")  # noqa: SIM115 (lives as long as the benchmark)
+    logs.configure("json", "info", devnull)
+    access = AccessLogObserver()
+    exchange = Exchange(correlation_id=str(uuid.uuid4()))
+    exchange.service, exchange.operation, exchange.consumer = "civil-status", "lookup", "dvc"
+    exchange.status, exchange.outcome = 200, "OK"
+    coro = access.exchange_finished
+
+    def access_line() -> None:
+        with contextlib.suppress(StopIteration):
+            coro(exchange).send(None)  # it never awaits: run it without an event loop
+
+    return [
+        ("gateway metrics (uncached)", gateway_uncached),
+        ("gateway metrics", gateway_metrics),
+        ("worker metrics (uncached)", worker_uncached),
+        ("worker metrics", worker_metrics),
+        ("access log line", access_line),
+        ("uuid4", uuid.uuid4),
+    ]
+
+
+def main() -> None:
+    """Print µs per call and calls per second per core for each step."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--seconds", type=float, default=1.0, help="time per row")
+    args = parser.parse_args()
+    print(f"{'step':34} {'µs/call':>9} {'calls/s/core':>13}")
+    for name, fn in rows():
+        rate = _rate(fn, args.seconds)
+        print(f"{name:34} {1e6 / rate:9.1f} {rate:13,.0f}")
+
+
+if __name__ == "__main__":
+    main()
