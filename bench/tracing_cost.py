@@ -90,7 +90,7 @@ def _body(i: int) -> dict[str, Any]:
     return {
         "request_id": f"req-{uuid.uuid4().hex[:16]}",
         "record_type": "BIRTH",
-        "caller": {"unit_code": "H01", "officer_id": "001085000123"},
+        "caller": {"system_id": "motcua", "unit_code": "H01", "officer_id": "001085000123"},
         "purpose": {
             "procedure_code": "1.001234",
             "dossier_id": "HS-2026-0001",
