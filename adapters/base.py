@@ -27,6 +27,7 @@ __all__ = [
     "AdapterKind",
     "CallContext",
     "Registry",
+    "answer_fields",
     "config_issues",
     "load_routing",
     "parse_routing",
@@ -166,6 +167,18 @@ def load_routing(path: str | os.PathLike[str]) -> RoutingConfig:
 def parse_routing(data: Mapping[str, Any], doc: YamlDocument | None = None) -> RoutingConfig:
     """Validate a routing mapping (see :func:`load_routing`); :class:`ConfigError` if invalid."""
     return parse_config(data, doc, kinds=registry)
+
+
+def answer_fields(config: RoutingConfig) -> dict[tuple[str, str], tuple[str, ...]]:
+    """The answer fields each (service, operation) declares: the targets of a generic
+    kind's ``response`` mapping (what an X-Road provider service's WSDL describes)."""
+    out: dict[tuple[str, str], tuple[str, ...]] = {}
+    for name, svc in config.services.items():
+        for op, spec in svc.operations.items():
+            response = spec.options.get("response")
+            if isinstance(response, Mapping):
+                out[(name, op)] = tuple(str(k) for k in response)
+    return out
 
 
 def reply_models(config: RoutingConfig) -> dict[tuple[str, str], type[BaseModel]]:

@@ -22,9 +22,11 @@ from urllib.parse import urlsplit
 import structlog
 from aiohttp import web
 
-from adapters.base import reply_models, request_models
+from adapters.base import answer_fields, reply_models, request_models
 from adapters.civil_status.simulator import build_app as build_civil
 from adapters.population_db.simulator import build_app as build_population
+from adapters.procedure.simulator import BASE_PATH as PROCEDURE_PATH
+from adapters.procedure.simulator import build_app as build_procedure
 from bus.audit.observer import AuditObserver, Auditor, audit_trail, load_subject_key
 from bus.broker import NULL_RECORDER, Broker, BrokerRecorder, open_broker, queue_specs
 from bus.broker.outbox import outbox_specs
@@ -60,6 +62,7 @@ DEMO_SECRETS = (
     "LGSP_DEMO_API_KEY",
     "LGSP_SIM_CIVIL_STATUS_TOKEN",
     "LGSP_SIM_POPULATION_SECRET",
+    "LGSP_SIM_PROCEDURE_TOKEN",  # the commented X-Road provider example
     "LGSP_AUDIT_KEY",
 )
 """Environment variables the shipped routing.yaml refers to; ``run`` fills unset ones."""
@@ -139,6 +142,11 @@ def simulators_for(config: RoutingConfig, *, latency_ms: float = 0.0) -> list[Si
             )
             setting = f"upstreams.{svc.upstream}.url or --population-sim-port"
             sims[key] = Simulator("population", *key, build, setting)
+        elif (
+            svc.adapter == "rest" and parts.path == PROCEDURE_PATH and isinstance(auth, AuthBearer)
+        ):
+            build = partial(build_procedure, token=resolve_secret(auth.token))
+            sims[key] = Simulator("procedure", *key, build, f"upstreams.{svc.upstream}.url")
     return list(sims.values())
 
 
@@ -182,7 +190,11 @@ async def run_gateway(
     if metrics is not None:
         observers.append(MetricsObserver(metrics))
     runtime = Runtime.build(
-        config, observers, models=request_models(config), replies=reply_models(config)
+        config,
+        observers,
+        models=request_models(config),
+        replies=reply_models(config),
+        answer_fields=answer_fields(config),
     )
     gateway = Gateway(broker, runtime, readiness=readiness if readiness is not None else [])
     if auditor is not None:

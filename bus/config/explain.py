@@ -65,6 +65,9 @@ class Explanation:
     """breaker / audit / rate_limit → ``{"source": yaml path, "value": …}`` or not set."""
     consumer_settings: dict[str, Any] = field(default_factory=dict)
     """The consumer's other settings for this service (e.g. ``fields``, ``sensitive``)."""
+    xroad: list[dict[str, Any]] = field(default_factory=list)
+    """The X-Road serviceCodes (``provider.services``) that call this operation, the
+    consumer's X-Road client id and whether that client may call them."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (``config explain --json``)."""
@@ -82,6 +85,8 @@ def _can_authenticate(config: RoutingConfig, consumer: str) -> str | None:
         return f"no consumer {consumer!r} in this file: no key can authenticate as it"
     if getattr(spec, "client_certs", None):
         return None
+    if spec.xroad_client is not None and config.provider is not None:
+        return None  # an X-Road caller: its security server vouches for it
     if not spec.api_keys:
         return f"consumer {consumer!r} has no api_keys: it cannot authenticate"
     now = datetime.now(UTC)
@@ -121,7 +126,26 @@ def explain(config: RoutingConfig, consumer: str, service: str, operation: str) 
         result = Explanation(**base, allowed=True, status=200, code=None, reason="granted")
         result.grant = grant
     _describe(result, config)
+    _describe_xroad(result, config)
     return result
+
+
+def _describe_xroad(result: Explanation, config: RoutingConfig) -> None:
+    """The provider services (X-Road serviceCodes) this call is published under."""
+    if config.provider is None:
+        return
+    client = config.consumers[result.consumer].xroad_client
+    for code, spec in config.provider.services.items():
+        if (spec.service, spec.operation) == (result.service, result.operation):
+            result.xroad.append(
+                {
+                    "service_code": code,
+                    "version": spec.version,
+                    "service_id": f"{config.provider.member}/{code}/{spec.version}",
+                    "client": client,
+                    "allowed": result.allowed and client is not None,
+                }
+            )
 
 
 def _describe(result: Explanation, config: RoutingConfig) -> None:
@@ -274,6 +298,10 @@ def render_table(e: Explanation) -> str:
         rows.append(("personal data", "yes" if e.personal_data else "no"))
         for name, value in e.consumer_settings.items():
             rows.append((name, _inline(value)))
+        for x in e.xroad:
+            who = f"client {x['client']}" if x["client"] else "no xroad_client"
+            verdict = "may call" if x["allowed"] else "may not call"
+            rows.append(("x-road", f"{x['service_id']} ({who} {verdict} it)"))
     width = max(len(label) for label, _ in rows)
     head = f"consumer {e.consumer} → {e.service}/{e.operation}"
     return "\n".join([head, *(f"  {label:<{width}}  {text}" for label, text in rows)])

@@ -42,6 +42,7 @@ from bus.config.delivery import (
     SourceConfig,
     Subscription,
 )
+from bus.config.provider import ProviderSettings, provider_problems
 from bus.config.source import ConfigError
 
 __all__ = [
@@ -728,6 +729,9 @@ class RoutingConfig(_Model):
     )
     reports: ReportSettings = ReportSettings()
     tracing: TracingSettings = TracingSettings()
+    provider: ProviderSettings | None = Field(
+        None, description="services served to X-Road/NDXP callers (bus/config/provider.py)"
+    )
 
     @model_validator(mode="after")
     def _references(self) -> RoutingConfig:
@@ -752,7 +756,7 @@ class RoutingConfig(_Model):
 
     @model_validator(mode="after")
     def _security_references(self) -> RoutingConfig:
-        problems = security_problems(self)
+        problems = security_problems(self) + provider_problems(self)
         if problems:
             raise ValueError("; ".join(problems))
         return self

@@ -63,6 +63,7 @@ from bus.gateway.openapi import openapi_document
 from bus.gateway.pipeline import ADMITTED, CORRELATION_ID, HELD_BY, REQUEST_ID, xroad_reply_headers
 from bus.gateway.reply import error_body, render_reply, serve_stored
 from bus.gateway.runtime import GATEWAY, Gateway, Runtime
+from bus.gateway.xroad import ingress
 from bus.observe import tracing
 from bus.observe.health import add_metrics_route
 from bus.observe.metrics import Metrics
@@ -79,16 +80,13 @@ __all__ = [
 
 log = structlog.get_logger("bus.gateway.app")
 
-PRUNE_INTERVAL_S = 600.0
-"""How often a gateway deletes expired request results from the store."""
+PRUNE_INTERVAL_S = 600.0  # how often a gateway deletes expired request results
 
 BACKGROUND = web.AppKey("background", Background)
-EXCHANGE = web.RequestKey("exchange", Exchange)
-RUNTIME = web.RequestKey("runtime", Runtime)
-"""The runtime a request started with (read once, by :func:`observe_middleware`)."""
-_CALL, _MESSAGE, _EVENT, _PULL = "call", "message", "event", "pull"
-"""Route names: the observed routes (the in-flight bound applies to calls only)."""
-_OBSERVED = (_CALL, _MESSAGE, _EVENT, _PULL)
+EXCHANGE = pipeline.EXCHANGE
+RUNTIME = web.RequestKey("runtime", Runtime)  # a request's, read once by observe_middleware
+_CALL, _MESSAGE, _EVENT, _PULL = "call", "message", "event", "pull"  # events.py: observed
+_CALLS = frozenset({_CALL, *ingress.ROUTES})  # observed, counted in flight; messages observed
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -145,7 +143,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 @web.middleware
 async def in_flight_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Count calls in flight on the gateway; mark the ones over ``max_in_flight``."""
-    if _route_name(request) != _CALL:
+    if _route_name(request) not in _CALLS:
         return await handler(request)
     gateway = request.app[GATEWAY]
     request[ADMITTED] = gateway.enter()
@@ -159,7 +157,7 @@ async def in_flight_middleware(request: web.Request, handler: Handler) -> web.St
 async def observe_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """The exchange of an observed route; every observer is told how it ended."""
     name = _route_name(request)
-    if name not in _OBSERVED:
+    if name not in _CALLS and name not in (_MESSAGE, _EVENT, _PULL):
         return await handler(request)
     rt = request[RUNTIME] = request.app[GATEWAY].runtime
     exchange = Exchange(correlation_id=request[CORRELATION_ID])
@@ -398,7 +396,7 @@ async def openapi(request: web.Request) -> web.Response:
 def build_app(gateway: Gateway) -> web.Application:
     """The gateway application (the caller owns the broker's lifecycle)."""
     app = web.Application(
-        middlewares=[error_middleware, in_flight_middleware, observe_middleware],
+        middlewares=[error_middleware, ingress.faults, in_flight_middleware, observe_middleware],
         client_max_size=gateway.config.gateway.max_body_bytes,
         handler_args={"max_field_size": 8190, "max_line_size": 8190},
     )
@@ -414,6 +412,7 @@ def build_app(gateway: Gateway) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/openapi.json", openapi)
+    ingress.add_routes(app)
     return app
 
 

@@ -64,6 +64,7 @@ __all__ = [
     "ADMITTED",
     "BODY_HASH",
     "CORRELATION_ID",
+    "EXCHANGE",
     "HELD_BY",
     "REQUEST_ID",
     "TIMEOUT_HEADER",
@@ -77,6 +78,7 @@ __all__ = [
     "admit",
     "allow",
     "check",
+    "describe",
     "envelope",
     "identify",
     "read",
@@ -91,6 +93,8 @@ XROAD = web.RequestKey("xroad", XRoadIdentity)
 BODY_HASH = web.RequestKey("body_hash", str)
 CORRELATION_ID = web.RequestKey("correlation_id", str)
 REQUEST_ID = web.RequestKey("request_id", str)
+EXCHANGE = web.RequestKey("exchange", Exchange)
+"""The exchange an observed request records onto (the observe middleware makes it)."""
 ADMITTED = web.RequestKey("admitted", bool)
 HELD_BY = web.RequestKey("held_by", str)
 """The consumer whose in-flight share this call holds."""
@@ -300,7 +304,7 @@ async def run(request: web.Request, gateway: Gateway, rt: Runtime, exchange: Exc
         valid = validate(request, rt, got)
     finally:
         exchange.request_id = request.get(REQUEST_ID)  # the audit record names it too
-    _describe(exchange, valid.model)
+    describe(exchange, valid.model)
     checked = check(rt, valid, exchange.officer)
     exchange.officer = checked.officer
     return envelope(request, checked)
@@ -314,7 +318,7 @@ def xroad_reply_headers(request: web.Request) -> dict[str, str]:
     return headers
 
 
-def _describe(exchange: Exchange, validated: BaseModel) -> None:
+def describe(exchange: Exchange, validated: BaseModel) -> None:
     """Purpose, officer, unit and subject of the canonical request, onto the exchange (the
     request model says which citizen it names: :meth:`CanonicalRequest.subject_id`)."""
     caller = getattr(validated, "caller", None)

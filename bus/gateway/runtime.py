@@ -41,6 +41,10 @@ class Runtime:
     observers: tuple[ExchangeObserver, ...] = ()
     replies: Mapping[tuple[str, str], type[BaseModel]] = dataclasses.field(default_factory=dict)
     """The adapter kinds' answer models (the OpenAPI document's 200 schemas)."""
+    answer_fields: Mapping[tuple[str, str], tuple[str, ...]] = dataclasses.field(
+        default_factory=dict
+    )
+    """(service, operation) → the answer's dotted field paths (X-Road WSDLs describe them)."""
     gates: tuple[ExchangeGate, ...] = dataclasses.field(init=False, default=())
     """The observers that may refuse an exchange before it starts (worked out once)."""
 
@@ -56,11 +60,18 @@ class Runtime:
         *,
         models: Mapping[tuple[str, str], type[BaseModel]],
         replies: Mapping[tuple[str, str], type[BaseModel]] | None = None,
+        answer_fields: Mapping[tuple[str, str], tuple[str, ...]] | None = None,
     ) -> Runtime:
         """Resolve keys once; ``models`` (``replies``) are the adapter kinds' request (answer)
-        models, built by the composition root (the gateway knows no adapter)."""
+        models, ``answer_fields`` their declared answer paths, built by the composition root
+        (the gateway knows no adapter)."""
         return cls(
-            config, Authenticator(config), dict(models), tuple(observers), dict(replies or {})
+            config,
+            Authenticator(config),
+            dict(models),
+            tuple(observers),
+            dict(replies or {}),
+            dict(answer_fields or {}),
         )
 
     def with_observer(self, observer: ExchangeObserver) -> Runtime:

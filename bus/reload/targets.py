@@ -28,7 +28,7 @@ from typing import Any
 
 import structlog
 
-from adapters.base import Adapter, reply_models, request_models
+from adapters.base import Adapter, answer_fields, reply_models, request_models
 from bus.broker.base import queue_specs
 from bus.config import RoutingConfig
 from bus.gateway.runtime import Gateway, Runtime
@@ -75,6 +75,7 @@ class GatewayTarget:
             rebind(current.observers, new),
             models=request_models(new),
             replies=reply_models(new),
+            answer_fields=answer_fields(new),
         )
         added = [spec for spec in queue_specs(new) if spec.service not in old.services]
         if added:

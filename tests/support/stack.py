@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from adapters.base import parse_routing, reply_models, request_models
+from adapters.base import answer_fields, parse_routing, reply_models, request_models
 from bus.audit.observer import AuditObserver, Auditor, load_subject_key
 from bus.broker import NULL_RECORDER, Broker, open_broker, queue_specs
 from bus.broker.outbox import outbox_specs
@@ -195,7 +195,11 @@ async def running_bus(
         if auditor is not None:
             observers.insert(0, AuditObserver(auditor, config))
         runtime = Runtime.build(
-            config, observers, models=request_models(config), replies=reply_models(config)
+            config,
+            observers,
+            models=request_models(config),
+            replies=reply_models(config),
+            answer_fields=answer_fields(config),
         )
         gateway = Gateway(gateway_broker, runtime)
         gateway.readiness.append(worker.readiness)  # as in `lgsp-bus run`: breakers in /readyz
