@@ -350,40 +350,18 @@ class AmqpBroker:
         )
         try:
             async with asyncio.timeout(remaining):
-                try:
-                    await _unless_lost(
-                        future,
-                        _publish(
-                            channel,
-                            exchange.name,
-                            req.routing_key,
-                            body,
-                            properties,
-                            mandatory=True,
-                        ),
-                    )
-                except aiormq.exceptions.PublishError as exc:
-                    self._recorder.publish_failed("unroutable")
-                    raise BrokerUnavailable(
-                        f"no queue is bound for {req.routing_key}", code="NO_ROUTE"
-                    ) from exc
-                except aiormq.exceptions.DeliveryError as exc:
-                    nacked = isinstance(exc.frame, Basic.Nack)
-                    self._recorder.publish_failed("nack" if nacked else "error")
-                    if nacked:
-                        self._renew_after_nack()
-                        raise Overloaded(
-                            f"queue for {req.service} is full", retry_after=1.0
-                        ) from exc
-                    raise BrokerUnavailable("broker refused the message") from exc
-                except (
-                    aiormq.exceptions.AMQPError,
-                    aio_pika.exceptions.ChannelInvalidStateError,
-                    ConnectionError,
-                    RuntimeError,
-                ) as exc:
-                    self._recorder.publish_failed("error")
-                    raise BrokerUnavailable(f"cannot publish to the broker: {exc!r}") from exc
+                await _unless_lost(
+                    future,
+                    self._confirmed(
+                        channel,
+                        exchange.name,
+                        req.routing_key,
+                        body,
+                        properties,
+                        mandatory=True,
+                        queue=req.service,
+                    ),
+                )
                 return await future
         except TimeoutError:
             raise DeadlineExceeded("no reply before the deadline") from None
@@ -399,8 +377,10 @@ class AmqpBroker:
         properties: Basic.Properties,
         *,
         mandatory: bool,
+        queue: str | None = None,
     ) -> None:
-        """Publish and wait for the confirm; failures as :mod:`bus.errors`."""
+        """Publish and wait for the confirm; failures as :mod:`bus.errors` (``queue``: what a
+        full queue is called in the error, default the routing key)."""
         try:
             await _publish(channel, exchange, routing_key, body, properties, mandatory=mandatory)
         except aiormq.exceptions.PublishError as exc:
@@ -413,7 +393,8 @@ class AmqpBroker:
             self._recorder.publish_failed("nack" if nacked else "error")
             if nacked:
                 self._renew_after_nack()
-                raise Overloaded(f"queue for {routing_key} is full", retry_after=1.0) from exc
+                full = queue or routing_key
+                raise Overloaded(f"queue for {full} is full", retry_after=1.0) from exc
             raise BrokerUnavailable("broker refused the message") from exc
         except (
             aiormq.exceptions.AMQPError,
