@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Annotated, Any, Literal, Protocol, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, Protocol, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -41,6 +41,7 @@ from bus.errors import (
 
 __all__ = [
     "AppStatusRule",
+    "DeclaredModels",
     "NotFoundRule",
     "OperationMapping",
     "ServiceMapping",
@@ -293,3 +294,20 @@ def operation_model(
     """The request model of one operation (accountable by default for personal data)."""
     accountable = service.personal_data if options.accountable is None else options.accountable
     return request_model(f"{service.upstream}-{operation}", options.fields, accountable=accountable)
+
+
+class DeclaredModels:
+    """``request_model``/``reply_model`` of a generic kind: both come from the operation's
+    declared options, parsed with the kind's own :attr:`operation_options` class."""
+
+    operation_options: ClassVar[type[OperationMapping]]
+
+    def request_model(self, service: ServiceConfig, operation: str) -> type[BaseModel]:
+        """The strict model of the operation's declared ``fields``."""
+        opts = self.operation_options.model_validate(service.operations[operation].options)
+        return operation_model(service, operation, opts)
+
+    def reply_model(self, service: ServiceConfig, operation: str) -> type[BaseModel]:
+        """The answer's model: ``status``, ``source`` and the declared ``response`` targets."""
+        opts = self.operation_options.model_validate(service.operations[operation].options)
+        return answer_model(service, operation, opts)

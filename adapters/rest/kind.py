@@ -36,7 +36,7 @@ from typing import Any, Literal
 from urllib.parse import quote
 
 import structlog
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from adapters.base import Adapter, CallContext
 from adapters.common.http import HttpResult, UpstreamHttp, error_for_status
@@ -53,10 +53,10 @@ from adapters.generic.mapping import (
     target_problems,
 )
 from adapters.generic.shared import (
+    DeclaredModels,
     OperationMapping,
     ServiceMapping,
     answer,
-    answer_model,
     app_status_error,
     config_issues,
     header_problems,
@@ -290,8 +290,10 @@ def _operation_problems(service: ServiceConfig, name: str, opts: RestOperationOp
     return problems
 
 
-class RestKind:
+class RestKind(DeclaredModels):
     """Adapter kind ``rest`` (registered as ``adapters.rest.kind:KIND``)."""
+
+    operation_options = RestOperationOptions
 
     name = "rest"
 
@@ -310,16 +312,6 @@ class RestKind:
                 continue
             problems += _operation_problems(service, name, opts)
         return problems
-
-    def request_model(self, service: ServiceConfig, operation: str) -> type[BaseModel]:
-        """The strict model of the operation's declared ``fields``."""
-        opts = RestOperationOptions.model_validate(service.operations[operation].options)
-        return operation_model(service, operation, opts)
-
-    def reply_model(self, service: ServiceConfig, operation: str) -> type[BaseModel]:
-        """The answer's model: ``status``, ``source`` and the declared ``response`` targets."""
-        opts = RestOperationOptions.model_validate(service.operations[operation].options)
-        return answer_model(service, operation, opts)
 
     async def create(
         self, service_name: str, service: ServiceConfig, upstream: UpstreamConfig

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from adapters.base import Adapter, CallContext
 from adapters.common.auth import SoapSecurity
@@ -45,8 +45,8 @@ from adapters.common.http import UpstreamHttp
 from adapters.common.soap import SoapCodec, SoapFault, WsdlError
 from adapters.generic.mapping import apply_rules
 from adapters.generic.shared import (
+    DeclaredModels,
     answer,
-    answer_model,
     app_status_error,
     config_issues,
     is_not_found,
@@ -147,8 +147,10 @@ class SoapAdapter:
         await self._http.aclose()
 
 
-class SoapKind:
+class SoapKind(DeclaredModels):
     """Adapter kind ``soap`` (registered as ``adapters.soap.kind:KIND``)."""
+
+    operation_options = SoapOperationOptions
 
     name = "soap"
 
@@ -197,16 +199,6 @@ class SoapKind:
         for name, opts in ops.items():
             problems += operation_problems(service_name, service, name, opts, codec)
         return problems
-
-    def request_model(self, service: ServiceConfig, operation: str) -> type[BaseModel]:
-        """The strict model of the operation's declared ``fields``."""
-        opts = SoapOperationOptions.model_validate(service.operations[operation].options)
-        return operation_model(service, operation, opts)
-
-    def reply_model(self, service: ServiceConfig, operation: str) -> type[BaseModel]:
-        """The answer's model: ``status``, ``source`` and the declared ``response`` targets."""
-        opts = SoapOperationOptions.model_validate(service.operations[operation].options)
-        return answer_model(service, operation, opts)
 
     async def create(
         self, service_name: str, service: ServiceConfig, upstream: UpstreamConfig
