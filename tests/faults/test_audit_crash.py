@@ -22,6 +22,7 @@ from adapters.civil_status.data import sample_person
 from adapters.civil_status.models import RecordType
 from bus.store import Store
 from tests.support.paths import REPO
+from tests.support.procs import reap
 
 ROOT = REPO
 DEMO_KEY = "crash-demo-key-0123456789"
@@ -82,9 +83,7 @@ async def bus_process(tmp: Path, store_url: str, name: str) -> AsyncIterator[tup
                 await asyncio.sleep(0.1)
         yield proc, url
     finally:
-        if proc.returncode is None:
-            proc.kill()
-        await proc.wait()
+        await reap(proc)
         log.close()
 
 

@@ -39,6 +39,7 @@ from tests.faults.test_faults import (  # _secrets: the autouse fixture setting 
     simulator,
     until,
 )
+from tests.support.procs import reap
 from tests.support.rabbit import TestVhost
 
 pytestmark = pytest.mark.rabbitmq
@@ -107,9 +108,7 @@ async def worker_processes(
         yield workers
     finally:
         for w in workers.values():
-            if w.proc.returncode is None:
-                w.proc.kill()
-            await w.proc.wait()
+            await reap(w.proc)
 
 
 def duplicates(*workers: WorkerProcess) -> dict[str, int]:

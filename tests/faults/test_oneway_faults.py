@@ -27,6 +27,7 @@ from bus.gateway.app import Gateway, Runtime, build_app
 from bus.store import open_store
 from tests.e2e.test_oneway import KEY, Receiver, config_data, set_secrets
 from tests.support.polling import until
+from tests.support.procs import reap
 from tests.support.rabbit import TestVhost
 from tests.support.stack import serve_app
 from tests.support.subscriber import free_port
@@ -59,9 +60,7 @@ async def worker(routing: Path, amqp_url: str, store_url: str, log: Path) -> Asy
         await until(lambda: _logged(log, "delivery.started"), 30)
         yield proc
     finally:
-        if proc.returncode is None:
-            proc.kill()
-        await proc.wait()
+        await reap(proc)
 
 
 async def _logged(log: Path, event: str) -> bool:
@@ -169,9 +168,7 @@ async def gateway_process(
             await until(up, 30)
         yield proc
     finally:
-        if proc.returncode is None:
-            proc.kill()
-        await proc.wait()
+        await reap(proc)
 
 
 async def test_a_gateway_killed_mid_stream_loses_no_202_and_a_retry_delivers_once(

@@ -32,6 +32,7 @@ from bus.observe.metrics import Metrics
 from bus.observe.observer import MetricsObserver
 from bus.store import Store
 from bus.worker.worker import Worker, open_adapters
+from tests.support.procs import reap
 
 __all__ = ["BusStack", "running_bus", "serve_app", "stack_config", "terminate"]
 
@@ -44,8 +45,7 @@ async def terminate(proc: asyncio.subprocess.Process, bound_s: float = 20) -> No
     try:
         await asyncio.wait_for(proc.wait(), bound_s)
     except TimeoutError:
-        proc.kill()
-        await proc.wait()
+        await reap(proc)
 
 
 @asynccontextmanager
