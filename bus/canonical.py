@@ -127,8 +127,10 @@ _INVISIBLE = frozenset({"Cc", "Cf", "Cs", "Co", "Zl", "Zp"})
 
 def _plain_text(value: str) -> str:
     # Free text still travels on: into C06's XML (where most control characters are not
-    # allowed at all), MOJ query strings and the audit trail.
-    if any(unicodedata.category(ch) in _INVISIBLE for ch in value):
+    # allowed at all), MOJ query strings and the audit trail. ``isprintable`` (in C) is
+    # False for every category refused here, so a printable string needs no per-character
+    # look-up (issue 14: 5.2 → 0.2 µs per field); only the rest are checked one by one.
+    if not value.isprintable() and any(unicodedata.category(ch) in _INVISIBLE for ch in value):
         raise PydanticCustomError(
             "INVALID_TEXT", "control, invisible or line-separator characters are not allowed"
         )

@@ -69,9 +69,10 @@ class PartialDate:
         if not 1 <= self.month <= 12:
             raise ValueError("month out of range")
         if self.day is not None:
-            last = calendar.monthrange(self.year, self.month)[1]
-            if not 1 <= self.day <= last:
-                raise ValueError("day out of range for its month")
+            try:
+                date(self.year, self.month, self.day)  # in C: cheaper than calendar's Python
+            except ValueError:
+                raise ValueError("day out of range for its month") from None
 
     @classmethod
     def parse_iso(cls, text: str) -> PartialDate:
