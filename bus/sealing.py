@@ -91,6 +91,7 @@ class Keyring:
     def local(cls, path: Path) -> Keyring:
         """The key in ``path`` (32 random bytes), generated there (0600) if missing."""
         if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
