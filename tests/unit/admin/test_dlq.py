@@ -322,6 +322,9 @@ async def test_dlq_command_lists_shows_replays_and_purges_with_audit(
     }
     async with AsyncExitStack() as stack:
         broker = await stack.enter_async_context(amqp(rabbit_vhost.url()))
+        # Without store.keys the worker seals dead letters under the SQLite store's key file,
+        # which the command (another process) opens.
+        broker.keyring = open_store(store_url).keyring
         await broker.declare([QueueSpec(service, delivery_limit=2)])
         async with serving(broker, service, crash):
             for n in range(2):
@@ -346,6 +349,10 @@ async def test_dlq_command_lists_shows_replays_and_purges_with_audit(
         code, out, err = await lgsp_bus(env, "dlq", "show", poison.id, "--actor", "ops-1")
         assert code == 0, err
         assert json.loads(out)["reason"] == "rejected"
+        failed = next(x for x in letters if x.reason == "delivery_limit")
+        code, out, err = await lgsp_bus(env, "dlq", "show", failed.id, "--reveal", "--actor", "o")
+        assert code == 0, err
+        assert json.loads(out)["body"] in ({"n": 0}, {"n": 1})
 
         async with serving(broker, service, echo):
             code, out, err = await lgsp_bus(
