@@ -26,6 +26,15 @@ from bus.store import open_store, store_url_from_env
 
 __all__ = ["check_store_keys", "register"]
 
+_HELP = """Stored answers (idempotency, async mode) are sealed under store.keys: the first
+key seals, every one opens. 'keys' prints each configured key id with the number of
+stored answers it sealed, then ids no longer configured (read as absent). After a
+rotation (the new key first in store.keys, processes restarted), 'retire-keys' deletes
+the answers sealed under ids no longer configured; or wait gateway.idempotency_ttl_s.
+Without store.keys a SQLite store uses the key file <db>.key beside it. The store is
+--store, else LGSP_STORE_URL, else ./lgsp-bus.sqlite3. Exit codes: 0 done, 2 keys
+unreadable or store unreachable."""
+
 
 def check_store_keys(config: RoutingConfig, role: str) -> Keyring | None:
     """For start-up: exit 2 with a plain message if ``store.keys`` cannot be used."""
@@ -66,7 +75,7 @@ def register(sub: Any) -> None:
     store = sub.add_parser(
         "store",
         help="at-rest keys of the stored answers: use per key, retire old keys",
-        description=__doc__,
+        description=_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = store.add_subparsers(dest="store_command", required=True)
