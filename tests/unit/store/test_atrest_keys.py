@@ -6,8 +6,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 import yaml
 
+from adapters.base import parse_routing
+from bus.config import ConfigError
+from bus.config.keys import key_problems
+from bus.config.rules import config_warnings
 from bus.sealing import Keyring
 from bus.store import open_store
 from tests.unit.admin.test_dlq import lgsp_bus
@@ -63,3 +68,19 @@ async def test_start_up_refuses_a_short_or_missing_key(tmp_path: Path) -> None:
         code, _, err = await lgsp_bus(env, "run", "--config", str(path), "--no-sim")
         assert code == 2, err
         assert "store.keys" in err
+
+
+def test_validate_checks_key_length_and_warns_a_tls_gateway_without_keys(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("T_KEY_SHORT", "too-short")
+    short = parse_routing({"store": {"keys": [{"id": "k1", "key": "env:T_KEY_SHORT"}]}})
+    assert [path for path, _ in key_problems(short)] == [("store", "keys", 0, "key")]
+    tls = {"cert_file": str(tmp_path / "c.pem"), "key_file": str(tmp_path / "k.pem")}
+    warned = parse_routing({"gateway": {"tls": tls}})
+    assert any("store.keys is not set" in str(i) for i in config_warnings(warned, None))
+    assert not any("store.keys" in str(i) for i in config_warnings(parse_routing({}), None))
+    with pytest.raises(ConfigError):  # the same key id twice
+        parse_routing(
+            {"store": {"keys": [{"id": "k1", "key": "env:A"}, {"id": "k1", "key": "env:B"}]}}
+        )
