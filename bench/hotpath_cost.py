@@ -9,7 +9,9 @@ code did before a cut, for the before/after figures in README's table of cuts:
   families' ``labels(...)`` looked up on every call;
 * access log: :class:`bus.observe.accesslog.AccessLogObserver` with the JSON logging of
   :func:`bus.logs.configure` writing to ``/dev/null`` (processors, masking, rendering);
-* ids: ``uuid.uuid4()`` as the gateway makes correlation ids.
+* ids: ``uuid.uuid4()`` as the gateway makes correlation ids;
+* at rest: :class:`bus.sealing.Keyring` sealing and opening a 2 KiB answer (AES-256-GCM,
+  as the store does once each per answered request and read).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from bus import logs
 from bus.exchange import Exchange
 from bus.observe.accesslog import AccessLogObserver
 from bus.observe.metrics import Metrics
+from bus.sealing import Keyring
 
 
 def _rate(fn: Callable[[], object], seconds: float) -> float:
@@ -81,6 +84,14 @@ def rows() -> list[tuple[str, Callable[[], object]]]:
         with contextlib.suppress(StopIteration):
             coro(exchange).send(None)  # it never awaits: run it without an event loop
 
+    ring = Keyring.generated()
+    answer = b'{"persons":[{"personal_id":"001085000123"}],"pad":"' + b"x" * 2000 + b'"}'
+    where = ("portal", "req-0123456789abcdef")
+    key_id, sealed = ring.seal(where, answer)
+
+    def seal_open() -> None:
+        ring.open(key_id, where, ring.seal(where, answer)[1])
+
     return [
         ("gateway metrics (uncached)", gateway_uncached),
         ("gateway metrics", gateway_metrics),
@@ -88,6 +99,9 @@ def rows() -> list[tuple[str, Callable[[], object]]]:
         ("worker metrics", worker_metrics),
         ("access log line", access_line),
         ("uuid4", uuid.uuid4),
+        ("answer seal (2 KiB)", lambda: ring.seal(where, answer)),
+        ("answer open (2 KiB)", lambda: ring.open(key_id, where, sealed)),
+        ("answer seal + open (2 KiB)", seal_open),
     ]
 
 

@@ -9,6 +9,7 @@
     │   ├── NotFoundError           404 UNKNOWN_SERVICE / UNKNOWN_OPERATION / MESSAGE_NOT_FOUND
     │   ├── MethodNotAllowed        405 METHOD_NOT_ALLOWED (with Allow)
     │   ├── Conflict                409 IDEMPOTENCY_CONFLICT
+    │   ├── Gone                    410 ANSWER_FETCHED (GET /v1/messages handed it over)
     │   ├── PayloadTooLarge         413 PAYLOAD_TOO_LARGE
     │   ├── UnsupportedMediaType    415 UNSUPPORTED_MEDIA_TYPE
     │   └── RateLimited             429 RATE_LIMITED (Retry-After, RateLimit-*)
@@ -46,6 +47,7 @@ __all__ = [
     "Conflict",
     "DeadlineExceeded",
     "Forbidden",
+    "Gone",
     "InternalError",
     "InvalidRequest",
     "MethodNotAllowed",
@@ -149,6 +151,13 @@ class Conflict(RequestError):
 
     status = 409
     default_code = "IDEMPOTENCY_CONFLICT"
+
+
+class Gone(RequestError):
+    """The answer existed and was handed over (``GET /v1/messages/{id}``); it is deleted."""
+
+    status = 410
+    default_code = "ANSWER_FETCHED"
 
 
 class PayloadTooLarge(RequestError):

@@ -32,6 +32,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 from bus.broker.outbox import DeliveryHandler, OutboxSpec
 from bus.config import RoutingConfig, resolve_secret
 from bus.envelope import Reply, Request
+from bus.sealing import Keyring
 
 __all__ = [
     "NULL_RECORDER",
@@ -219,7 +220,10 @@ NULL_RECORDER: BrokerRecorder = _NullRecorder()
 
 
 class Broker(Protocol):
-    """Carries requests to workers and replies back."""
+    """Carries requests to workers and replies back; dead letters the bus copies to a DLQ
+    are sealed under ``keyring`` (``None``: kept as they are)."""
+
+    keyring: Keyring | None
 
     async def connect(self) -> None:
         """Open connections (idempotent)."""

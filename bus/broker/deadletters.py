@@ -13,10 +13,22 @@ A message reaches the DLQ three ways, and its headers say which:
 * ``expired`` — its deadline passed while it waited in the queue (RabbitMQ, ``x-death``).
 
 Parsing is pure, so both brokers and the CLI read headers the same way.
+
+Dead letters the worker copies are sealed at rest (:func:`seal_letter`, the broker's
+``keyring``): the body and the ``x-lgsp-officer`` header are AES-GCM under the first key,
+bound to the service and the dead-letter id, ``x-lgsp-sealed`` names the key. Both
+brokers open them when a DLQ operation holds them (:func:`opened`), so ``show --reveal``
+and ``replay`` work as before; a letter that does not open (a key no longer configured)
+stays sealed: ``show`` gives its size only and ``replay`` reports ``NOT_REPLAYABLE``.
+Messages RabbitMQ dead-letters itself (``expired``, the ``x-delivery-limit`` backstop)
+keep the body they were published with.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import dataclasses
 import hashlib
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -27,15 +39,20 @@ from typing import Any, Protocol
 
 from bus.canonical import new_id
 from bus.logs import mask_pii
+from bus.sealing import Keyring
 
 __all__ = [
     "MAX_SCAN",
     "ClaimedLetter",
     "DeadLetter",
     "DeadLetterQueue",
+    "Keyring",
     "dead_letter_from",
     "dead_letter_headers",
+    "opened",
     "scrub_error",
+    "seal_letter",
+    "sealed_letter",
 ]
 
 MAX_SCAN = 10_000
@@ -43,7 +60,11 @@ MAX_SCAN = 10_000
 MAX_ERROR_CHARS = 500
 
 _H = "x-lgsp-"
-_OURS = ("dead-reason", "dead-attempts", "last-error", "dead-at", "dead-id")
+_OURS = ("dead-reason", "dead-attempts", "last-error", "dead-at", "dead-id", "sealed")
+SEALED = _H + "sealed"
+"""Header naming the at-rest key a dead letter is sealed under."""
+_OFFICER = _H + "officer"
+_SEALED_OFFICER = _H + "sealed-officer"
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,3 +216,52 @@ def dead_letter_from(
         last_error=last_error,
         dead_at=dead_at,
     )
+
+
+def seal_letter(
+    keyring: Keyring | None, service: str, headers: dict[str, Any], body: bytes
+) -> tuple[dict[str, Any], bytes]:
+    """A dead letter's headers (from :func:`dead_letter_headers`) and body, sealed: the body
+    and the officer header, bound to ``service`` and the letter's id; as they are without
+    a keyring."""
+    if keyring is None:
+        return headers, body
+    context = ("dlq", service, str(headers[_H + "dead-id"]))
+    out = {k: v for k, v in headers.items() if k != _OFFICER}
+    officer = _text(headers.get(_OFFICER))
+    if officer is not None:
+        _, sealed_officer = keyring.seal((*context, "officer"), officer.encode())
+        out[_SEALED_OFFICER] = base64.b64encode(sealed_officer).decode()
+    key_id, sealed = keyring.seal(context, body)
+    out[SEALED] = key_id
+    return out, sealed
+
+
+def opened(keyring: Keyring | None, letter: DeadLetter) -> DeadLetter:
+    """``letter`` with its body and officer opened, as it was before :func:`seal_letter`;
+    as it is if it was not sealed or does not open here."""
+    key_id = _text(letter.headers.get(SEALED))
+    if key_id is None or keyring is None:
+        return letter
+    context = ("dlq", letter.service, letter.id)
+    body = keyring.open(key_id, context, letter.body)
+    if body is None:
+        return letter
+    headers = {k: v for k, v in letter.headers.items() if k not in (SEALED, _SEALED_OFFICER)}
+    officer = _text(letter.headers.get(_SEALED_OFFICER))
+    if officer is not None:
+        try:
+            plain = keyring.open(key_id, (*context, "officer"), base64.b64decode(officer))
+        except binascii.Error:
+            plain = None
+        if plain is not None:
+            headers[_OFFICER] = plain.decode("utf-8", "replace")
+    return dataclasses.replace(letter, body=body, headers=headers)
+
+
+def sealed_letter(
+    keyring: Keyring | None, service: str, body: bytes, headers: dict[str, Any], cid: str | None
+) -> DeadLetter:
+    """The dead letter of ``body`` with ``headers`` (from :func:`dead_letter_headers`), sealed."""
+    headers, body = seal_letter(keyring, service, headers, body)
+    return dead_letter_from(service, body, headers, cid)

@@ -1,13 +1,10 @@
-"""In-process broker: the embedded default and the fast test backend.
-
-It keeps the AMQP semantics that matter to callers: messages travel encoded (so poison
-messages exist here too), queues have a length limit (reject-publish), deliveries are
-redelivered when a handler fails and dead-lettered after the delivery limit, expired
-messages are never handed out, and unacknowledged messages return to the queue when a
-consumer stops. Nothing survives the process — that is what RabbitMQ is for: a one-way
-send or event answered ``202`` on the memory broker is lost if the process stops before
-it is delivered (use it for development and tests only).
-"""
+"""In-process broker: the embedded default and the fast test backend. It keeps the AMQP
+semantics that matter to callers: messages travel encoded (so poison messages exist here
+too), queues have a length limit (reject-publish), deliveries are redelivered when a
+handler fails and dead-lettered (sealed) after the delivery limit, expired messages are
+never handed out, unacknowledged messages return to the queue when a consumer stops.
+Nothing survives the process (RabbitMQ is for that): a send or event answered ``202``
+here is lost if the process stops before its delivery."""
 
 from __future__ import annotations
 
@@ -27,8 +24,10 @@ from bus.broker.deadletters import (
     MAX_SCAN,
     ClaimedLetter,
     DeadLetter,
-    dead_letter_from,
+    Keyring,
     dead_letter_headers,
+    opened,
+    sealed_letter,
 )
 from bus.broker.outbox import Delivery, DeliveryHandler, OutboxSpec, outbox_queue
 from bus.canonical import new_id
@@ -89,6 +88,7 @@ class MemoryBroker:
         self._bindings: dict[tuple[str, str], set[str]] = {}  # (exchange, key) → outbox keys
         self._active: dict[str, asyncio.Lock] = {}  # ordered outbox: its one active consumer
         self._ordered: set[str] = set()
+        self.keyring: Keyring | None = None  # dead letters sealed under it (deadletters.py)
 
     async def connect(self) -> None:
         """Nothing to connect to."""
@@ -222,12 +222,12 @@ class MemoryBroker:
         queue.arrived.set()
 
     def _dead_letter(self, queue: _Queue, message: _Message, reason: str, error: str) -> None:
-        log.warning("broker.dead_lettered", service=queue.spec.service, reason=reason)
-        self._recorder.dead_lettered(queue.spec.service, reason)
+        service = queue.spec.service
+        log.warning("broker.dead_lettered", service=service, reason=reason)
+        self._recorder.dead_lettered(service, reason)
         headers = dead_letter_headers(message.headers, reason, error, message.delivery_count)
-        queue.dead.append(
-            dead_letter_from(queue.spec.service, message.body, headers, message.correlation_id)
-        )
+        sealed = sealed_letter(self.keyring, service, message.body, headers, message.correlation_id)
+        queue.dead.append(sealed)
 
     @asynccontextmanager
     async def dead_letters_claim(
@@ -244,7 +244,7 @@ class MemoryBroker:
             async def ack() -> None:
                 acked.add(index)
 
-            return ClaimedLetter(held[index], ack)
+            return ClaimedLetter(opened(self.keyring, held[index]), ack)
 
         try:
             yield [acker(i) for i in range(len(held))]

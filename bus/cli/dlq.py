@@ -33,6 +33,7 @@ from bus.broker.outbox import outbox_specs
 from bus.cli.common import CONFIG_HELP, load_or_exit
 from bus.config import RoutingConfig
 from bus.errors import BusError
+from bus.store import dead_letter_keyring, store_url_from_env
 from bus.store.base import Store
 
 __all__ = ["register"]
@@ -112,6 +113,9 @@ async def _command(args: argparse.Namespace) -> int:
         )
         return 2
     broker = AmqpBroker(url, name="lgsp-bus-dlq")
+    broker.keyring = dead_letter_keyring(
+        config, getattr(args, "store", None) or store_url_from_env()
+    )
     try:
         await broker.connect()
     except BusError as exc:

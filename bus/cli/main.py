@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "bus.cli.report",
     "bus.cli.probe",
     "bus.cli.dlq",
+    "bus.cli.store",
 )
 """Modules with a ``register(subparsers)`` function adding an operator command group."""
 
@@ -120,8 +121,10 @@ async def _serve_role(role: str, args: argparse.Namespace, config: RoutingConfig
     from bus.cli import roles as runner
     from bus.cli.audit import check_audit_key
     from bus.cli.reloading import reloading
+    from bus.cli.store import check_store_keys
     from bus.observe.metrics import Metrics
 
+    check_store_keys(config, role)  # unreadable or short store.keys: exit 2, plainly
     stop = asyncio.Event()
     runner.install_signal_handlers(stop)
     metrics = Metrics(role="all" if role == "run" else role)

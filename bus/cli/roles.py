@@ -43,6 +43,7 @@ from bus.observe.health import WorkerStatus, build_worker_app, sample_queues
 from bus.observe.metrics import Metrics
 from bus.observe.observer import MetricsObserver
 from bus.reload.reloader import ConfigReloader
+from bus.store import dead_letter_keyring, store_url_from_env
 from bus.worker.worker import Worker, open_adapters
 
 __all__ = [
@@ -156,6 +157,7 @@ async def connected_broker(
 ) -> AsyncIterator[Broker]:
     """A connected broker with the config's topology declared."""
     broker = open_broker(amqp_url, recorder=recorder)
+    broker.keyring = dead_letter_keyring(config, store_url_from_env())
     await broker.connect()
     try:
         await broker.declare(queue_specs(config))

@@ -33,6 +33,7 @@ RESTART_ONLY: tuple[str, ...] = (
     "admin.host",
     "admin.port",
     "tracing",
+    "store",
 )
 """Settings read once when a process starts: a reload records them, a restart applies them
 (existing RabbitMQ queues keep the arguments they were declared with)."""

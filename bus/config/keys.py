@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 
+from bus.config.atrest import atrest_problems
 from bus.config.models import MIN_AUDIT_KEY_CHARS, RoutingConfig, resolve_secret
 from bus.config.source import PathKey
 
@@ -56,7 +57,7 @@ def _key_digest(ref: str | None, sha256: str | None) -> str | None:
 def key_problems(config: RoutingConfig) -> list[tuple[PathKey, str]]:
     """What ``run`` would refuse about the keys' values (``config validate --secrets``):
     an admin key with a consumer key's value, an audit key shorter than
-    :data:`~bus.config.models.MIN_AUDIT_KEY_CHARS`."""
+    :data:`~bus.config.models.MIN_AUDIT_KEY_CHARS`, an at-rest key shorter than 32."""
     found = shared_keys(config)
     ref = config.audit.subject_key
     with contextlib.suppress(KeyError, OSError, ValueError):  # unresolvable: reported apart
@@ -68,4 +69,4 @@ def key_problems(config: RoutingConfig) -> list[tuple[PathKey, str]]:
                     "(run refuses a shorter one)",
                 )
             )
-    return found
+    return found + atrest_problems(config)

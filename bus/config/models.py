@@ -74,6 +74,8 @@ __all__ = [
     "RoutingConfig",
     "SecretRef",
     "ServiceConfig",
+    "StoreKey",
+    "StoreSettings",
     "TracingSettings",
     "UpstreamConfig",
     "check_secret_ref",
@@ -663,6 +665,31 @@ class AuditSettings(_Model):
     )
 
 
+class StoreKey(_Model):
+    """One at-rest key (bus/sealing.py): its id is kept beside every value it seals."""
+
+    id: str = Field(pattern=r"^[A-Za-z0-9._-]{1,32}$", description="e.g. 2026-12")
+    key: SecretRef = Field(description="env:NAME or file:PATH, at least 32 characters")
+
+
+class StoreSettings(_Model):
+    """Encryption at rest (AES-256-GCM) of stored answers and dead letters."""
+
+    keys: list[StoreKey] = Field(
+        default_factory=list,
+        description="the first seals, every one opens (rotate: put the new key first, drop the "
+        "old one after 'lgsp-bus store retire-keys'); none: a SQLite store uses the key file "
+        "<db>.key beside it, a PostgreSQL store a key of each process",
+    )
+
+    @field_validator("keys")
+    @classmethod
+    def _unique(cls, keys: list[StoreKey]) -> list[StoreKey]:
+        if len({k.id for k in keys}) != len(keys):
+            raise ValueError("store.keys ids must be unique")
+        return keys
+
+
 class ReportSettings(_Model):
     """The data-protection reports (``lgsp-bus report``, ``/admin/reports/*``)."""
 
@@ -728,6 +755,7 @@ class RoutingConfig(_Model):
         default_factory=dict, description="scheduled pulls: an upstream list polled into events"
     )
     reports: ReportSettings = ReportSettings()
+    store: StoreSettings = StoreSettings()
     tracing: TracingSettings = TracingSettings()
     provider: ProviderSettings | None = Field(
         None, description="services served to X-Road/NDXP callers (bus/config/provider.py)"

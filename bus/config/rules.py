@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel
 
 from bus.config.access import parse_expiry
+from bus.config.atrest import atrest_warnings
 from bus.config.keys import key_problems
 from bus.config.kinds import KindCatalog
 from bus.config.models import (
@@ -217,7 +218,7 @@ def config_warnings(config: RoutingConfig, doc: YamlDocument | None) -> list[Con
         issues.append(
             ConfigIssue.at(doc, ("admin", "port"), "no admin.api_keys: /admin/* stays off")
         )
-    return issues
+    return issues + atrest_warnings(config, doc)
 
 
 def _retry_warnings(

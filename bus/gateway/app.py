@@ -313,6 +313,7 @@ async def get_message(request: web.Request) -> web.Response:
     if outcome is None:
         raise NotFoundError("no message with this request_id", code="MESSAGE_NOT_FOUND")
     outcome, exchange.fields_returned = serve_stored(rt.config, consumer, outcome)
+    await step.hand_over(consumer, request_id, outcome)  # a final answer is deleted once served
     return _respond(request, outcome)
 
 

@@ -21,8 +21,11 @@ in the gateway's in-flight bound); an outcome ready within :data:`ASYNC_GRACE_S`
 immediate refusal, a fast answer) is returned at once, otherwise ``202`` +
 ``Location: /v1/messages/{request_id}``. ``GET /v1/messages/{id}`` serves the stored answer
 from the store, so it survives a gateway restart; a ``pending`` record is ``202`` with
-``Retry-After``. In-progress takeovers are stored as a ``202`` marker answer, because the
-store's only way back from ``done`` is a new answer.
+``Retry-After``. A final answer served by ``GET`` is handed over: the store deletes it and
+keeps a ``fetched`` mark until the record expires, so a second ``GET`` — or a repeat of the
+request with that ``request_id`` — is ``410 ANSWER_FETCHED`` (a retryable failure is not
+final: it stays, for a repeat to run again). Answers never fetched stay replayable.
+Takeovers are stored as a ``202`` marker answer (the store's only way back from ``done``).
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from bus.errors import (
     BusUnavailable,
     Conflict,
     DeadlineExceeded,
+    Gone,
     InternalError,
     error_from_code,
 )
@@ -95,6 +99,8 @@ class Outcome:
     """What the store keeps when it is not ``body`` (an answer with the service and
     operation it came from, so it can be re-checked when served:
     :func:`bus.gateway.reply.serve_stored`)."""
+    final: bool = False
+    """A stored answer that ``GET /v1/messages/{id}`` hands over (then deletes)."""
 
     @classmethod
     def failure(cls, exc: BusError, request_id: str | None) -> Outcome:
@@ -142,6 +148,10 @@ def _accepted(request_id: str) -> Outcome:
             "Preference-Applied": "respond-async",
         },
     )
+
+
+def _fetched() -> Gone:
+    return Gone("this request_id's answer was fetched and deleted; send anew with a new id")
 
 
 def _in_progress(record: StoredMessage) -> bool:
@@ -252,6 +262,8 @@ class Idempotency:
             self.store.message_begin(consumer, request_id, digest, self.ttl_s)
         )
         while record is not None:
+            if record.state == "fetched":
+                raise _fetched()
             if record.body_hash != digest:
                 raise Conflict(
                     "this request_id was already used for a different request; "
@@ -338,6 +350,8 @@ class Idempotency:
         record = await self._store(self.store.message_get(consumer, request_id))
         if record is None:
             return None
+        if record.state == "fetched":
+            raise _fetched()
         if _stale(record, stale_after_s, time.time()):
             error = DeadlineExceeded(
                 "no answer was recorded before the deadline; send the request again with "
@@ -350,7 +364,16 @@ class Idempotency:
             return accepted
         outcome = stored_outcome(record, rebuild=False)
         outcome.headers.pop("Idempotent-Replayed", None)
+        outcome.final = not _retryable_failure(record)
         return outcome
+
+    async def hand_over(self, consumer: str, request_id: str, outcome: Outcome) -> None:
+        """After ``GET`` rendered ``outcome``: a final answer is deleted (``fetched``); if
+        another ``GET`` took it first, this one is ``410 ANSWER_FETCHED`` too."""
+        if outcome.final and not await self._store(
+            self.store.message_fetched(consumer, request_id)
+        ):
+            raise _fetched()
 
 
 def _failed(exc: BusError, request_id: str) -> Outcome:

@@ -105,6 +105,8 @@ ERROR_CODES: dict[str, str] = {
     # Idempotency and async mode (bus/idempotency.py).
     "MESSAGE_NOT_FOUND": "404: GET /v1/messages/{id}: no answer kept for this request_id "
     "(never sent by this consumer, refused before it was accepted, or expired)",
+    "ANSWER_FETCHED": "410: the answer to this request_id was already fetched with GET "
+    "/v1/messages/{id} and is deleted; send the request again with a new request_id",
     "STORE_UNAVAILABLE": "503: the store of request results is unreachable (retryable)",
     **EVENT_ERROR_CODES,  # POST /v1/events/{type}, GET /v1/events (bus/gateway/events.py)
     "BUS_UNAVAILABLE": "503: the gateway stopped before the answer arrived; send the request "
@@ -132,7 +134,7 @@ _ERROR_SCHEMA: dict[str, Any] = {
 }
 
 
-_ERROR_STATUSES = (400, 401, 403, 404, 409, 413, 415, 429, 431, 500, 502, 503, 504)
+_ERROR_STATUSES = (400, 401, 403, 404, 409, 410, 413, 415, 429, 431, 500, 502, 503, 504)
 """Every status an operation call may answer with an error body."""
 
 _XROAD_PARAMETERS: list[dict[str, Any]] = [

@@ -104,4 +104,4 @@ def serve_stored(
     if filtered.withheld:
         headers[WITHHELD_HEADER] = ",".join(filtered.withheld)[:2048]
     body = orjson.dumps({**filtered.body, **envelope})
-    return Outcome(200, body, headers), filtered.returned
+    return Outcome(200, body, headers, final=outcome.final), filtered.returned

@@ -5,9 +5,11 @@ into the process roles by :mod:`bus.cli.reloading`).
 resolved, request models built, observers rebound) and hands it to the long-lived
 :class:`~bus.gateway.runtime.Gateway`, which keeps what lives as long as the process (store,
 readiness, in-flight count, rate-limit buckets — rebuilt from the old ones); a request keeps
-the runtime it started with. An observer with a ``with_config(config)`` method (or a
-``from_config`` class method) is rebuilt for the new config, so per-route policies (audit)
-follow the file.
+the runtime it started with. Once swapped, the stored answers of every consumer that lost a
+grant are purged from the store (all of that consumer's: a row does not name its operation
+in clear; answers are served under the grants in force anyway). An observer with a
+``with_config(config)`` method (or a ``from_config`` class method) is rebuilt for the new
+config, so per-route policies (audit) follow the file.
 
 :class:`WorkerTarget` compares the services the worker should serve under the new config
 with those it serves: it opens adapters for new services and for services whose settings
@@ -31,6 +33,7 @@ import structlog
 from adapters.base import Adapter, answer_fields, reply_models, request_models
 from bus.broker.base import queue_specs
 from bus.config import RoutingConfig
+from bus.config.diff import grants
 from bus.gateway.runtime import Gateway, Runtime
 from bus.worker.worker import REPLY_MARGIN_S, Worker, open_adapters
 
@@ -80,19 +83,32 @@ class GatewayTarget:
         added = [spec for spec in queue_specs(new) if spec.service not in old.services]
         if added:
             await self.gateway.broker.declare(added)
-        return _GatewaySwap(self.gateway, fresh)
+        revoked = sorted({consumer for consumer, _, _ in grants(old) - grants(new)})
+        return _GatewaySwap(self.gateway, fresh, revoked)
 
 
 @dataclasses.dataclass
 class _GatewaySwap:
     gateway: Gateway
     fresh: Runtime
+    revoked: list[str]
+    """Consumers that lost a grant: their stored answers are purged."""
 
     def commit(self) -> None:
         self.gateway.swap(self.fresh)
 
     async def settle(self, closing: asyncio.Event) -> None:
-        """Nothing to release: requests under the old runtime finish with it."""
+        """Purge the stored answers of consumers that lost a grant (requests under the old
+        runtime finish with it)."""
+        store = self.gateway.store
+        if not self.revoked or store is None:
+            return
+        try:
+            purged = await store.messages_purge(self.revoked)
+        except Exception as exc:  # the reload stands; the answers expire by their TTL
+            log.warning("gateway.revoked_answers_not_purged", error=type(exc).__name__)
+            return
+        log.info("gateway.revoked_answers_purged", consumers=self.revoked, records=purged)
 
     async def abort(self) -> None:
         """Nothing was opened."""

@@ -8,11 +8,20 @@ file in the working directory):
   ``busy_timeout_ms`` (default 5000);
 * ``postgresql://user:pass@host:port/db`` (or ``postgres://``) — PostgreSQL via asyncpg;
   query option ``pool_max`` (default 10), other options go to asyncpg.
+
+Stored answers are sealed under ``store.keys`` (:func:`open_store`'s ``keyring``), else a
+SQLite store's key file ``<db>.key`` or a PostgreSQL store's key of the process
+(:mod:`bus.sealing`); :func:`dead_letter_keyring` says what dead letters are sealed under.
 """
 
 import os
 from urllib.parse import parse_qsl
 
+import structlog
+
+from bus.config import RoutingConfig
+from bus.config.atrest import keyring_of
+from bus.sealing import Keyring
 from bus.store.base import (
     GENESIS_HASH,
     AuditRecord,
@@ -35,9 +44,12 @@ __all__ = [
     "MessageState",
     "Store",
     "StoredMessage",
+    "dead_letter_keyring",
     "open_store",
     "store_url_from_env",
 ]
+
+log = structlog.get_logger("bus.store")
 
 STORE_URL_ENV = "LGSP_STORE_URL"
 DEFAULT_STORE_URL = "sqlite:///lgsp-bus.sqlite3"
@@ -48,9 +60,36 @@ def store_url_from_env() -> str:
     return os.environ.get(STORE_URL_ENV) or DEFAULT_STORE_URL
 
 
-def open_store(url: str) -> Store:
-    """An unconnected store for ``url`` (see the module docstring); ``ValueError`` if the
-    URL names no known backend."""
+def open_store(url: str, keyring: Keyring | None = None) -> Store:
+    """An unconnected store for ``url`` (see the module docstring), its answers sealed
+    under ``keyring`` (else the backend's default); ``ValueError`` if the URL names no
+    known backend."""
+    store = _open(url)
+    if keyring is not None:
+        store.keyring = keyring
+    return store
+
+
+def dead_letter_keyring(config: RoutingConfig, url: str) -> Keyring | None:
+    """What dead letters are sealed under: ``store.keys``; else the key file of the SQLite
+    store at ``url`` (shared by every process using that database); else ``None`` (kept as
+    they are: a PostgreSQL store's key of one process could not open them in another).
+    Logs a warning without ``store.keys``."""
+    ring = keyring_of(config)
+    if ring is not None:
+        return ring
+    store = _open(url)
+    local = isinstance(store, SqliteStore)
+    log.warning(
+        "store.no_at_rest_keys",
+        answers="key file beside the database" if local else "a key of this process",
+        dead_letters="key file beside the database" if local else "not sealed",
+        hint="set store.keys for production",
+    )
+    return store.keyring if local else None
+
+
+def _open(url: str) -> Store:
     if url.startswith(("postgresql://", "postgres://")):
         return PostgresStore(url)
     if url.startswith("sqlite://"):

@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from bus.sealing import Keyring
+
 __all__ = [
     "GENESIS_HASH",
     "AuditRecord",
@@ -24,12 +26,13 @@ __all__ = [
     "StoredMessage",
 ]
 
-MessageState = Literal["pending", "done"]
+MessageState = Literal["pending", "done", "fetched"]
 
 
 @dataclass(frozen=True, slots=True)
 class StoredMessage:
-    """A request the bus has accepted, and (once done) the answer it gave."""
+    """A request the bus has accepted, and (once done) the answer it gave; ``fetched`` once
+    ``GET /v1/messages/{id}`` has handed the answer over (the answer is then gone)."""
 
     consumer: str
     request_id: str
@@ -43,6 +46,9 @@ class StoredMessage:
     created_at: float
     updated_at: float
     expires_at: float
+    key_id: str | None = None
+    """Which at-rest key sealed ``reply`` in the store (:mod:`bus.sealing`); the store hands
+    ``reply`` out opened."""
 
 
 GENESIS_HASH = "0" * 64
@@ -136,7 +142,12 @@ class ChainConflict(Exception):
 
 
 class Store(Protocol):
-    """Durable state; every method is safe to call from several processes at once."""
+    """Durable state; every method is safe to call from several processes at once.
+
+    Answers are kept sealed under ``keyring`` (its first key; bound to consumer and request
+    id): a record whose answer does not open is treated as absent."""
+
+    keyring: Keyring
 
     async def connect(self) -> None:
         """Open connections and create the schema if it does not exist (idempotent)."""
@@ -173,6 +184,23 @@ class Store(Protocol):
 
     async def messages_prune(self, now: float) -> int:
         """Delete records whose ``expires_at`` has passed; returns how many."""
+        ...
+
+    async def message_fetched(self, consumer: str, request_id: str) -> bool:
+        """Hand a ``done`` answer over: the record becomes ``fetched`` (answer deleted, kept
+        until it expires so a repeat is told); ``False`` if it was not ``done``."""
+        ...
+
+    async def messages_purge(self, consumers: Sequence[str]) -> int:
+        """Delete every record of these consumers (their grants were revoked)."""
+        ...
+
+    async def messages_key_use(self) -> dict[str, int]:
+        """How many stored answers each key id sealed (``""``: none, or an unsealed row)."""
+        ...
+
+    async def messages_retire(self, keep: Sequence[str]) -> int:
+        """Delete the records whose answer is sealed under a key id not in ``keep``."""
         ...
 
     # One-way deliveries (bus/store/deliveries.py).

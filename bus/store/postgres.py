@@ -18,6 +18,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
+from bus.sealing import Keyring
 from bus.store.base import AuditRecord, ChainConflict
 from bus.store.schema import AUDIT_COLS, AUDIT_COLUMNS, audit_row
 from bus.store.sql import Conn, SqlStore
@@ -91,6 +92,7 @@ class PostgresStore(SqlStore):
         self.command_timeout = command_timeout
         self._pool: asyncpg.Pool | None = None
         self._sql: dict[str, str] = {}
+        self.keyring = Keyring.generated()
 
     def __repr__(self) -> str:
         parts = urlsplit(self.dsn)

@@ -2,7 +2,8 @@
 
 Tables (prefixed ``lgsp_`` so the bus can share a database):
 
-* ``lgsp_messages`` — request results for idempotency and async mode;
+* ``lgsp_messages`` — request results for idempotency and async mode, each answer sealed
+  (``key_id``: the at-rest key that sealed it; added in place to older databases);
 * ``lgsp_audit_records`` — the audit trail, primary key (chain, seq), indexes on subject
   key + time, time, and request id; UPDATE is refused by a trigger (append-only; prune
   deletes only whole chain prefixes);
@@ -34,6 +35,7 @@ __all__ = [
     "CHAIN_COLUMNS",
     "CHAIN_CONFLICT",
     "MESSAGE_COLUMNS",
+    "MESSAGE_READ",
     "SCHEMA_VERSION",
     "Conn",
     "audit_record",
@@ -78,6 +80,8 @@ CHAIN_COLUMNS = "chain, node, head_seq, head_hash, anchor_seq, anchor_hash, hold
 MESSAGE_COLUMNS = (
     "consumer, request_id, body_hash, state, status, reply, created_at, updated_at, expires_at"
 )
+MESSAGE_READ = MESSAGE_COLUMNS + ", key_id"
+"""What a message read returns: the columns, then the id of the key that sealed ``reply``."""
 
 
 def schema_statements(dialect: str) -> list[str]:
@@ -89,7 +93,7 @@ def schema_statements(dialect: str) -> list[str]:
             consumer TEXT NOT NULL, request_id TEXT NOT NULL, body_hash TEXT NOT NULL,
             state TEXT NOT NULL, status INTEGER, reply {blob},
             created_at DOUBLE PRECISION NOT NULL, updated_at DOUBLE PRECISION NOT NULL,
-            expires_at DOUBLE PRECISION NOT NULL,
+            expires_at DOUBLE PRECISION NOT NULL, key_id TEXT,
             PRIMARY KEY (consumer, request_id))""",
         "CREATE INDEX IF NOT EXISTS lgsp_messages_expiry ON lgsp_messages (expires_at)",
         """CREATE TABLE IF NOT EXISTS lgsp_audit_records (
@@ -231,4 +235,5 @@ def stored_message(row: Sequence[Any]) -> StoredMessage:
         created_at=float(row[6]),
         updated_at=float(row[7]),
         expires_at=float(row[8]),
+        key_id=row[9] if len(row) > 9 else None,
     )

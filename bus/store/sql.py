@@ -18,12 +18,14 @@ from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, ClassVar
 
+from bus.sealing import Keyring
 from bus.store.base import GENESIS_HASH, AuditRecord, ChainConflict, ChainHead, StoredMessage
 from bus.store.deliveries import DeliverySql
 from bus.store.schema import (
     AUDIT_COLS,
     CHAIN_COLUMNS,
     MESSAGE_COLUMNS,
+    MESSAGE_READ,
     SCHEMA_VERSION,
     Conn,
     audit_record,
@@ -31,6 +33,7 @@ from bus.store.schema import (
     schema_statements,
     stored_message,
 )
+from bus.store.sealed import SealedMessages, add_key_column
 
 __all__ = [
     "MAX_CHAIN_SLOTS",
@@ -55,25 +58,25 @@ MESSAGE_CLAIM = (
     "WHERE lgsp_messages.expires_at <= excluded.created_at RETURNING consumer"
 )
 """Claim (consumer, request_id, body_hash, now, now, expires_at): a row back if claimed."""
-MESSAGE_SELECT = (
-    f"SELECT {MESSAGE_COLUMNS} FROM lgsp_messages WHERE consumer = ? AND request_id = ?"
-)
+MESSAGE_SELECT = f"SELECT {MESSAGE_READ} FROM lgsp_messages WHERE consumer = ? AND request_id = ?"
 """The record of (consumer, request_id), live or not."""
 MESSAGE_FINISH = (
-    "UPDATE lgsp_messages SET state = 'done', status = ?, reply = ?, updated_at = ? "
+    "UPDATE lgsp_messages SET state = 'done', status = ?, reply = ?, key_id = ?, updated_at = ? "
     "WHERE consumer = ? AND request_id = ?"
 )
-"""Store (status, reply, now) as the answer of (consumer, request_id)."""
+"""Store (status, sealed reply, key id, now) as the answer of (consumer, request_id)."""
 MESSAGE_RELEASE = (
     "DELETE FROM lgsp_messages WHERE consumer = ? AND request_id = ? AND state = 'pending'"
 )
 """Forget the pending claim of (consumer, request_id)."""
 
 
-class SqlStore(DeliverySql):
-    """Every Store method, in SQL; subclasses supply connections."""
+class SqlStore(SealedMessages, DeliverySql):
+    """Every Store method, in SQL; subclasses supply connections. Answers are sealed under
+    ``keyring`` (set it before use; by default a key of this process only)."""
 
     backend: ClassVar[str] = "sql"
+    keyring: Keyring
 
     def _tx(self) -> AbstractAsyncContextManager[Conn]:
         """A connection inside a write transaction (serialised with other writers)."""
@@ -95,6 +98,7 @@ class SqlStore(DeliverySql):
     async def _create_schema(self, conn: Conn, dialect: str) -> None:
         for stmt in schema_statements(dialect):
             await conn.execute(stmt)
+        await add_key_column(conn, dialect)
         rows = await conn.fetch("SELECT version FROM lgsp_schema")
         if not rows:
             await conn.execute("INSERT INTO lgsp_schema (version) VALUES (?)", SCHEMA_VERSION)
@@ -109,7 +113,22 @@ class SqlStore(DeliverySql):
     async def message_begin(
         self, consumer: str, request_id: str, body_hash: str, ttl_s: float
     ) -> StoredMessage | None:
-        """Claim (consumer, request_id) unless a live record exists; see :class:`Store`."""
+        """Claim (consumer, request_id) unless a live record exists; see :class:`Store`. A
+        live record whose answer does not open is deleted and the key claimed afresh."""
+        for _ in range(3):
+            record = await self._claim(consumer, request_id, body_hash, ttl_s)
+            if record is None:
+                return None
+            opened = self._opened(record)
+            if opened is not None:
+                return opened
+            await self._forget_unreadable(record)
+        raise RuntimeError("message record keeps changing while claimed")
+
+    async def _claim(
+        self, consumer: str, request_id: str, body_hash: str, ttl_s: float
+    ) -> StoredMessage | None:
+        """The claim itself: ``None`` if claimed, else the live record (answer sealed)."""
         now = time.time()
         async with self._tx() as conn:
             claimed = await conn.fetch(
@@ -126,9 +145,12 @@ class SqlStore(DeliverySql):
     async def message_finish(
         self, consumer: str, request_id: str, status: int, reply: bytes
     ) -> None:
-        """Store the answer (no-op if the claim has expired and been pruned)."""
+        """Store the answer, sealed (no-op if the claim has expired and been pruned)."""
+        key_id, sealed = self._seal(consumer, request_id, reply)
         async with self._tx() as conn:
-            await conn.execute(MESSAGE_FINISH, status, reply, time.time(), consumer, request_id)
+            await conn.execute(
+                MESSAGE_FINISH, status, sealed, key_id, time.time(), consumer, request_id
+            )
 
     async def message_release(self, consumer: str, request_id: str) -> None:
         """Forget a pending claim."""
@@ -139,13 +161,13 @@ class SqlStore(DeliverySql):
         """The live record of (consumer, request_id)."""
         async with self._read() as conn:
             rows = await conn.fetch(
-                f"SELECT {MESSAGE_COLUMNS} FROM lgsp_messages "
+                f"SELECT {MESSAGE_READ} FROM lgsp_messages "
                 "WHERE consumer = ? AND request_id = ? AND expires_at > ?",
                 consumer,
                 request_id,
                 time.time(),
             )
-        return stored_message(rows[0]) if rows else None
+        return self._opened(stored_message(rows[0])) if rows else None
 
     async def messages_prune(self, now: float) -> int:
         """Delete expired records."""

@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 
 import aiosqlite
 
+from bus.sealing import Keyring
 from bus.store.base import AuditRecord, StoredMessage
 from bus.store.sql import Conn, SqlStore
 from bus.store.sqlite_batch import MessageBatcher, Op, append_audit, claim, finish, release
@@ -86,9 +87,21 @@ class SqliteStore(SqlStore):
         self._lock = asyncio.Lock()
         self._cleanups: set[asyncio.Future[None]] = set()
         self._messages = MessageBatcher(self._on_thread)
+        self._keyring: Keyring | None = None
 
     def __repr__(self) -> str:
         return f"SqliteStore({str(self.path)!r})"
+
+    @property
+    def keyring(self) -> Keyring:
+        """The configured keys, else the key file beside the database (made at first use)."""
+        if self._keyring is None:
+            self._keyring = Keyring.local(self.path.with_name(self.path.name + ".key"))
+        return self._keyring
+
+    @keyring.setter
+    def keyring(self, ring: Keyring) -> None:
+        self._keyring = ring
 
     async def connect(self) -> None:
         """Open the file (creating it and its schema if needed), WAL mode."""
@@ -134,10 +147,10 @@ class SqliteStore(SqlStore):
 
     # The message writes of every request go through the group commit (see sqlite_batch).
 
-    async def message_begin(
+    async def _claim(
         self, consumer: str, request_id: str, body_hash: str, ttl_s: float
     ) -> StoredMessage | None:
-        """Claim (consumer, request_id) unless a live record exists; see :class:`Store`."""
+        """The claim, in the next group commit (``message_begin`` opens the answer)."""
         result: StoredMessage | None = await self._messages.submit(
             claim(consumer, request_id, body_hash, ttl_s)
         )
@@ -146,8 +159,9 @@ class SqliteStore(SqlStore):
     async def message_finish(
         self, consumer: str, request_id: str, status: int, reply: bytes
     ) -> None:
-        """Store the answer, durably, in the next group commit."""
-        await self._messages.submit(finish(consumer, request_id, status, reply))
+        """Store the answer, sealed, durably, in the next group commit."""
+        key_id, sealed = self._seal(consumer, request_id, reply)
+        await self._messages.submit(finish(consumer, request_id, status, sealed, key_id))
 
     async def message_release(self, consumer: str, request_id: str) -> None:
         """Forget a pending claim (in the next group commit)."""

@@ -54,11 +54,12 @@ def claim(consumer: str, request_id: str, body_hash: str, ttl_s: float) -> Op:
     return op
 
 
-def finish(consumer: str, request_id: str, status: int, reply: bytes) -> Op:
-    """The answer of :meth:`Store.message_finish`, as one write of a batch."""
+def finish(consumer: str, request_id: str, status: int, reply: bytes, key_id: str) -> Op:
+    """The answer of :meth:`Store.message_finish` (``reply`` sealed under ``key_id``), as
+    one write of a batch."""
 
     def op(conn: sqlite3.Connection) -> None:
-        conn.execute(MESSAGE_FINISH, (status, reply, time.time(), consumer, request_id))
+        conn.execute(MESSAGE_FINISH, (status, reply, key_id, time.time(), consumer, request_id))
 
     return op
 

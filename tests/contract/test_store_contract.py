@@ -10,11 +10,12 @@ import uuid
 import pytest
 
 from bus.audit.chain import AuditEntry, seal
+from bus.sealing import Keyring
 from bus.store import GENESIS_HASH, ChainConflict, Store, open_store
 from bus.store.base import AuditRecord
 from bus.store.postgres import PostgresStore
 from bus.store.sqlite import SqliteStore
-from tests.support.storetools import raw_execute
+from tests.support.storetools import raw_execute, raw_fetch
 
 LEASE = 30.0
 
@@ -270,3 +271,118 @@ def test_store_urls() -> None:
     for bad in ("mysql://x/y", "sqlite://relative", "sqlite:///x?colour=red"):
         with pytest.raises(ValueError, match=r"\S"):
             open_store(bad)
+
+
+# -- answers sealed at rest (bus/sealing.py) -------------------------------------------------
+
+CITIZEN_ID = "001085000123"
+ANSWER = f'{{"persons":[{{"personal_id":"{CITIZEN_ID}","full_name":"NGUYEN VAN AN"}}]}}'.encode()
+
+
+def ring(*ids: str) -> Keyring:
+    return Keyring.from_texts(
+        [(key_id, f"{key_id}-at-rest-key-of-the-test-bus-0123") for key_id in ids]
+    )
+
+
+async def answered(store: Store, consumer: str = "portal") -> str:
+    request_id = rid()
+    await store.message_begin(consumer, request_id, "h", 60)
+    await store.message_finish(consumer, request_id, 200, ANSWER)
+    return request_id
+
+
+async def test_raw_rows_hold_no_citizen_data(store: Store, store_url: str) -> None:
+    store.keyring = ring("k1")
+    request_id = await answered(store)
+    rows = await raw_fetch(
+        store_url, "SELECT reply, key_id FROM lgsp_messages WHERE request_id = $1", request_id
+    )
+    assert len(rows) == 1
+    reply, key_id = bytes(rows[0][0]), rows[0][1]
+    assert key_id == "k1"
+    assert CITIZEN_ID.encode() not in reply
+    assert b"NGUYEN" not in reply
+    got = await store.message_get("portal", request_id)
+    assert got is not None
+    assert (got.reply, got.key_id) == (ANSWER, "k1")
+
+
+async def test_a_row_swapped_into_another_does_not_open(store: Store, store_url: str) -> None:
+    store.keyring = ring("k1")
+    mine, theirs = await answered(store, "portal"), await answered(store, "other")
+    await raw_execute(
+        store_url,
+        "UPDATE lgsp_messages SET reply = (SELECT reply FROM lgsp_messages "  # noqa: S608 - test ids
+        f"WHERE request_id = '{theirs}') WHERE request_id = '{mine}'",
+    )
+    before = store.keyring.unreadable["bad_tag"]
+    assert await store.message_get("portal", mine) is None  # treated as absent
+    assert store.keyring.unreadable["bad_tag"] == before + 1
+    # ... and a repeat claims the key afresh (the unreadable record is deleted).
+    assert await store.message_begin("portal", mine, "h", 60) is None
+    assert await store.message_get("other", theirs) is not None
+
+
+async def test_rotation_the_first_key_seals_every_key_opens(store: Store, store_url: str) -> None:
+    store.keyring = ring("k1")
+    old = await answered(store)
+    store.keyring = ring("k2", "k1")  # k2 is new: it seals, k1 still opens
+    new = await answered(store)
+    for request_id, key_id in ((old, "k1"), (new, "k2")):
+        got = await store.message_get("portal", request_id)
+        assert got is not None
+        assert (got.reply, got.key_id) == (ANSWER, key_id)
+    assert await store.messages_key_use() == {"k1": 1, "k2": 1}
+    # k1 retired without purging: its rows are treated as absent, counted, never served.
+    store.keyring = ring("k2")
+    assert await store.message_get("portal", old) is None
+    assert store.keyring.unreadable["unknown_key"] == 1
+    assert await store.messages_retire(store.keyring.ids) == 1
+    assert await store.messages_key_use() == {"k2": 1}
+
+
+async def test_a_fetched_answer_is_deleted_and_marked(store: Store, store_url: str) -> None:
+    request_id = await answered(store)
+    pending = rid()
+    await store.message_begin("portal", pending, "h", 60)
+    assert not await store.message_fetched("portal", pending)  # not done: nothing to hand over
+    assert await store.message_fetched("portal", request_id)
+    assert not await store.message_fetched("portal", request_id)  # once only
+    got = await store.message_get("portal", request_id)
+    assert got is not None
+    assert (got.state, got.reply) == ("fetched", None)
+    again = await store.message_begin("portal", request_id, "h", 60)
+    assert again is not None
+    assert again.state == "fetched"
+    rows = await raw_fetch(
+        store_url, "SELECT reply, key_id FROM lgsp_messages WHERE request_id = $1", request_id
+    )
+    assert rows == [(None, None)]
+
+
+async def test_purge_deletes_only_the_named_consumers(store: Store) -> None:
+    mine, theirs = await answered(store, "portal"), await answered(store, "other")
+    assert await store.messages_purge(["portal"]) == 1
+    assert await store.message_get("portal", mine) is None
+    assert await store.message_get("other", theirs) is not None
+    assert await store.messages_purge([]) == 0
+
+
+async def test_a_database_from_before_sealing_gets_its_key_column(
+    store: Store, store_url: str
+) -> None:
+    legacy = await answered(store)
+    await raw_execute(store_url, "ALTER TABLE lgsp_messages DROP COLUMN key_id")
+    again = open_store(store_url)
+    await again.connect()
+    try:
+        again.keyring = store.keyring
+        # Its rows were kept unsealed (under no key): read as absent, never served.
+        assert await again.message_get("portal", legacy) is None
+        request_id = await answered(again)
+        got = await again.message_get("portal", request_id)
+        assert got is not None
+        assert got.reply == ANSWER
+    finally:
+        await again.aclose()

@@ -82,7 +82,7 @@ from bus.broker.base import (
     queue_name,
     queue_policies,
 )
-from bus.broker.deadletters import MAX_SCAN, ClaimedLetter, scrub_error
+from bus.broker.deadletters import MAX_SCAN, ClaimedLetter, Keyring, scrub_error
 from bus.broker.outbox import PUBLISH_TIMEOUT_S, DeliveryHandler, OutboxSpec, outbox_queue
 from bus.canonical import new_id
 from bus.envelope import (
@@ -141,6 +141,8 @@ class AmqpBroker:
         :meth:`_reply_and_ack`); opened by the first :meth:`serve`."""
         self._last_errors: OrderedDict[str, str] = OrderedDict()
         self._reply_tag: str | None = None
+        self.keyring: Keyring | None = None
+        """Dead letters the worker copies are sealed under it (bus/broker/deadletters.py)."""
         self._watchdog = LinkWatchdog(
             self._check_link,
             self._link_dead,
@@ -633,14 +635,14 @@ class AmqpBroker:
         attempts: int,
     ) -> None:
         """To ``lgsp.dlq.<service>`` with why (:func:`~bus.broker.amqp_deadletters.copy_to_dlq`)."""
-        await copy_to_dlq(channel, service, message, reason, error, attempts)
+        await copy_to_dlq(channel, service, message, reason, error, attempts, self.keyring)
         self._recorder.dead_lettered(service, reason)
 
     def dead_letters_claim(
         self, service: str, *, limit: int = MAX_SCAN
     ) -> contextlib.AbstractAsyncContextManager[list[ClaimedLetter]]:
         """Hold up to ``limit`` dead letters; those not acked return to the DLQ at the end."""
-        return claim_dead_letters(self._connection, service, limit)
+        return claim_dead_letters(self._connection, service, limit, self.keyring)
 
     async def dead_letters_purge(self, service: str) -> int:
         """Delete every dead letter of ``service``; returns how many."""

@@ -26,7 +26,14 @@ from aio_pika.abc import (
 )
 
 from bus.broker.base import DLX, dlq_name
-from bus.broker.deadletters import ClaimedLetter, dead_letter_from, dead_letter_headers
+from bus.broker.deadletters import (
+    ClaimedLetter,
+    Keyring,
+    dead_letter_from,
+    dead_letter_headers,
+    opened,
+    seal_letter,
+)
 from bus.errors import BrokerUnavailable
 
 __all__ = ["claim_dead_letters", "copy_to_dlq", "purge_dead_letters"]
@@ -50,11 +57,14 @@ async def copy_to_dlq(
     reason: str,
     error: str,
     attempts: int,
+    keyring: Keyring | None = None,
 ) -> None:
-    """Dead-letter ``message`` with why (``x-lgsp-dead-*`` headers), then ack it."""
+    """Dead-letter ``message`` with why (``x-lgsp-dead-*`` headers), sealed under
+    ``keyring`` (if given), then ack it."""
     headers = dead_letter_headers(message.headers or {}, reason, error, attempts)
+    headers, body = seal_letter(keyring, service, headers, message.body)
     copy = aio_pika.Message(
-        message.body,
+        body,
         headers=headers,
         content_type=message.content_type,
         correlation_id=message.correlation_id,
@@ -93,9 +103,13 @@ async def _dlq(
 
 @asynccontextmanager
 async def claim_dead_letters(
-    connection: AbstractRobustConnection | None, service: str, limit: int
+    connection: AbstractRobustConnection | None,
+    service: str,
+    limit: int,
+    keyring: Keyring | None = None,
 ) -> AsyncIterator[list[ClaimedLetter]]:
-    """Hold up to ``limit`` dead letters of ``service``, oldest first."""
+    """Hold up to ``limit`` dead letters of ``service``, oldest first (opened under
+    ``keyring``: see :func:`~bus.broker.deadletters.opened`)."""
     async with _dlq(connection, service) as queue:
         held: list[ClaimedLetter] = []
         while len(held) < limit:
@@ -105,7 +119,7 @@ async def claim_dead_letters(
             letter = dead_letter_from(
                 service, message.body, dict(message.headers or {}), message.correlation_id
             )
-            held.append(ClaimedLetter(letter, message.ack))
+            held.append(ClaimedLetter(opened(keyring, letter), message.ack))
         yield held
 
 

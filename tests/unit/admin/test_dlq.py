@@ -5,6 +5,7 @@ audit trail recording each action."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import sys
@@ -13,6 +14,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import aio_pika
 import aiohttp
 import pytest
 import yaml
@@ -21,10 +23,12 @@ from adapters.base import parse_routing, request_models
 from bus.admin.deadletters import Broker as DlqBroker
 from bus.admin.deadletters import detail, list_letters, purge, replay
 from bus.broker import Broker, QueueSpec
+from bus.broker.base import dlq_name
 from bus.broker.deadletters import dead_letter_from, dead_letter_headers
 from bus.broker.memory import MemoryBroker
 from bus.envelope import Reply, Request, encode_request
 from bus.errors import DeadlineExceeded
+from bus.sealing import Keyring
 from bus.store import open_store
 from tests.contract.test_broker_contract import (
     echo,
@@ -173,6 +177,74 @@ async def test_undecodable_letters_are_not_replayed(broker: Broker, broker_url: 
     assert len(await list_letters(dlq(broker), service, 100)) == 1
 
 
+CITIZEN = {"personal_id": "001085000123", "full_name": "NGUYEN VAN AN"}
+OFFICER = "001085000999"
+
+
+async def raw_dead_letters(broker: Broker, url: str | None, service: str) -> list[Any]:
+    """(body, headers) of each dead letter as the DLQ holds it, behind the bus's back."""
+    if isinstance(broker, MemoryBroker):
+        return [(x.body, x.headers) for x in broker._queues[service].dead]
+    assert url is not None
+    found = []
+    connection = await aio_pika.connect(url)
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(dlq_name(service), passive=True)
+        while (message := await queue.get(no_ack=False, fail=False)) is not None:
+            found.append((message.body, dict(message.headers or {})))
+    return found  # the channel closed without acks: every letter is back in the DLQ
+
+
+async def test_dead_letters_are_sealed_at_rest_and_still_replay(
+    broker: Broker, broker_url: str | None
+) -> None:
+    broker.keyring = Keyring.from_texts([("k1", "k1-at-rest-key-of-the-test-bus-0123456")])
+    service = fresh_service()
+    await broker.declare([QueueSpec(service, delivery_limit=1)])
+    req = dataclasses.replace(make_request(service, CITIZEN, timeout=1.5), officer=OFFICER)
+    async with serving(broker, service, crash):
+        with pytest.raises(DeadlineExceeded):
+            await broker.request(req)
+        [letter] = await letters_of(broker, service, 1)
+    # At rest: no ID number, name or officer in the body or the headers.
+    [(body, headers)] = await raw_dead_letters(broker, broker_url, service)
+    assert headers["x-lgsp-sealed"] == "k1"
+    for secret in ("001085000123", "NGUYEN", OFFICER):
+        assert secret.encode() not in body
+        assert secret not in repr(headers)
+    # Held by a DLQ operation: opened, as it was sent.
+    assert json.loads(letter.body) == CITIZEN
+    assert letter.headers["x-lgsp-officer"] == OFFICER
+    assert "x-lgsp-sealed" not in letter.headers
+    assert detail(letter, reveal=True)["body"] == CITIZEN
+    # Under a ring without its key it stays sealed: not replayable, still in the DLQ.
+    broker.keyring = Keyring.from_texts([("k2", "k2-at-rest-key-of-the-test-bus-0123456")])
+    async with serving(broker, service, echo):
+        results = await replay(dlq(broker), service, None, reason=None, timeout_s=lambda op: 5)
+    assert [(r.outcome, r.left_dlq) for r in results] == [("NOT_REPLAYABLE", False)]
+    # Rotated (k2 seals, k1 still opens): the replay delivers the original request.
+    broker.keyring = Keyring.from_texts(
+        [
+            ("k2", "k2-at-rest-key-of-the-test-bus-0123456"),
+            ("k1", "k1-at-rest-key-of-the-test-bus-0123456"),
+        ]
+    )
+    answers: list[Reply] = []
+
+    async def keep(req: Request, reply: Reply) -> None:
+        answers.append(reply)
+
+    async with serving(broker, service, echo):
+        results = await replay(
+            dlq(broker), service, None, reason=None, timeout_s=lambda op: 5.0, on_answer=keep
+        )
+    assert [r.outcome for r in results] == ["OK"]
+    assert answers[0].body is not None
+    assert answers[0].body["echo"] == CITIZEN
+    assert await list_letters(dlq(broker), service, 100) == []
+
+
 @pytest.mark.rabbitmq
 async def test_expired_requests_are_dead_lettered_as_expired(rabbit_vhost: TestVhost) -> None:
     from bus.broker.amqp.broker import AmqpBroker
@@ -250,6 +322,9 @@ async def test_dlq_command_lists_shows_replays_and_purges_with_audit(
     }
     async with AsyncExitStack() as stack:
         broker = await stack.enter_async_context(amqp(rabbit_vhost.url()))
+        # Without store.keys the worker seals dead letters under the SQLite store's key file,
+        # which the command (another process) opens.
+        broker.keyring = open_store(store_url).keyring
         await broker.declare([QueueSpec(service, delivery_limit=2)])
         async with serving(broker, service, crash):
             for n in range(2):
@@ -274,6 +349,10 @@ async def test_dlq_command_lists_shows_replays_and_purges_with_audit(
         code, out, err = await lgsp_bus(env, "dlq", "show", poison.id, "--actor", "ops-1")
         assert code == 0, err
         assert json.loads(out)["reason"] == "rejected"
+        failed = next(x for x in letters if x.reason == "delivery_limit")
+        code, out, err = await lgsp_bus(env, "dlq", "show", failed.id, "--reveal", "--actor", "o")
+        assert code == 0, err
+        assert json.loads(out)["body"] in ({"n": 0}, {"n": 1})
 
         async with serving(broker, service, echo):
             code, out, err = await lgsp_bus(

@@ -34,6 +34,7 @@ from tests.faults.test_faults import (  # _secrets: the autouse fixture setting 
     simulator,
 )
 from tests.support.stack import running_bus
+from tests.support.storetools import raw_fetch
 
 __all__ = ["_secrets"]
 
@@ -206,10 +207,20 @@ async def test_async_mode_202_then_get_the_answer(broker_url: str | None, tmp_pa
         assert status == 200
         assert answer["status"] == "FOUND"
         assert answer["request_id"] == body["request_id"]
-        # The same request again (async or not): the stored answer, no second call.
-        assert (await api.post(body, ASYNC))[1] == answer
-        assert (await api.post(body))[1] == answer
+        # Handed over: the answer is deleted from the store. Fetching it again, or the same
+        # request again (async or not), is 410 ANSWER_FETCHED, and no second call is made.
+        status, gone, _ = await api.message(body["request_id"])
+        assert (status, gone["error"]["code"]) == (410, "ANSWER_FETCHED")
+        for prefer in (ASYNC, None):
+            status, again, _ = await api.post(body, prefer)
+            assert (status, again["error"]["code"]) == (410, "ANSWER_FETCHED")
         assert sim.calls == 1
+        rows = await raw_fetch(
+            f"sqlite:///{tmp_path / 's.sqlite3'}",
+            "SELECT state, reply FROM lgsp_messages WHERE request_id = $1",
+            body["request_id"],
+        )
+        assert rows == [("fetched", None)]
 
         status, missing, _ = await api.message("req-never-sent-1234")
         assert (status, missing["error"]["code"]) == (404, "MESSAGE_NOT_FOUND")
@@ -241,8 +252,7 @@ async def test_answers_survive_a_gateway_restart(broker_url: str | None, tmp_pat
         sim = await stack.enter_async_context(simulator(latency_ms=600))
         async with store_at(path) as store, idem_bus(sim, store, broker_url, service) as api:
             done, in_flight = good(11), good(12)
-            assert (await api.post(done, ASYNC))[0] == 202
-            assert (await api.answer(done["request_id"]))[0] == 200
+            assert (await api.post(done))[0] == 200  # stored, not fetched yet
             assert (await api.post(in_flight, ASYNC))[0] == 202
             # The gateway stops now: it drains in-flight work before it goes.
         async with store_at(path) as store, idem_bus(sim, store, broker_url, service) as api:
@@ -250,7 +260,7 @@ async def test_answers_survive_a_gateway_restart(broker_url: str | None, tmp_pat
                 status, answer = await api.answer(body["request_id"])
                 assert status == 200
                 assert answer["request_id"] == body["request_id"]
-            assert (await api.post(in_flight))[0] == 200
+            assert (await api.post(in_flight))[0] == 410  # fetched: handed over, deleted
         assert sim.calls == 2
 
 
@@ -343,11 +353,16 @@ async def test_stored_answers_are_served_under_the_grants_in_force(tmp_path: Pat
         sent = sorted(k for k in replay if k not in ("request_id", "correlation_id"))
         assert seen.seen[-2][2] == seen.seen[-1][2] == sent
 
+        kept = good(77)  # answered, never fetched
+        assert (await api.post(kept))[0] == 200
+
         swap({"allow": {}})  # the grant is revoked: the stored answer is not handed out
-        status, refused, _ = await api.message(body["request_id"])
+        status, refused, _ = await api.message(kept["request_id"])
         assert (status, refused["error"]["code"]) == (403, "FORBIDDEN_OPERATION")
         assert "persons" not in refused
-        assert sim.calls == 1
+        status, gone, _ = await api.message(body["request_id"])  # handed over above
+        assert (status, gone["error"]["code"]) == (410, "ANSWER_FETCHED")
+        assert sim.calls == 2
 
 
 async def test_one_consumers_async_burst_cannot_take_every_slot(tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
 """A reload swaps the config view, never the gateway's process state: what is in flight
-stays counted (gauge and bound), and rate-limit buckets keep their tokens."""
+stays counted (gauge and bound), and rate-limit buckets keep their tokens; a revoked
+grant's stored answers are purged."""
 
 from __future__ import annotations
 
@@ -9,8 +10,13 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from adapters.base import load_routing, request_models
+from bus.broker import open_broker
 from bus.config import RateLimit, RoutingConfig
 from bus.gateway.ratelimit import RateLimiter
+from bus.gateway.runtime import Gateway, Runtime
+from bus.reload.targets import GatewayTarget
+from bus.store import open_store
 from tests.support.reloadstack import (
     ReloadingBus,
     civil_config,
@@ -19,6 +25,7 @@ from tests.support.reloadstack import (
     simulators,
     write_config,
 )
+from tests.support.storetools import raw_fetch
 from tests.unit.reload.test_reload import lookup, within
 
 
@@ -99,3 +106,34 @@ def _no_limit(limiter: RateLimiter) -> bool:
     for _ in range(100):
         limiter.check("c")
     return True
+
+
+async def test_a_reload_that_revokes_a_grant_purges_the_consumers_stored_answers(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    consumer_keys(monkeypatch)
+    both = {"portal": {"civil-status": ["lookup"]}, "clerk": {"civil-status": ["lookup"]}}
+    async with simulators(monkeypatch) as sims:
+        configs: list[RoutingConfig] = []
+        for grants in (both, {"clerk": both["clerk"]}):
+            path = tmp_path / f"routing-{len(configs)}.yaml"
+            write_config(path, civil_config(sims, grants=grants))
+            configs.append(load_routing(path))
+        old, new = configs
+        url = f"sqlite:///{tmp_path / 'store.sqlite3'}"
+        store = open_store(url)
+        await store.connect()
+        try:
+            for consumer in ("portal", "clerk"):
+                await store.message_begin(consumer, f"req-{consumer}-1", "h", 3600)
+                await store.message_finish(consumer, f"req-{consumer}-1", 200, b'{"n":1}')
+            gateway = Gateway(open_broker(None), Runtime.build(old, models=request_models(old)))
+            gateway.store = store
+            swap = await GatewayTarget(gateway).prepare(old, new)
+            swap.commit()
+            await swap.settle(asyncio.Event())
+            assert gateway.runtime.config is new
+        finally:
+            await store.aclose()
+        rows = await raw_fetch(url, "SELECT consumer FROM lgsp_messages ORDER BY consumer")
+        assert rows == [("clerk",)]  # portal lost its grant: its answers are gone

@@ -1,0 +1,86 @@
+"""``store.keys`` as the commands use them: ``lgsp-bus store keys|retire-keys`` after a
+rotation, and start-up refusing a key it cannot use."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from adapters.base import parse_routing
+from bus.config import ConfigError
+from bus.config.keys import key_problems
+from bus.config.rules import config_warnings
+from bus.sealing import Keyring
+from bus.store import open_store
+from tests.unit.admin.test_dlq import lgsp_bus
+
+OLD, NEW = "old-at-rest-key-of-the-test-bus-01234567", "new-at-rest-key-of-the-test-bus-01234567"
+
+
+def routing(tmp_path: Path, keys: list[tuple[str, str]]) -> Path:
+    data = {
+        "version": 1,
+        "store": {"keys": [{"id": key_id, "key": f"env:{env}"} for key_id, env in keys]},
+    }
+    path = tmp_path / f"routing-{len(keys)}-{keys[0][0]}.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+async def test_retire_keys_deletes_the_answers_of_a_dropped_key(tmp_path: Path) -> None:
+    env = {**os.environ, "T_KEY_OLD": OLD, "T_KEY_NEW": NEW}
+    url = f"sqlite:///{tmp_path / 'store.sqlite3'}"
+    ring = Keyring.from_texts([("k2", NEW), ("k1", OLD)])
+    store = open_store(url, ring)
+    await store.connect()
+    try:
+        for i, key_id in enumerate(("k1", "k1", "k2")):
+            store.keyring.current = key_id
+            await store.message_begin("portal", f"req-{i}", "h", 3600)
+            await store.message_finish("portal", f"req-{i}", 200, b'{"n":1}')
+    finally:
+        await store.aclose()
+
+    both = routing(tmp_path, [("k2", "T_KEY_NEW"), ("k1", "T_KEY_OLD")])
+    code, out, _ = await lgsp_bus(env, "store", "keys", "--config", str(both), "--store", url)
+    assert code == 0
+    assert out.splitlines() == ["k2\t1\tseals", "k1\t2\topens"]
+
+    only_new = routing(tmp_path, [("k2", "T_KEY_NEW")])
+    args = ("--config", str(only_new), "--store", url)
+    code, out, _ = await lgsp_bus(env, "store", "keys", *args)
+    assert out.splitlines() == ["k2\t1\tseals", "k1\t2\tretired (read as absent)"]
+    code, out, _ = await lgsp_bus(env, "store", "retire-keys", *args)
+    assert code == 0
+    assert "deleted 2 stored answer(s)" in out
+    code, out, _ = await lgsp_bus(env, "store", "keys", *args)
+    assert out.splitlines() == ["k2\t1\tseals"]
+
+
+async def test_start_up_refuses_a_short_or_missing_key(tmp_path: Path) -> None:
+    env = {**os.environ, "T_KEY_SHORT": "too-short"}
+    env.pop("T_KEY_MISSING", None)
+    for var in ("T_KEY_SHORT", "T_KEY_MISSING"):
+        path = routing(tmp_path, [("k1", var)])
+        code, _, err = await lgsp_bus(env, "run", "--config", str(path), "--no-sim")
+        assert code == 2, err
+        assert "store.keys" in err
+
+
+def test_validate_checks_key_length_and_warns_a_tls_gateway_without_keys(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("T_KEY_SHORT", "too-short")
+    short = parse_routing({"store": {"keys": [{"id": "k1", "key": "env:T_KEY_SHORT"}]}})
+    assert [path for path, _ in key_problems(short)] == [("store", "keys", 0, "key")]
+    tls = {"cert_file": str(tmp_path / "c.pem"), "key_file": str(tmp_path / "k.pem")}
+    warned = parse_routing({"gateway": {"tls": tls}})
+    assert any("store.keys is not set" in str(i) for i in config_warnings(warned, None))
+    assert not any("store.keys" in str(i) for i in config_warnings(parse_routing({}), None))
+    with pytest.raises(ConfigError):  # the same key id twice
+        parse_routing(
+            {"store": {"keys": [{"id": "k1", "key": "env:A"}, {"id": "k1", "key": "env:B"}]}}
+        )
