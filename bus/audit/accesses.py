@@ -50,5 +50,6 @@ def accesses(records: Iterable[AuditRecord]) -> list[AuditRecord]:
         ref = _ref(r)
         if ref is not None and chosen[ref] != i:
             continue
-        out.append(dataclasses.replace(r, outcome=UNKNOWN) if r.outcome == STARTED else r)
+        lone = r.kind == "exchange" and r.outcome == STARTED
+        out.append(dataclasses.replace(r, outcome=UNKNOWN) if lone else r)
     return out

@@ -311,3 +311,52 @@ async def test_a_fail_closed_route_is_refused_before_the_upstream_when_the_store
     finally:
         await audit_store.aclose()
         await proxy.aclose()
+
+
+async def test_a_request_costs_two_store_commits_claim_with_started_answer_with_final(
+    audited: AuditedBus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue 14: claim, answer and audit record were three sequential commits per request;
+    # now the STARTED record rides with the claim and the final record with the answer.
+    commits: list[str] = []
+    for name in ("message_begin", "message_finish", "message_release", "audit_append"):
+        method = getattr(audited.store, name)
+
+        async def counted(*args: Any, _name: str = name, _method: Any = method) -> Any:
+            commits.append(_name)
+            return await _method(*args)
+
+        monkeypatch.setattr(audited.store, name, counted)
+    joint = audited.store.audit_append_with
+
+    async def counted_with(*args: Any) -> Any:
+        commits.append("audit_append_with")
+        return await joint(*args)
+
+    monkeypatch.setattr(audited.store, "audit_append_with", counted_with)
+    for i in range(3):
+        person = sample_person(0, RecordType.BIRTH, 30 + i)
+        commits.clear()
+        _, status, _ = await audited.call(lookup(by_person={"id_number": person["id_number"]}))
+        assert status == 200
+        await audited.raw()  # the backlog is written
+        assert commits == ["audit_append_with", "audit_append_with"], commits
+    assert all(r.problem is None for r in await verify_store(audited.store))
+
+
+async def test_a_fail_closed_request_is_not_published_before_its_started_record_is_durable(
+    audited: AuditedBus,
+) -> None:
+    policy = audited.bus.gateway.config.services["civil-status"].audit
+    before = audited.upstream.requests
+    body = lookup(by_person={"id_number": sample_person(0, RecordType.BIRTH, 40)["id_number"]})
+    async with write_lock(audited.url):
+        cid, status, reply = await audited.call(body)
+    code = reply["error"]["code"] if status != 200 else "OK"
+    if policy == "fail_closed":
+        assert (status, code) == (503, "AUDIT_UNAVAILABLE")
+        assert audited.upstream.requests == before, "nothing fetched that is not on record"
+    else:  # fail_open: answered (or the shared SQLite file refused the claim itself)
+        assert code in {"OK", "STORE_UNAVAILABLE"}, reply
+    rec = (await audited.records())[cid]
+    assert (rec.outcome, rec.status) == (code, status), "one access, saying what was given"
