@@ -10,16 +10,21 @@ import dataclasses
 import json
 import time
 
+import pytest
+
 from adapters.base import parse_routing
 from bus.audit.accesses import STARTED, UNKNOWN, accesses
 from bus.audit.chain import AuditEntry, seal
 from bus.audit.evidence import evidence_bundle
-from bus.audit.observer import Auditor
+from bus.audit.observer import Auditor, verify_store
+from bus.errors import AuditUnavailable
 from bus.report import access_report
-from bus.store.base import GENESIS_HASH, AuditRecord
+from bus.store import open_store
+from bus.store.base import GENESIS_HASH, AuditRecord, MessageWrite
 from tests.unit.audit.test_audit_cli import KEY, A, Cli, cli
+from tests.unit.audit.test_audit_writer import FAST, all_records, fast_url, until, write_lock
 
-__all__ = ["cli"]  # the fixture
+__all__ = ["cli", "fast_url"]  # the fixtures
 
 
 def entry(request_id: str, outcome: str, ref: str | None, **more: object) -> AuditEntry:
@@ -117,3 +122,45 @@ async def test_query_verify_report_and_evidence_count_a_started_record_once(cli:
     lone = await evidence_bundle(cli.store, "req-lone")
     assert lone is not None
     assert [a["outcome"] for a in lone["accesses"]] == [UNKNOWN]
+
+
+async def test_a_write_with_a_record_lands_with_it_or_not_at_all(fast_url: str) -> None:
+    """The claim rides in the record's commit: its result comes back once committed; with
+    the store refusing, fail_closed gets AUDIT_UNAVAILABLE and fail_open a ConnectionError
+    (the gateway's STORE_UNAVAILABLE), the records stay queued and are written later, and
+    the claims are dropped (never written behind the caller's back)."""
+    store = open_store(fast_url)
+    await store.connect()
+    try:
+        async with Auditor(store, node="lgsp-1", key=KEY.encode(), settings=FAST) as auditor:
+
+            def claim(request_id: str) -> MessageWrite:
+                return MessageWrite("claim", "portal", request_id, body_hash="h", ttl_s=60)
+
+            started = entry("req-a", STARTED, "ref-a")
+            assert await auditor.record(started, durable=True, write=claim("req-a")) is None
+            again = await auditor.record(started, durable=False, write=claim("req-a"))
+            assert again is not None  # claimed by the first
+            assert again.state == "pending"
+            async with write_lock(fast_url):
+                with pytest.raises(AuditUnavailable):
+                    await auditor.record(
+                        entry("req-b", STARTED, "ref-b"), durable=True, write=claim("req-b")
+                    )
+                with pytest.raises(ConnectionError):
+                    await auditor.record(
+                        entry("req-c", STARTED, "ref-c"), durable=False, write=claim("req-c")
+                    )
+            await until(lambda: auditor.backlog == 0)
+        assert await store.message_get("portal", "req-b") is None
+        assert await store.message_get("portal", "req-c") is None
+        outcomes = sorted((r.request_id, r.outcome) for r in await all_records(store))
+        assert outcomes == [
+            ("req-a", STARTED),
+            ("req-a", STARTED),
+            ("req-b", "AUDIT_UNAVAILABLE"),  # the caller was refused: the record says so
+            ("req-c", STARTED),
+        ]
+        assert all(r.problem is None for r in await verify_store(store))
+    finally:
+        await store.aclose()
