@@ -1,7 +1,7 @@
 """Requests/s through the whole path with the audit trail off, fail_closed and fail_open.
 
 Run: ``.venv/bin/python bench/audit_cost.py [--seconds 5] [--rounds 3] [--concurrency 16]
-[--modes off,fail_closed,fail_open] [--store sqlite|postgresql://…]``.
+[--modes off,fail_closed,fail_open] [--store sqlite|postgresql://…] [--idempotency]``.
 
 Each round starts a fresh bus in a subprocess (civil-status simulator + in-memory broker +
 worker + gateway, composed as ``lgsp-bus run`` composes them, uvloop if installed) and
@@ -12,9 +12,12 @@ drift on a shared machine hits every mode alike. Mode ``off`` has no audit obser
 the others write one record per request into a fresh store (a SQLite file with
 synchronous=FULL, or the PostgreSQL database given, emptied first). The request-result
 store (idempotency) is left out of every mode, so the difference is the audit trail's
-alone. Two processes share the machine: read the ratios, not the absolute figures; the
-bus's CPU time per request (from /proc, all its threads) is the steadier of the two on a
-busy machine.
+alone — unless ``--idempotency``: then every mode keeps request results in the store, as
+``lgsp-bus run`` does (the audit trail's store), and an audited request's claim and answer
+ride in its audit records' commits (two commits a request, for its two records). Two
+processes share the machine: read the ratios, not the absolute figures; the bus's CPU
+time per request (from /proc, all its threads) is the steadier of the two on a busy
+machine.
 """
 
 from __future__ import annotations
@@ -92,7 +95,7 @@ class CommitTimes:
         return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
 
 
-async def serve(mode: str, port: int, store_url: str) -> None:
+async def serve(mode: str, port: int, store_url: str, idempotency: bool = False) -> None:
     """One bus in this process until stdin closes."""
     from contextlib import AsyncExitStack
 
@@ -102,6 +105,7 @@ async def serve(mode: str, port: int, store_url: str) -> None:
     from bus.exchange import ExchangeObserver
     from bus.gateway.app import Gateway, Runtime, build_app
     from bus.gateway.server import bound_port, http_site
+    from bus.store import open_store
     from bus.worker.worker import Worker, open_adapters
 
     os.environ.update(B_KEY=KEY, B_TOKEN=TOKEN, B_AUDIT=AUDIT_KEY)
@@ -131,6 +135,12 @@ async def serve(mode: str, port: int, store_url: str) -> None:
                 )
             )
         gateway = Gateway(broker, Runtime.build(config, observers, models=request_models(config)))
+        if idempotency and mode != "off":
+            gateway.store = auditor.store
+        elif idempotency:
+            gateway.store = open_store(store_url)
+            await gateway.store.connect()
+            stack.push_async_callback(gateway.store.aclose)
         stop = asyncio.Event()
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(worker.run(stop))
@@ -217,7 +227,9 @@ async def _empty_postgres(url: str) -> None:
         await conn.close()
 
 
-async def one_round(mode: str, store: str, seconds: float, concurrency: int) -> dict[str, Any]:
+async def one_round(
+    mode: str, store: str, seconds: float, concurrency: int, idempotency: bool = False
+) -> dict[str, Any]:
     """Start a bus in ``mode``, drive it, stop it."""
     with tempfile.TemporaryDirectory() as tmp:
         if store.startswith("postgres"):
@@ -228,6 +240,7 @@ async def one_round(mode: str, store: str, seconds: float, concurrency: int) -> 
         port = _free_port()
         proc = await asyncio.create_subprocess_exec(
             sys.executable, __file__, "--serve", mode, "--port", str(port), "--store", store_url,
+            *(["--idempotency"] if idempotency else []),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
         )  # fmt: skip
         assert proc.stdout is not None
@@ -256,7 +269,7 @@ async def bench(args: argparse.Namespace) -> None:
     results: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
     for rnd in range(args.rounds):
         for mode in modes:
-            r = await one_round(mode, args.store, args.seconds, args.concurrency)
+            r = await one_round(mode, args.store, args.seconds, args.concurrency, args.idempotency)
             results[mode].append(r)
             print(
                 f"round {rnd + 1} {mode:<12} {r['rps']:7.1f} req/s  "
@@ -265,7 +278,8 @@ async def bench(args: argparse.Namespace) -> None:
                 flush=True,
             )
     store = "postgresql" if args.store.startswith("postgres") else "sqlite (synchronous=FULL)"
-    print(f"\nstore {store}, {args.concurrency} clients, {args.seconds:g} s x {args.rounds}")
+    kept = ", request results kept (idempotency)" if args.idempotency else ""
+    print(f"\nstore {store}{kept}, {args.concurrency} clients, {args.seconds:g} s x {args.rounds}")
     print("(medians over the rounds)")
     base = statistics.median(r["rps"] for r in results[modes[0]])
     base_cpu = statistics.median(r["cpu_ms"] for r in results[modes[0]])
@@ -287,6 +301,11 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--modes", default="off,fail_closed,fail_open")
     parser.add_argument("--store", default="sqlite", help="sqlite, or a postgresql:// URL")
+    parser.add_argument(
+        "--idempotency",
+        action="store_true",
+        help="keep request results in the store as lgsp-bus run does (default: left out)",
+    )
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -297,9 +316,9 @@ def main() -> None:
         try:
             import uvloop
         except ImportError:
-            asyncio.run(serve(args.serve, args.port, args.store))
+            asyncio.run(serve(args.serve, args.port, args.store, args.idempotency))
         else:
-            uvloop.run(serve(args.serve, args.port, args.store))
+            uvloop.run(serve(args.serve, args.port, args.store, args.idempotency))
         return
     asyncio.run(bench(args))
 

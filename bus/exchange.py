@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["Exchange", "ExchangeGate", "ExchangeObserver"]
+__all__ = ["Exchange", "ExchangeGate", "ExchangeHerald", "ExchangeObserver"]
 
 
 @dataclass
@@ -41,6 +41,11 @@ class Exchange:
     outcome: str = "PENDING"
     """``OK`` or the error code the caller got."""
     status: int = 0
+    ref: str | None = None
+    """Set once the exchange's ``STARTED`` audit record is queued: the id its final record
+    carries too (``detail.exchange``), so a reader counts the pair once."""
+    recorded: bool = False
+    """The final audit record is written already (with the stored answer, one commit)."""
 
     @property
     def latency_s(self) -> float:
@@ -63,4 +68,14 @@ class ExchangeGate(Protocol):
 
     async def exchange_starting(self, exchange: Exchange) -> None:
         """Raise a ``BusError`` to refuse ``exchange`` (its service and operation are known)."""
+        ...
+
+
+@runtime_checkable
+class ExchangeHerald(Protocol):
+    """An observer told before a request is sent towards an upstream (the audit trail:
+    its ``STARTED`` record, so a process killed before the answer still left one)."""
+
+    async def exchange_sending(self, exchange: Exchange) -> None:
+        """Record that ``exchange`` is being sent; raising a ``BusError`` refuses it."""
         ...

@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+from bus.audit.accesses import accesses
 from bus.audit.chain import ChainVerifier, canonical_record, record_hash
 from bus.store.base import AuditRecord, Store
 
@@ -77,5 +78,11 @@ async def evidence_bundle(store: Store, request_id: str) -> dict[str, Any] | Non
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "hash_rule": HASH_RULE,
         "request_id": request_id,
+        # One per exchange: a STARTED record and its final one are one access (the final
+        # record named); a STARTED record alone is outcome UNKNOWN (the process died).
+        "accesses": [
+            {"chain": a.chain, "seq": a.seq, "time": show_time(a.time_us), "outcome": a.outcome}
+            for a in accesses(r for r in records if r.kind == "exchange")
+        ],
         "evidence": [await _evidence(store, r) for r in records],
     }

@@ -29,19 +29,28 @@ from dataclasses import dataclass
 
 import structlog
 
+from bus.audit.accesses import EXCHANGE_REF, STARTED
 from bus.audit.chain import AuditEntry, ChainProblem, ChainVerifier, Pin, nfc
 from bus.audit.writer import LEASE_S, Auditor, AuditRecorder, AuditUnavailable
-from bus.canonical import exchange_id
+from bus.canonical import exchange_id, new_id
 from bus.config import AuditPolicy, RoutingConfig, resolve_secret
 from bus.config.atrest import keyring_of
 from bus.config.models import MIN_AUDIT_KEY_CHARS
 from bus.exchange import Exchange
 from bus.store import open_store, store_url_from_env
-from bus.store.base import GENESIS_HASH, AuditRecord, ChainHead, Store
+from bus.store.base import (
+    GENESIS_HASH,
+    AuditRecord,
+    ChainHead,
+    MessageWrite,
+    Store,
+    StoredMessage,
+)
 
 __all__ = [
     "LEASE_S",
     "STORE_FRESH_S",
+    "AuditJournal",
     "AuditKeyError",
     "AuditObserver",
     "AuditRecorder",
@@ -164,13 +173,46 @@ class AuditObserver:
         if audit_policy(self.config, exchange.service) == "fail_closed":
             await self.probe.check()
 
+    async def exchange_sending(self, exchange: Exchange) -> None:
+        """The exchange's ``STARTED`` record before it is published (fail_closed: durable
+        first), unless its idempotency claim already wrote it (:class:`AuditJournal`)."""
+        if exchange.ref is None:
+            await self.started(exchange, None)
+
+    def journal(self, exchange: Exchange, store: Store) -> AuditJournal | None:
+        """The idempotency step's writes joined to this exchange's records (one commit
+        each), if ``store`` is the one this trail is written to."""
+        return AuditJournal(self, exchange) if store is self.auditor.store else None
+
+    async def started(self, exchange: Exchange, write: MessageWrite | None) -> StoredMessage | None:
+        """Queue the ``STARTED`` record (with ``write`` in its transaction)."""
+        exchange.ref = new_id()
+        entry = dataclasses.replace(
+            exchange_entry(self.auditor, exchange),
+            outcome=STARTED,
+            status=0,
+            fields=(),
+            latency_us=0,
+        )
+        return await self.auditor.record(entry, durable=self._durable(exchange), write=write)
+
+    async def finished(self, exchange: Exchange, write: MessageWrite | None = None) -> None:
+        """Write the final record now (with ``write`` in its transaction)."""
+        exchange.recorded = True
+        entry = exchange_entry(self.auditor, exchange)
+        await self.auditor.record(entry, durable=self._durable(exchange), write=write)
+
     async def exchange_finished(self, exchange: Exchange) -> None:
         """Record the exchange under its route's policy; unauthenticated ones sampled."""
+        if exchange.recorded:  # with its stored answer (AuditJournal.finish)
+            return
         if exchange.consumer is None and exchange.outcome == "UNAUTHENTICATED":
             await self._unauthenticated(exchange)
             return
-        durable = audit_policy(self.config, exchange.service) == "fail_closed"
-        await self.auditor.record(exchange_entry(self.auditor, exchange), durable=durable)
+        await self.finished(exchange)
+
+    def _durable(self, exchange: Exchange) -> bool:
+        return audit_policy(self.config, exchange.service) == "fail_closed"
 
     async def _unauthenticated(self, exchange: Exchange) -> None:
         # Nobody's data was reached: one record a second, not durable, carrying how many
@@ -182,6 +224,30 @@ class AuditObserver:
         if suppressed:
             entry = dataclasses.replace(entry, detail={"suppressed_before": suppressed})
         await self.auditor.record(entry, durable=False)
+
+
+class AuditJournal:
+    """An exchange's idempotency writes in its audit records' transactions: the claim with
+    the ``STARTED`` record, the answer with the final one (``bus.gateway.idempotency``'s
+    ``Journal``). Under fail_closed each returns only once durable."""
+
+    def __init__(self, observer: AuditObserver, exchange: Exchange) -> None:
+        self.observer = observer
+        self.exchange = exchange
+
+    async def claim(self, write: MessageWrite) -> StoredMessage | None:
+        """Claim with the ``STARTED`` record (a second claim of one exchange: alone)."""
+        if self.exchange.ref is not None:
+            store = self.observer.auditor.store
+            return await store.message_begin(
+                write.consumer, write.request_id, write.body_hash, write.ttl_s
+            )
+        return await self.observer.started(self.exchange, write)
+
+    async def finish(self, write: MessageWrite, outcome: str, status: int) -> None:
+        """Store the answer with the final record, which says ``outcome`` and ``status``."""
+        self.exchange.outcome, self.exchange.status = outcome, status
+        await self.observer.finished(self.exchange, write)
 
 
 class Sampler:
@@ -225,9 +291,16 @@ def exchange_entry(auditor: Auditor, exchange: Exchange) -> AuditEntry:
         outcome=exchange.outcome,
         status=exchange.status,
         latency_us=int(exchange.latency_s * 1_000_000),
-        # In detail (hashed, free-form): records written before it existed still verify.
-        detail={"credential": exchange.credential} if exchange.credential else {},
+        # In detail (hashed, free-form): records written before they existed still verify.
+        detail=_detail(exchange),
     )
+
+
+def _detail(exchange: Exchange) -> dict[str, str]:
+    detail = {"credential": exchange.credential} if exchange.credential else {}
+    if exchange.ref is not None:
+        detail[EXCHANGE_REF] = exchange.ref
+    return detail
 
 
 @asynccontextmanager

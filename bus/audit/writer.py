@@ -7,7 +7,9 @@ commit runs, and the next commit takes them all in one transaction (``max_batch`
 raises :class:`AuditUnavailable` within about two commit timeouts — and the record,
 rewritten to say the caller got ``AUDIT_UNAVAILABLE``, stays queued; ``durable=False``
 (fail_open) returns at once and the record waits in the backlog (at most ``OPEN_LINGER_S``
-for company, then retried with backoff while the store fails). A commit whose outcome is
+for company, then retried with backoff while the store fails). ``record(entry, write=…)``
+puts an idempotency claim or answer in the same transaction as the record (one commit for
+both) and returns the write's result once committed. A commit whose outcome is
 unknown (timeout) is settled by reading the chain head back before anything else is
 written, so the chain never forks or repeats. Seen from :mod:`bus.audit.observer`.
 """
@@ -24,15 +26,22 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 
+from bus.audit.backlog import AuditRecorder, Pending, answer, refuse, refused
 from bus.audit.chain import AuditEntry, key_fingerprint, nfc, seal, subject_key
 from bus.config import AuditSettings
 from bus.errors import AuditUnavailable
-from bus.store.base import AuditRecord, ChainConflict, ChainHead, Store
+from bus.store.base import (
+    AuditRecord,
+    ChainConflict,
+    ChainHead,
+    MessageWrite,
+    Store,
+    StoredMessage,
+)
 
 __all__ = ["LEASE_S", "OPEN_LINGER_S", "AuditRecorder", "AuditUnavailable", "Auditor"]
 
@@ -42,25 +51,6 @@ LEASE_S = 30.0
 """A chain's lease; renewed every third of it. A killed process's chain is free after it."""
 OPEN_LINGER_S = 0.05
 """How long fail_open records may wait for company before a commit (group commit)."""
-
-
-class AuditRecorder(Protocol):
-    """Where the writer reports its commits (``bus.metrics.Metrics`` is one)."""
-
-    def audit_written(self, seconds: float, records: int = 1) -> None:
-        """``records`` became durable in one write of ``seconds``."""
-        ...
-
-    def audit_write_failed(self) -> None:
-        """A write failed (its records stay in the backlog)."""
-        ...
-
-
-@dataclass(slots=True)
-class _Pending:
-    entry: AuditEntry
-    waiter: asyncio.Future[None] | None
-    queued: float = field(default_factory=time.monotonic)
 
 
 class Auditor:
@@ -83,7 +73,7 @@ class Auditor:
         self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._key = key
         self.key_id = key_fingerprint(key) if key is not None else None
-        self._pending: deque[_Pending] = deque()
+        self._pending: deque[Pending] = deque()
         self._head: ChainHead | None = None
         self._doubt: tuple[int, str, list[AuditRecord]] | None = None
         self._wake = asyncio.Event()
@@ -172,9 +162,14 @@ class Auditor:
             return None
         return subject_key(self._key, id_number)
 
-    async def record(self, entry: AuditEntry, *, durable: bool) -> None:
+    async def record(
+        self, entry: AuditEntry, *, durable: bool, write: MessageWrite | None = None
+    ) -> StoredMessage | None:
         """Queue ``entry``; with ``durable``, return only once it is written (else raise
-        :class:`AuditUnavailable`). Never drops a record while the backlog has room."""
+        :class:`AuditUnavailable`). Never drops a record while the backlog has room.
+        With ``write``, always wait: the write lands in the record's transaction and its
+        result is returned (a failed store: ``AuditUnavailable`` if ``durable``, else
+        ``ConnectionError``; the record stays queued, the write is dropped)."""
         if self._closing.is_set() or not self._tasks:
             raise AuditUnavailable("the audit writer is not running")
         if len(self._pending) >= 2 * self.settings.max_backlog:
@@ -185,17 +180,21 @@ class Auditor:
         if full or (durable and self._failing):
             # Refused at once rather than after a doomed wait; the record (saying so) is
             # kept and written when the store is back.
-            self._pending.append(_Pending(_refused(entry), None))
+            self._pending.append(Pending(refused(entry), None))
             self._wake.set()
             reason = "the audit backlog is full" if full else "the audit store is failing"
             raise AuditUnavailable(f"{reason}; try again later", retry_after=1.0)
-        waiter = asyncio.get_running_loop().create_future() if durable else None
-        self._pending.append(_Pending(entry, waiter))
+        if write is not None and self._failing:
+            self._pending.append(Pending(entry, None))
+            self._wake.set()
+            raise ConnectionError("the store is failing")
+        waits = durable or write is not None
+        waiter = asyncio.get_running_loop().create_future() if waits else None
+        self._pending.append(Pending(entry, waiter, write, durable))
         self._wake.set()
-        if durable or len(self._pending) >= self.settings.max_batch:
+        if waits or len(self._pending) >= self.settings.max_batch:
             self._urgent.set()
-        if waiter is not None:
-            await waiter
+        return await waiter if waiter is not None else None
 
     async def admin_action(
         self,
@@ -291,18 +290,23 @@ class Auditor:
                 prev = rec.hash
             self._doubt = (self._head.head_seq, self._head.head_hash, records)
             started = time.perf_counter()
-            await asyncio.wait_for(
-                self.store.audit_append(self._head.chain, self.holder, records), timeout
-            )
+            writes = [item.write for item in batch if item.write is not None]
+            chain, holder = self._head.chain, self.holder
+            results: list[StoredMessage | None] = []
+            if writes:
+                append = self.store.audit_append_with(chain, holder, records, writes)
+                results = await asyncio.wait_for(append, timeout)
+            else:
+                await asyncio.wait_for(self.store.audit_append(chain, holder, records), timeout)
         except ChainConflict:
             log.warning("audit.chain_lost", chain=self.chain)
             self._lost, self._doubt = True, None
             return True
         except Exception as exc:
             self._store_failed(exc)
-            self._refuse_waiters()
+            refuse(self._pending)
             return False
-        self._committed(records)
+        self._committed(records, results)
         if self.recorder is not None:
             self.recorder.audit_written(time.perf_counter() - started, len(records))
         return True
@@ -316,7 +320,7 @@ class Auditor:
         if doubt is not None and head is not None and head.holder == self.holder:
             _, _, records = doubt
             if head.head_seq == records[-1].seq and head.head_hash == records[-1].hash:
-                self._committed(records)
+                self._committed(records, None)  # landed, but the writes' results are lost
                 return
         if self._lost or head is None or head.holder != self.holder:
             self._head = await self.store.audit_claim(self.node, self.holder, LEASE_S, time.time())
@@ -325,11 +329,10 @@ class Auditor:
         else:
             self._head = head
 
-    def _committed(self, records: list[AuditRecord]) -> None:
-        for _ in records:
-            item = self._pending.popleft()
-            if item.waiter is not None and not item.waiter.done():
-                item.waiter.set_result(None)
+    def _committed(
+        self, records: list[AuditRecord], results: list[StoredMessage | None] | None
+    ) -> None:
+        answer(self._pending, len(records), results)
         last = records[-1]
         assert self._head is not None
         self._head = dataclasses.replace(self._head, head_seq=last.seq, head_hash=last.hash)
@@ -337,18 +340,6 @@ class Auditor:
         self.written += len(records)
         self.commits += 1
         self.store_ok, self.store_checked = True, time.monotonic()
-
-    def _refuse_waiters(self) -> None:
-        """Tell every waiter its record is not durable (the store is failing); the records
-        are rewritten to say the caller got AUDIT_UNAVAILABLE (the answer was withheld)."""
-        for item in self._pending:
-            if item.waiter is not None:
-                if not item.waiter.done():
-                    item.waiter.set_exception(
-                        AuditUnavailable("the audit record could not be written", retry_after=1.0)
-                    )
-                    item.entry = _refused(item.entry)
-                item.waiter = None
 
     def _store_failed(self, exc: BaseException) -> None:
         if self.recorder is not None:
@@ -387,9 +378,3 @@ class Auditor:
                 # wholesale rewrite of the store: `audit verify --pin` checks them.
                 log.info("audit.checkpoint", chain=self._head.chain, seq=mark[0], hash=mark[1])
                 last_logged = mark
-
-
-def _refused(entry: AuditEntry) -> AuditEntry:
-    if entry.kind != "exchange":
-        return entry
-    return dataclasses.replace(entry, outcome=AuditUnavailable.default_code, status=503)

@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from bus.audit.accesses import accesses
 from bus.audit.chain import PRUNE_ACTION, Pin
 from bus.audit.evidence import evidence_bundle, record_json, show_time
 from bus.audit.observer import (
@@ -165,7 +166,7 @@ def _query(args: argparse.Namespace) -> int:
             records = await store.audit_find(
                 subject_keys=keys, since_us=args.since, until_us=args.until, limit=args.limit
             )
-            records = [r for r in records if r.kind == "exchange"]
+            records = accesses(r for r in records if r.kind == "exchange")
             await auditor.admin_action(
                 "audit.query",
                 args.actor,

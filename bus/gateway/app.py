@@ -57,6 +57,7 @@ from bus.gateway.idempotency import (
     prefers_async,
     prune_forever,
 )
+from bus.gateway.journal import journal_of
 from bus.gateway.jsonbody import body_request_id
 from bus.gateway.oneway import accept_send, status_body
 from bus.gateway.openapi import openapi_document
@@ -238,7 +239,10 @@ async def _call_operation(request: web.Request) -> web.Response:
     op = rt.config.services[req.service].operations[req.operation]
     # Idempotency and async mode (bus/gateway/idempotency.py): one request_id answers once.
     step = Idempotency(
-        gateway.store, ttl_s=rt.config.gateway.idempotency_ttl_s, background=request.app[BACKGROUND]
+        gateway.store,
+        ttl_s=rt.config.gateway.idempotency_ttl_s,
+        background=request.app[BACKGROUND],
+        journal=journal_of(rt.observers, exchange, gateway.store),
     )
     outcome = await step.answer(
         consumer=req.consumer,
@@ -258,8 +262,11 @@ async def _call_operation(request: web.Request) -> web.Response:
 async def _exchange(
     gateway: Gateway, rt: Runtime, exchange: Exchange, req: Request, correlation_id: str
 ) -> Outcome:
-    """Publish, await the reply, render it; errors become outcomes too (they are stored)."""
+    """Publish (once the audit trail has its STARTED record), await the reply, render it;
+    errors become outcomes too (they are stored)."""
     try:
+        for herald in rt.heralds:  # a no-op if the idempotency claim wrote it already
+            await herald.exchange_sending(exchange)
         reply = await gateway.broker.request(req)
     except BusError as exc:
         return Outcome.failure(exc, req.request_id)

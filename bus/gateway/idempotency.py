@@ -42,6 +42,7 @@ import orjson
 import structlog
 
 from bus.errors import (
+    AuditUnavailable,
     BusError,
     BusUnavailable,
     Conflict,
@@ -50,7 +51,8 @@ from bus.errors import (
     InternalError,
     error_from_code,
 )
-from bus.store.base import Store, StoredMessage
+from bus.gateway.journal import Journal
+from bus.store.base import MessageWrite, Store, StoredMessage
 
 __all__ = [
     "ASYNC_GRACE_S",
@@ -226,15 +228,20 @@ Execute = Callable[[], Awaitable[Outcome]]
 class Idempotency:
     """The idempotency/async step of one request (cheap: build one per request)."""
 
-    def __init__(self, store: Store, *, ttl_s: float, background: Background) -> None:
+    def __init__(
+        self, store: Store, *, ttl_s: float, background: Background, journal: Journal | None = None
+    ) -> None:
         self.store = store
         self.ttl_s = ttl_s
         self.background = background
+        self.journal = journal
 
     async def _store(self, action: Awaitable[T]) -> T:
         try:
             async with asyncio.timeout(STORE_TIMEOUT_S):
                 return await action
+        except AuditUnavailable:  # fail_closed: the audit record with it was not written
+            raise
         except (OSError, TimeoutError, ConnectionError, RuntimeError) as exc:
             log.warning("idempotency.store_failed", error=type(exc).__name__)
             raise StoreUnavailable("the store of request results is unreachable") from exc
@@ -258,9 +265,7 @@ class Idempotency:
 
         ``execute`` sends the request and returns its outcome; ``hold`` counts a background
         run in the gateway's in-flight bound and returns its release."""
-        record = await self._store(
-            self.store.message_begin(consumer, request_id, digest, self.ttl_s)
-        )
+        record = await self._claim(consumer, request_id, digest)
         while record is not None:
             if record.state == "fetched":
                 raise _fetched()
@@ -285,10 +290,9 @@ class Idempotency:
                 return _accepted(request_id)
             record = await self._wait(consumer, request_id, deadline)
             if record is None:  # expired and pruned meanwhile: claim afresh
-                record = await self._store(
-                    self.store.message_begin(consumer, request_id, digest, self.ttl_s)
-                )
-        run = self._run(consumer, request_id, execute)
+                record = await self._claim(consumer, request_id, digest)
+        # Sync: the answer is stored with the final audit record (async: that is the 202's).
+        run = self._run(consumer, request_id, execute, joint=not asynchronous)
         if not asynchronous:
             return await run
         release = hold()
@@ -296,6 +300,13 @@ class Idempotency:
         task.add_done_callback(lambda _: release())  # also if cancelled before it started
         done, _ = await asyncio.wait({task}, timeout=ASYNC_GRACE_S)
         return task.result() if done else _accepted(request_id)
+
+    async def _claim(self, consumer: str, request_id: str, digest: str) -> StoredMessage | None:
+        if self.journal is None:
+            begin = self.store.message_begin(consumer, request_id, digest, self.ttl_s)
+            return await self._store(begin)
+        write = MessageWrite("claim", consumer, request_id, body_hash=digest, ttl_s=self.ttl_s)
+        return await self._store(self.journal.claim(write))
 
     async def _wait(self, consumer: str, request_id: str, deadline: float) -> StoredMessage | None:
         """Wait for an earlier request with this id to be answered, until ``deadline``."""
@@ -314,7 +325,9 @@ class Idempotency:
             if record is None or not _in_progress(record) or time.time() >= deadline:
                 return record
 
-    async def _run(self, consumer: str, request_id: str, execute: Execute) -> Outcome:
+    async def _run(
+        self, consumer: str, request_id: str, execute: Execute, *, joint: bool = False
+    ) -> Outcome:
         """Send, then store the outcome (or forget the claim if the bus never took it)."""
         try:
             outcome = await execute()
@@ -328,21 +341,29 @@ class Idempotency:
         except Exception:
             log.exception("idempotency.execute_crashed")
             outcome = _failed(InternalError("the gateway failed unexpectedly"), request_id)
-        await self._settle(consumer, request_id, outcome)
-        return outcome
+        return await self._settle(consumer, request_id, outcome, joint=joint)
 
-    async def _settle(self, consumer: str, request_id: str, outcome: Outcome) -> None:
+    async def _settle(
+        self, consumer: str, request_id: str, outcome: Outcome, *, joint: bool = False
+    ) -> Outcome:
+        """Store the answer (with its final audit record when ``joint``); the outcome the
+        caller gets (``AUDIT_UNAVAILABLE`` if fail_closed could not write that record)."""
+        kept, status = outcome.stored or outcome.body, outcome.status
         try:
             if outcome.error is not None and outcome.error.code in NOT_ACCEPTED:
                 await self._store(self.store.message_release(consumer, request_id))
+            elif joint and self.journal is not None:
+                code = outcome.error.code if outcome.error is not None else "OK"
+                write = MessageWrite("finish", consumer, request_id, status=status, reply=kept)
+                await self._store(self.journal.finish(write, code, status))
             else:
-                kept = outcome.stored or outcome.body
-                await self._store(
-                    self.store.message_finish(consumer, request_id, outcome.status, kept)
-                )
+                await self._store(self.store.message_finish(consumer, request_id, status, kept))
+        except AuditUnavailable as exc:  # the answer is withheld, and not stored
+            return _failed(exc, request_id)
         except StoreUnavailable:
             # The caller still gets this answer; only a repeat would run the request again.
             log.warning("idempotency.answer_not_stored", status=outcome.status)
+        return outcome
 
     async def lookup(self, consumer: str, request_id: str, stale_after_s: float) -> Outcome | None:
         """``GET /v1/messages/{id}``: the stored answer, ``202`` while pending, ``None`` if

@@ -23,7 +23,7 @@ from pydantic import BaseModel
 
 from bus.broker.base import Broker
 from bus.config import RoutingConfig
-from bus.exchange import ExchangeGate, ExchangeObserver
+from bus.exchange import ExchangeGate, ExchangeHerald, ExchangeObserver
 from bus.gateway.ratelimit import RateLimiter
 from bus.gateway.security import Authenticator
 from bus.store import Store
@@ -47,10 +47,14 @@ class Runtime:
     """(service, operation) → the answer's dotted field paths (X-Road WSDLs describe them)."""
     gates: tuple[ExchangeGate, ...] = dataclasses.field(init=False, default=())
     """The observers that may refuse an exchange before it starts (worked out once)."""
+    heralds: tuple[ExchangeHerald, ...] = dataclasses.field(init=False, default=())
+    """The observers told before a request is published (the audit trail's started record)."""
 
     def __post_init__(self) -> None:
         gates = tuple(o for o in self.observers if isinstance(o, ExchangeGate))
         object.__setattr__(self, "gates", gates)
+        heralds = tuple(o for o in self.observers if isinstance(o, ExchangeHerald))
+        object.__setattr__(self, "heralds", heralds)
 
     @classmethod
     def build(

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 
+from bus.audit.accesses import accesses
 from bus.audit.chain import Pin
 from bus.audit.evidence import VN
 from bus.audit.observer import verify_store
@@ -83,7 +84,8 @@ async def read_trail(
     pins: Iterable[Pin] = (),
 ) -> Trail:
     """Verify every chain; keep the exchange records with ``since_us <= time_us <
-    until_us`` that ``keep`` accepts, sorted by time."""
+    until_us`` that ``keep`` accepts, sorted by time, one per exchange
+    (:func:`bus.audit.accesses.accesses`: a started record alone is outcome ``UNKNOWN``)."""
     kept: list[AuditRecord] = []
 
     def visit(rec: AuditRecord) -> None:
@@ -99,6 +101,7 @@ async def read_trail(
     reports = await verify_store(store, pins, visit=visit)
     problems = tuple(str(r.problem) for r in reports if r.problem is not None)
     kept.sort(key=lambda r: (r.time_us, r.chain, r.seq))
+    kept = accesses(kept)  # an exchange's started + final records: one access
     verdict = Verification(
         certified=not problems,
         chains=len(reports),

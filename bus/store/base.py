@@ -22,6 +22,7 @@ __all__ = [
     "DeliveryState",
     "LoggedEvent",
     "MessageState",
+    "MessageWrite",
     "Store",
     "StoredMessage",
 ]
@@ -49,6 +50,23 @@ class StoredMessage:
     key_id: str | None = None
     """Which at-rest key sealed ``reply`` in the store (:mod:`bus.sealing`); the store hands
     ``reply`` out opened."""
+
+
+@dataclass(frozen=True, slots=True)
+class MessageWrite:
+    """A message-result write made in the audit writer's transaction
+    (:meth:`Store.audit_append_with`): a ``claim`` (as :meth:`Store.message_begin`) or a
+    ``finish`` (as :meth:`Store.message_finish`)."""
+
+    kind: Literal["claim", "finish"]
+    consumer: str
+    request_id: str
+    body_hash: str = ""
+    ttl_s: float = 0.0
+    status: int = 0
+    reply: bytes = b""
+    key_id: str = ""
+    """The key ``reply`` is sealed under (set by the store, which seals it)."""
 
 
 GENESIS_HASH = "0" * 64
@@ -282,6 +300,19 @@ class Store(Protocol):
         """Insert ``records`` (consecutive seqs continuing the head) and advance the head,
         in one transaction; :class:`ChainConflict` if ``holder`` does not hold the chain or
         its head is not ``records[0].seq - 1`` / ``records[0].prev_hash``."""
+        ...
+
+    async def audit_append_with(
+        self,
+        chain: str,
+        holder: str,
+        records: Sequence[AuditRecord],
+        writes: Sequence[MessageWrite],
+    ) -> list[StoredMessage | None]:
+        """:meth:`audit_append` and the message ``writes`` (first, in order) in one
+        transaction: all land or none (a :class:`ChainConflict` undoes the writes too). Each
+        write's result: a claim's as :meth:`message_begin`'s, ``None`` for a finish. An
+        exchange's audit record and its idempotency claim (or answer) cost one commit."""
         ...
 
     async def audit_head(self, chain: str) -> ChainHead | None:

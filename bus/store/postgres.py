@@ -10,6 +10,7 @@ the message upsert lock the rows they touch, which is all the isolation they nee
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, ClassVar
@@ -19,9 +20,9 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from bus.sealing import Keyring
-from bus.store.base import AuditRecord, ChainConflict
-from bus.store.schema import AUDIT_COLS, AUDIT_COLUMNS, audit_row
-from bus.store.sql import Conn, SqlStore
+from bus.store.base import AuditRecord, ChainConflict, MessageWrite, StoredMessage
+from bus.store.schema import AUDIT_COLS, AUDIT_COLUMNS, audit_row, stored_message
+from bus.store.sql import MESSAGE_CLAIM, MESSAGE_FINISH, MESSAGE_SELECT, Conn, SqlStore
 
 __all__ = ["PostgresStore"]
 
@@ -47,6 +48,14 @@ def _numbered(sql: str, cache: dict[str, str]) -> str:
         counter = iter(range(1, 10_000))
         out = cache[sql] = _PLACEHOLDER.sub(lambda _: f"${next(counter)}", sql)
     return out
+
+
+def _append_args(chain: str, holder: str, records: Sequence[AuditRecord]) -> list[Any]:
+    """The arguments of :data:`_APPEND` for ``records``."""
+    first, last = records[0], records[-1]
+    columns = zip(*(audit_row(r) for r in records), strict=True)
+    head = [last.seq, last.hash, chain, holder, first.seq - 1, first.prev_hash]
+    return [*head, *(list(c) for c in columns)]
 
 
 class _PgConn:
@@ -139,22 +148,43 @@ class PostgresStore(SqlStore):
         if the head moved — atomically (autocommit)."""
         if not records:
             return
-        first, last = records[0], records[-1]
-        columns = list(zip(*(audit_row(r) for r in records), strict=True))
         pool = self._pool_or_fail()
         async with pool.acquire(timeout=self.command_timeout) as conn:
-            status = await conn.execute(
-                _APPEND,
-                last.seq,
-                last.hash,
-                chain,
-                holder,
-                first.seq - 1,
-                first.prev_hash,
-                *(list(c) for c in columns),
-            )
+            status = await conn.execute(_APPEND, *_append_args(chain, holder, records))
         if status != f"INSERT 0 {len(records)}":
             raise ChainConflict(f"chain {chain} is not held by this writer at this head")
+
+    async def audit_append_with(
+        self,
+        chain: str,
+        holder: str,
+        records: Sequence[AuditRecord],
+        writes: Sequence[MessageWrite],
+    ) -> list[StoredMessage | None]:
+        """The message writes, then the append statement, in one transaction (one commit)."""
+        pool = self._pool_or_fail()
+        writes = self._sealed_writes(writes)
+        async with pool.acquire(timeout=self.command_timeout) as conn, conn.transaction():
+            results = [await self._write(conn, w) for w in writes]
+            if records:
+                status = await conn.execute(_APPEND, *_append_args(chain, holder, records))
+                if status != f"INSERT 0 {len(records)}":  # raised inside: rolled back
+                    raise ChainConflict(f"chain {chain} is not held by this writer at this head")
+        return await self._opened_claims(writes, results)
+
+    async def _write(
+        self, conn: PoolConnectionProxy[asyncpg.Record], write: MessageWrite
+    ) -> StoredMessage | None:
+        now, key = time.time(), (write.consumer, write.request_id)
+        if write.kind == "finish":
+            sql = _numbered(MESSAGE_FINISH, self._sql)
+            await conn.execute(sql, write.status, write.reply, write.key_id, now, *key)
+            return None
+        claim = _numbered(MESSAGE_CLAIM, self._sql)
+        if await conn.fetch(claim, *key, write.body_hash, now, now, now + write.ttl_s):
+            return None
+        rows = await conn.fetch(_numbered(MESSAGE_SELECT, self._sql), *key)
+        return stored_message(tuple(rows[0]))
 
     @asynccontextmanager
     async def _tx(self) -> AsyncIterator[Conn]:

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 
 from bus.sealing import Keyring
-from bus.store.base import StoredMessage
+from bus.store.base import MessageWrite, StoredMessage
 from bus.store.schema import Conn
 
 __all__ = ["SealedMessages", "add_key_column"]
@@ -54,6 +54,39 @@ class SealedMessages:
             return record
         plain = self.keyring.open(record.key_id, (record.consumer, record.request_id), record.reply)
         return None if plain is None else dataclasses.replace(record, reply=plain)
+
+    def _sealed_writes(self, writes: Sequence[MessageWrite]) -> list[MessageWrite]:
+        """``writes`` with each answer sealed (for :meth:`Store.audit_append_with`)."""
+        out: list[MessageWrite] = []
+        for w in writes:
+            if w.kind == "finish":
+                key_id, sealed = self._seal(w.consumer, w.request_id, w.reply)
+                w = dataclasses.replace(w, reply=sealed, key_id=key_id)
+            out.append(w)
+        return out
+
+    async def _opened_claims(
+        self, writes: Sequence[MessageWrite], results: Sequence[StoredMessage | None]
+    ) -> list[StoredMessage | None]:
+        """The claims' results with their answers opened; a live record whose answer does
+        not open is deleted and the key claimed afresh (as :meth:`message_begin` does)."""
+        out: list[StoredMessage | None] = []
+        for w, record in zip(writes, results, strict=True):
+            if w.kind == "claim" and record is not None:
+                opened = self._opened(record)
+                if opened is None:
+                    await self._forget_unreadable(record)
+                    opened = await self.message_begin(
+                        w.consumer, w.request_id, w.body_hash, w.ttl_s
+                    )
+                record = opened
+            out.append(record)
+        return out
+
+    async def message_begin(
+        self, consumer: str, request_id: str, body_hash: str, ttl_s: float
+    ) -> StoredMessage | None:
+        raise NotImplementedError
 
     async def _forget_unreadable(self, record: StoredMessage) -> None:
         """Delete a record whose answer does not open (unless it changed meanwhile)."""

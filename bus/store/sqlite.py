@@ -22,9 +22,17 @@ from typing import Any, ClassVar
 import aiosqlite
 
 from bus.sealing import Keyring
-from bus.store.base import AuditRecord, StoredMessage
+from bus.store.base import AuditRecord, MessageWrite, StoredMessage
 from bus.store.sql import Conn, SqlStore
-from bus.store.sqlite_batch import MessageBatcher, Op, append_audit, claim, finish, release
+from bus.store.sqlite_batch import (
+    MessageBatcher,
+    Op,
+    append_audit,
+    append_audit_with,
+    claim,
+    finish,
+    release,
+)
 
 __all__ = ["SqliteStore"]
 
@@ -193,6 +201,21 @@ class SqliteStore(SqlStore):
         compare-and-set and move by the schema's triggers."""
         if records:
             await self._messages.submit(append_audit(chain, holder, records))
+
+    async def audit_append_with(
+        self,
+        chain: str,
+        holder: str,
+        records: Sequence[AuditRecord],
+        writes: Sequence[MessageWrite],
+    ) -> list[StoredMessage | None]:
+        """The message writes (answers sealed) and the records as one write of the next
+        group commit."""
+        writes = self._sealed_writes(writes)
+        results: list[StoredMessage | None] = await self._messages.submit(
+            append_audit_with(chain, holder, records, writes)
+        )
+        return await self._opened_claims(writes, results)
 
     @asynccontextmanager
     async def _read(self) -> AsyncIterator[Conn]:

@@ -26,11 +26,19 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from bus.store.base import AuditRecord, ChainConflict, StoredMessage
+from bus.store.base import AuditRecord, ChainConflict, MessageWrite, StoredMessage
 from bus.store.schema import AUDIT_COLS, AUDIT_COLUMNS, CHAIN_CONFLICT, audit_row, stored_message
 from bus.store.sql import MESSAGE_CLAIM, MESSAGE_FINISH, MESSAGE_RELEASE, MESSAGE_SELECT
 
-__all__ = ["MAX_BATCH", "MessageBatcher", "append_audit", "claim", "finish", "release"]
+__all__ = [
+    "MAX_BATCH",
+    "MessageBatcher",
+    "append_audit",
+    "append_audit_with",
+    "claim",
+    "finish",
+    "release",
+]
 
 MAX_BATCH = 256
 """Most writes in one transaction (bounds how long the write lock is held)."""
@@ -97,6 +105,34 @@ def append_audit(chain: str, holder: str, records: Sequence[AuditRecord]) -> Op:
             raise
         if cursor.rowcount != len(records):
             raise ChainConflict(f"chain {chain} is not held by this writer")
+
+    return op
+
+
+def append_audit_with(
+    chain: str, holder: str, records: Sequence[AuditRecord], writes: Sequence[MessageWrite]
+) -> Op:
+    """:meth:`Store.audit_append_with` as one write of a batch: the message writes, then
+    the records, under a savepoint, so a chain conflict undoes the writes too."""
+    ops = [
+        claim(w.consumer, w.request_id, w.body_hash, w.ttl_s)
+        if w.kind == "claim"
+        else finish(w.consumer, w.request_id, w.status, w.reply, w.key_id)
+        for w in writes
+    ]
+    append = append_audit(chain, holder, records)
+
+    def op(conn: sqlite3.Connection) -> list[StoredMessage | None]:
+        conn.execute("SAVEPOINT lgsp_audit_with")
+        try:
+            results = [write(conn) for write in ops]
+            append(conn)
+        except BaseException:
+            conn.execute("ROLLBACK TO lgsp_audit_with")
+            conn.execute("RELEASE lgsp_audit_with")
+            raise
+        conn.execute("RELEASE lgsp_audit_with")
+        return results
 
     return op
 

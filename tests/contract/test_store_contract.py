@@ -12,7 +12,7 @@ import pytest
 from bus.audit.chain import AuditEntry, seal
 from bus.sealing import Keyring
 from bus.store import GENESIS_HASH, ChainConflict, Store, open_store
-from bus.store.base import AuditRecord
+from bus.store.base import AuditRecord, MessageWrite
 from bus.store.postgres import PostgresStore
 from bus.store.sqlite import SqliteStore
 from tests.support.storetools import raw_execute, raw_fetch
@@ -210,6 +210,52 @@ async def test_append_that_does_not_continue_the_head_changes_nothing(store: Sto
     assert len(await store.audit_records("lgsp-1/1", 0, 100)) == 2
 
 
+def claim(request_id: str, digest: str = "h1") -> MessageWrite:
+    return MessageWrite("claim", "portal", request_id, body_hash=digest, ttl_s=60)
+
+
+async def test_append_with_writes_lands_claims_answers_and_records_in_one_go(
+    store: Store,
+) -> None:
+    await store.audit_claim("lgsp-1", "w", LEASE, time.time())
+    first, second = rid(), rid()
+    assert await store.message_begin("portal", second, "h2", 60) is None  # claimed earlier
+    recs = sealed("lgsp-1/1", entries(2))
+    results = await store.audit_append_with(
+        "lgsp-1/1", "w", recs, [claim(first), claim(second, "h9")]
+    )
+    assert results[0] is None  # this call claimed it, as message_begin says
+    assert results[1] is not None
+    assert (results[1].state, results[1].body_hash) == ("pending", "h2")
+    assert await store.audit_records("lgsp-1/1", 0, 100) == recs
+    answer = MessageWrite("finish", "portal", first, status=200, reply=b'{"ok":1}')
+    more = sealed("lgsp-1/1", entries(1), after=(2, recs[-1].hash))
+    assert await store.audit_append_with("lgsp-1/1", "w", more, [answer]) == [None]
+    done = await store.message_get("portal", first)
+    assert done is not None
+    assert (done.state, done.status, done.reply) == ("done", 200, b'{"ok":1}')
+    head = await store.audit_head("lgsp-1/1")
+    assert head is not None
+    assert (head.head_seq, head.head_hash) == (3, more[-1].hash)
+
+
+async def test_append_with_writes_that_conflicts_changes_nothing(store: Store) -> None:
+    await store.audit_claim("lgsp-1", "w", LEASE, time.time())
+    await store.audit_append("lgsp-1/1", "w", sealed("lgsp-1/1", entries(1)))
+    request_id = rid()
+    with pytest.raises(ChainConflict):  # a fork: neither the records nor the claim land
+        await store.audit_append_with(
+            "lgsp-1/1", "w", sealed("lgsp-1/1", entries(1)), [claim(request_id)]
+        )
+    with pytest.raises(ChainConflict):  # not the holder
+        await store.audit_append_with(
+            "lgsp-1/1", "x", sealed("lgsp-1/1", entries(1)), [claim(request_id)]
+        )
+    assert await store.message_get("portal", request_id) is None
+    assert len(await store.audit_records("lgsp-1/1", 0, 100)) == 1
+    assert await store.message_begin("portal", request_id, "h1", 60) is None  # still free
+
+
 async def test_find_by_subject_time_and_request(store: Store) -> None:
     await store.audit_claim("lgsp-1", "w", LEASE, time.time())
     t0 = 1_700_000_000_000_000
@@ -306,6 +352,30 @@ async def test_raw_rows_hold_no_citizen_data(store: Store, store_url: str) -> No
     got = await store.message_get("portal", request_id)
     assert got is not None
     assert (got.reply, got.key_id) == (ANSWER, "k1")
+
+
+async def test_an_answer_stored_with_its_audit_record_is_sealed_too(
+    store: Store, store_url: str
+) -> None:
+    """The joint write (answer + final audit record, one commit) seals like message_finish,
+    and a claim meeting it returns the answer opened."""
+    store.keyring = ring("k1")
+    await store.audit_claim("lgsp-1", "w", LEASE, time.time())
+    request_id = rid()
+    recs = sealed("lgsp-1/1", entries(1))
+    assert await store.audit_append_with("lgsp-1/1", "w", recs, [claim(request_id, "h")]) == [None]
+    answer = MessageWrite("finish", "portal", request_id, status=200, reply=ANSWER)
+    more = sealed("lgsp-1/1", entries(1), after=(1, recs[-1].hash))
+    await store.audit_append_with("lgsp-1/1", "w", more, [answer])
+    rows = await raw_fetch(
+        store_url, "SELECT reply, key_id FROM lgsp_messages WHERE request_id = $1", request_id
+    )
+    assert rows[0][1] == "k1"
+    assert CITIZEN_ID.encode() not in bytes(rows[0][0])
+    again = sealed("lgsp-1/1", entries(1), after=(2, more[-1].hash))
+    (met,) = await store.audit_append_with("lgsp-1/1", "w", again, [claim(request_id, "h")])
+    assert met is not None
+    assert (met.state, met.reply) == ("done", ANSWER)
 
 
 async def test_a_row_swapped_into_another_does_not_open(store: Store, store_url: str) -> None:

@@ -17,6 +17,7 @@ import pytest
 from adapters.civil_status.data import sample_person, sample_registration
 from adapters.civil_status.models import RecordType
 from adapters.civil_status.simulator import STATS, SimStats, build_app
+from bus.audit.accesses import STARTED, accesses
 from bus.audit.observer import Auditor, verify_store
 from bus.config import AuditSettings, RoutingConfig
 from bus.store import Store, open_store
@@ -46,18 +47,26 @@ class AuditedBus:
         status, reply = await self.bus.post(path, body, key=key, headers={"X-Request-Id": cid})
         return cid, status, reply
 
-    async def records(self) -> dict[str, AuditRecord]:
-        """Every exchange record, by correlation id, once the backlog is written."""
+    async def raw(self) -> list[AuditRecord]:
+        """Every exchange record as stored, once the backlog is written."""
         deadline = time.monotonic() + 10
         while self.auditor.backlog:
             assert time.monotonic() < deadline
             await asyncio.sleep(0.02)
+        return [
+            rec
+            for head in await self.store.audit_chains()
+            for rec in await self.store.audit_records(head.chain, 0, 10_000)
+            if rec.kind == "exchange"
+        ]
+
+    async def records(self) -> dict[str, AuditRecord]:
+        """Every exchange as a reader counts it (its STARTED record and its final one are
+        one access), by correlation id."""
         out: dict[str, AuditRecord] = {}
-        for head in await self.store.audit_chains():
-            for rec in await self.store.audit_records(head.chain, 0, 10_000):
-                if rec.kind == "exchange":
-                    assert rec.correlation_id not in out, "one record per exchange"
-                    out[rec.correlation_id or ""] = rec
+        for rec in accesses(await self.raw()):
+            assert rec.correlation_id not in out, "one access per exchange"
+            out[rec.correlation_id or ""] = rec
         return out
 
 
@@ -150,6 +159,16 @@ async def test_every_outcome_leaves_exactly_one_record(audited: AuditedBus) -> N
     assert abs(found.time_us / 1e6 - time.time()) < 60
     assert records[seen["invalid"][0]].request_id == calls["invalid"]["request_id"]
     assert records[seen["not_found"][0]].subject_key is None
+    # Each exchange that got past validation left a STARTED record before its upstream call
+    # (same subject key and purpose), tied to its final record by detail.exchange.
+    started = {r.correlation_id: r for r in await audited.raw() if r.outcome == STARTED}
+    sent = {"found", "not_found", "upstream_down", "upstream_timeout"}
+    assert set(started) == {seen[name][0] for name in sent}
+    for name in sent:
+        first, final = started[seen[name][0]], records[seen[name][0]]
+        assert first.detail["exchange"] == final.detail["exchange"]
+        assert (first.subject_key, first.purpose) == (final.subject_key, final.purpose)
+        assert (first.seq < final.seq) if first.chain == final.chain else True
     assert all(r.problem is None for r in await verify_store(audited.store))
 
 
@@ -162,7 +181,7 @@ async def test_subject_lookup_finds_exactly_that_citizens_accesses(audited: Audi
     await audited.records()
     key_a = audited.auditor.subject_key(a)
     assert key_a is not None
-    found = await audited.store.audit_find(subject_keys=[key_a])
+    found = accesses(await audited.store.audit_find(subject_keys=[key_a]))
     assert sorted(r.correlation_id or "" for r in found) == sorted(c for c, _, _ in a_calls)
     never = audited.auditor.subject_key("001085999999")
     assert never is not None
@@ -292,3 +311,54 @@ async def test_a_fail_closed_route_is_refused_before_the_upstream_when_the_store
     finally:
         await audit_store.aclose()
         await proxy.aclose()
+
+
+async def test_a_request_costs_two_store_commits_claim_with_started_answer_with_final(
+    audited: AuditedBus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue 14: claim, answer and audit record were three sequential commits per request;
+    # now the STARTED record rides with the claim and the final record with the answer.
+    commits: list[str] = []
+    for name in ("message_begin", "message_finish", "message_release", "audit_append"):
+        method = getattr(audited.store, name)
+
+        async def counted(*args: Any, _name: str = name, _method: Any = method) -> Any:
+            commits.append(_name)
+            return await _method(*args)
+
+        monkeypatch.setattr(audited.store, name, counted)
+    joint = getattr(audited.store, "audit_append_with", None)  # (absent before issue 14)
+
+    async def counted_with(*args: Any) -> Any:
+        commits.append("audit_append_with")
+        assert joint is not None
+        return await joint(*args)
+
+    if joint is not None:
+        monkeypatch.setattr(audited.store, "audit_append_with", counted_with)
+    for i in range(3):
+        person = sample_person(0, RecordType.BIRTH, 30 + i)
+        commits.clear()
+        _, status, _ = await audited.call(lookup(by_person={"id_number": person["id_number"]}))
+        assert status == 200
+        await audited.raw()  # the backlog is written
+        assert commits == ["audit_append_with", "audit_append_with"], commits
+    assert all(r.problem is None for r in await verify_store(audited.store))
+
+
+async def test_a_fail_closed_request_is_not_published_before_its_started_record_is_durable(
+    audited: AuditedBus,
+) -> None:
+    policy = audited.bus.gateway.config.services["civil-status"].audit
+    before = audited.upstream.requests
+    body = lookup(by_person={"id_number": sample_person(0, RecordType.BIRTH, 40)["id_number"]})
+    async with write_lock(audited.url):
+        cid, status, reply = await audited.call(body)
+    code = reply["error"]["code"] if status != 200 else "OK"
+    if policy == "fail_closed":
+        assert (status, code) == (503, "AUDIT_UNAVAILABLE")
+        assert audited.upstream.requests == before, "nothing fetched that is not on record"
+    else:  # fail_open: answered (or the shared SQLite file refused the claim itself)
+        assert code in {"OK", "STORE_UNAVAILABLE"}, reply
+    rec = (await audited.records())[cid]
+    assert (rec.outcome, rec.status) == (code, status), "one access, saying what was given"

@@ -23,6 +23,7 @@ from lxml import etree
 
 from adapters.base import parse_routing
 from adapters.procedure.simulator import CALLS, build_app
+from bus.audit.accesses import accesses
 from bus.audit.observer import Auditor
 from bus.config import AuditSettings
 from bus.gateway.server import server_ssl_context
@@ -75,7 +76,7 @@ class Provider:
                 for r in await self.store.audit_records(head.chain, 0, 10_000)
                 if r.kind == "exchange"
             ]
-        return out
+        return accesses(out)  # an exchange's STARTED and final records: one
 
     async def soap(self, body: bytes, ctype: str = "text/xml; charset=utf-8") -> tuple[int, Any]:
         async with self.bus.session.post(

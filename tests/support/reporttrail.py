@@ -20,6 +20,7 @@ from adapters.base import parse_routing
 from adapters.civil_status.data import sample_person, sample_registration
 from adapters.civil_status.models import RecordType
 from adapters.civil_status.simulator import build_app
+from bus.audit.accesses import accesses
 from bus.audit.observer import Auditor
 from bus.config import AuditSettings, RoutingConfig
 from bus.store import Store
@@ -158,7 +159,7 @@ class Trail:
     since_us: int
     until_us: int
 
-    async def records(self) -> list[AuditRecord]:
+    async def stored(self) -> list[AuditRecord]:
         """Every exchange record, read straight from the store."""
         out: list[AuditRecord] = []
         for head in await self.store.audit_chains():
@@ -168,6 +169,11 @@ class Trail:
                 if r.kind == "exchange"
             ]
         return out
+
+    async def records(self) -> list[AuditRecord]:
+        """Every exchange once, as readers count them (its STARTED and final records folded
+        into one: :func:`bus.audit.accesses.accesses`)."""
+        return accesses(await self.stored())
 
 
 async def play(bus: BusStack, keys: dict[str, str]) -> None:

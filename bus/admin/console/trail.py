@@ -22,6 +22,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bus.admin.access import Principal
+from bus.audit.accesses import accesses
 from bus.audit.evidence import evidence_bundle, record_json
 from bus.audit.observer import verify_store
 from bus.errors import InvalidRequest, NotFoundError
@@ -92,8 +93,14 @@ async def search(reloader: ConfigReloader, who: Principal, query: AuditQuery) ->
         keys = [key]
     since = _moment(query.since, "from") if query.since else None
     until = _moment(query.until, "to", end_of_day=True) if query.until else None
-    found = await auditor.store.audit_find(
-        subject_keys=keys, request_id=query.request_id, since_us=since, until_us=until, limit=SCAN
+    found = accesses(
+        await auditor.store.audit_find(
+            subject_keys=keys,
+            request_id=query.request_id,
+            since_us=since,
+            until_us=until,
+            limit=SCAN,
+        )
     )
     wanted = {"consumer": query.consumer, "officer": query.officer, "service": query.service}
     records = [

@@ -67,6 +67,8 @@ async def serve(
     checked = pipeline.check(rt, valid, exchange.officer)
     exchange.officer = checked.officer
     req = pipeline.envelope(request, checked)
+    for herald in rt.heralds:  # the audit trail's STARTED record, before the publish
+        await herald.exchange_sending(exchange)
     reply = await gateway.broker.request(req)
     outcome, exchange.fields_returned = render_reply(rt.config, req, reply, request[CORRELATION_ID])
     if outcome.error is not None:

@@ -21,6 +21,7 @@ from bus.audit.observer import (
 from bus.config import ConfigError, RoutingConfig
 from bus.exchange import Exchange
 from bus.store import open_store
+from bus.store.base import MessageWrite
 
 
 def config(audit: dict[str, Any] | None = None, **services: dict[str, Any]) -> RoutingConfig:
@@ -129,7 +130,9 @@ class Recording(Auditor):
         super().__init__(open_store("sqlite:///unused.sqlite3"), node="lgsp-1", key=b"k" * 20)
         self.kept: list[tuple[AuditEntry, bool]] = []
 
-    async def record(self, entry: AuditEntry, *, durable: bool = True) -> None:
+    async def record(
+        self, entry: AuditEntry, *, durable: bool = True, write: MessageWrite | None = None
+    ) -> None:
         self.kept.append((entry, durable))
 
 
