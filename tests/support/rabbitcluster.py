@@ -140,6 +140,7 @@ class RabbitCluster:
                     stdout=subprocess.DEVNULL,
                     stderr=stderr,
                     start_new_session=True,
+                    cwd=node.home,  # its crash dumps (MnesiaCore.*) land there, not in the repo
                 )
         with ThreadPoolExecutor(len(self.nodes)) as pool:
             list(pool.map(self._await_startup, self.nodes))
