@@ -43,6 +43,7 @@ from bus.config.delivery import (
     Subscription,
 )
 from bus.config.provider import ProviderSettings, provider_problems
+from bus.config.secretlike import url_secret_problem
 from bus.config.source import ConfigError
 
 __all__ = [
@@ -324,6 +325,9 @@ class UpstreamConfig(_Model):
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("must be an absolute http:// or https:// URL")
+        problem = url_secret_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
         return value
 
     @model_validator(mode="after")
