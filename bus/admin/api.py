@@ -144,8 +144,15 @@ def build_admin_app(reloader: ConfigReloader) -> web.Application:
 @asynccontextmanager
 async def serve_admin(reloader: ConfigReloader, host: str, port: int) -> AsyncIterator[str]:
     """Serve ``/admin/*`` on host:port until the block ends; yields its URL."""
+    settings = reloader.config.gateway
     async with http_site(
-        build_admin_app(reloader), host, port, shutdown_timeout=5, setting="admin.host/admin.port"
+        build_admin_app(reloader),
+        host,
+        port,
+        shutdown_timeout=5,
+        setting="admin.host/admin.port",
+        keepalive_s=settings.keepalive_timeout_s,
+        read_timeout_s=settings.request_read_timeout_s,
     ) as site:
         url = f"http://{host}:{bound_port(site)}/"
         log.info("admin.listening", url=url)

@@ -28,6 +28,8 @@ RESTART_ONLY: tuple[str, ...] = (
     "broker",
     "gateway.max_body_bytes",
     "gateway.shutdown_grace_s",
+    "gateway.keepalive_timeout_s",
+    "gateway.request_read_timeout_s",
     "gateway.tls",
     "gateway.rate_limit_backend",
     "admin.host",

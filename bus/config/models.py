@@ -535,6 +535,20 @@ class GatewaySettings(_Model):
         "max_in_flight less a quarter, so one consumer's burst cannot take every slot",
     )
     shutdown_grace_s: float = Field(15.0, ge=0, le=300)
+    keepalive_timeout_s: float = Field(
+        15.0,
+        ge=1,
+        le=600,
+        description="an idle connection (nothing sent yet, or nothing since the last answer) "
+        "is closed after this; also the admin listener's",
+    )
+    request_read_timeout_s: float = Field(
+        20.0,
+        ge=1,
+        le=300,
+        description="a request's line, headers and body must arrive within this of its first "
+        "byte, else the connection is closed (slow clients); also the admin listener's",
+    )
     max_deadline_s: float = Field(
         60.0, gt=0, le=600, description="cap on every operation's timeout_s (the longest deadline)"
     )
