@@ -34,6 +34,7 @@ RESTART_ONLY: tuple[str, ...] = (
     "gateway.rate_limit_backend",
     "admin.host",
     "admin.port",
+    "admin.tls",
     "tracing",
 )
 """Settings read once when a process starts: a reload records them, a restart applies them

@@ -7,7 +7,6 @@ with its YAML path and line:column (see :mod:`bus.config.source`).
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 import stat
@@ -42,6 +41,7 @@ from bus.config.delivery import (
     SourceConfig,
     Subscription,
 )
+from bus.config.listeners import is_loopback, listener_problems
 from bus.config.provider import ProviderSettings, provider_problems
 from bus.config.secretlike import url_secret_problem
 from bus.config.source import ConfigError
@@ -282,17 +282,6 @@ UpstreamAuth = Annotated[
 ]
 
 
-def _is_loopback(host: str | None) -> bool:
-    if host is None:
-        return False
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 class UpstreamConfig(_Model):
     """A national database endpoint."""
 
@@ -333,7 +322,7 @@ class UpstreamConfig(_Model):
     @model_validator(mode="after")
     def _plain_http(self) -> UpstreamConfig:
         parts = urlsplit(self.url)
-        if parts.scheme == "http" and not (self.allow_plain_http and _is_loopback(parts.hostname)):
+        if parts.scheme == "http" and not (self.allow_plain_http and is_loopback(parts.hostname)):
             raise ValueError(
                 "plain http:// upstream: use https://, or set allow_plain_http: true "
                 "for a loopback test upstream"
@@ -640,6 +629,16 @@ class AdminSettings(_Model):
     port: int | None = Field(
         None, ge=0, le=65535, description="serve /admin/* on this port instead of the gateway's"
     )
+    tls: GatewayTls | None = Field(
+        None,
+        description="HTTPS of the admin listener (with port); default: gateway.tls, so the "
+        "admin listener is HTTPS whenever the gateway is",
+    )
+    allow_plain_http: bool = Field(
+        False,
+        description="permit a plain-HTTP admin listener on a non-loopback host (without any "
+        "TLS it is refused: keys and console sessions would cross the network in clear)",
+    )
     session_s: float = Field(
         8 * 3600.0, ge=60, le=86_400, description="a console login lasts at most this long"
     )
@@ -774,7 +773,7 @@ class RoutingConfig(_Model):
 
     @model_validator(mode="after")
     def _security_references(self) -> RoutingConfig:
-        problems = security_problems(self) + provider_problems(self)
+        problems = security_problems(self) + provider_problems(self) + listener_problems(self)
         if problems:
             raise ValueError("; ".join(problems))
         return self
