@@ -103,7 +103,7 @@ async def reload_config(request: web.Request) -> web.Response:
 async def config_status(request: web.Request) -> web.Response:
     """``GET /admin/config``."""
     admin, _ = _authorised(request)
-    return _json(admin.reloader.readiness()["config"])
+    return _json({**admin.reloader.readiness()["config"], "file": str(admin.reloader.path)})
 
 
 async def explain_call(request: web.Request) -> web.Response:

@@ -36,6 +36,7 @@ RESTART_ONLY: tuple[str, ...] = (
     "admin.port",
     "admin.tls",
     "tracing",
+    "observe",
 )
 """Settings read once when a process starts: a reload records them, a restart applies them
 (existing RabbitMQ queues keep the arguments they were declared with)."""

@@ -67,6 +67,7 @@ __all__ = [
     "ConsumerConfig",
     "GatewaySettings",
     "GatewayTls",
+    "ObserveSettings",
     "OperationConfig",
     "RateLimit",
     "RateLimitBackend",
@@ -725,6 +726,17 @@ class TracingSettings(_Model):
         return value
 
 
+class ObserveSettings(_Model):
+    """Who may read ``/metrics`` and the detail of ``/readyz`` (consumer names, traffic)."""
+
+    metrics_token: SecretRef | None = Field(
+        None,
+        description="bearer token (env:NAME or file:PATH) Prometheus sends to /metrics; the "
+        "detail of /readyz needs it too (without it: status and checks only). Unset: both "
+        "are open to whoever reaches the port",
+    )
+
+
 class RoutingConfig(_Model):
     """The whole of ``routing.yaml``."""
 
@@ -746,6 +758,7 @@ class RoutingConfig(_Model):
     )
     reports: ReportSettings = ReportSettings()
     tracing: TracingSettings = TracingSettings()
+    observe: ObserveSettings = ObserveSettings()
     provider: ProviderSettings | None = Field(
         None, description="services served to X-Road/NDXP callers (bus/config/provider.py)"
     )
