@@ -31,6 +31,8 @@ HEADER = (
 )
 LABELS = {"app.kubernetes.io/name": "lgsp-bus", "app.kubernetes.io/part-of": "lgsp-bus"}
 MANIFESTS = ("gateway.yaml", "worker.yaml")
+SECRET_NAME = "lgsp-bus-secrets"  # noqa: S105 (a Secret object's name)
+"""The Secret (deploy/k8s/secret.example.yaml) whose metrics-token the scrapes send."""
 
 
 class _Dumper(yaml.SafeDumper):
@@ -81,7 +83,15 @@ def service_monitors(k8s: Path) -> list[dict[str, Any]]:
                     "spec": {
                         "selector": {"matchLabels": dict(service["metadata"]["labels"])},
                         "endpoints": [
-                            {"port": names[0], "path": notes["prometheus.io/path"]},
+                            {
+                                "port": names[0],
+                                "path": notes["prometheus.io/path"],
+                                # observe.metrics_token of deploy/k8s/routing.yaml
+                                "authorization": {
+                                    "type": "Bearer",
+                                    "credentials": {"name": SECRET_NAME, "key": "metrics-token"},
+                                },
+                            },
                         ],
                     },
                 }

@@ -32,6 +32,7 @@ from adapters.generic.reqschema import FieldSpec, request_model
 from adapters.generic.transforms import SAFE_CODE, jsonable, scalar_text
 from bus.canonical import CanonicalRequest, validation_error
 from bus.config import ServiceConfig
+from bus.config.secretlike import INLINE_SECRET, is_credential_name
 from bus.errors import (
     NotFoundError,
     UpstreamError,
@@ -82,6 +83,11 @@ def header_problems(names: Mapping[str, Any], where: str) -> list[str]:
         elif name.lower() in _FORBIDDEN_HEADERS:
             problems.append(
                 f"{where}.{name}: set by the bus (credentials come from the upstream's auth)"
+            )
+        elif is_credential_name(name):
+            problems.append(
+                f"{where}.{name}: {INLINE_SECRET}: looks like a credential header; "
+                "credentials come from the upstream's auth (secret references)"
             )
     return problems
 

@@ -31,7 +31,8 @@ from adapters.population_db.models import (
     reply_for,
 )
 from bus.canonical import validation_error
-from bus.config import ServiceConfig, UpstreamConfig
+from bus.config import ServiceConfig, UpstreamConfig, resolve_secret
+from bus.config.secretlike import is_credential_name
 from bus.errors import NotFoundError
 
 __all__ = ["KIND", "PopulationDbAdapter", "PopulationDbKind"]
@@ -75,7 +76,10 @@ class PopulationDbAdapter:
         auth = http.auth
         self._security = auth if isinstance(auth, SoapSecurity) else None
         self._headers = {
-            **options.extra_headers,
+            **{
+                name: resolve_secret(value) if is_credential_name(name) else value
+                for name, value in options.extra_headers.items()
+            },
             "Content-Type": options.content_type,
             "SOAPAction": options.soap_action,
             "Accept": "text/xml, application/xml",

@@ -16,6 +16,7 @@ from pydantic_core import PydanticCustomError
 
 from adapters.generic.reqschema import AccountableRequest
 from bus.canonical import StrictModel
+from bus.config.secretlike import header_secret_problem
 from bus.validation import (
     FullName,
     IdType,
@@ -137,8 +138,19 @@ class ServiceOptions(_Options):
     content_type: str = Field("application/xml; charset=utf-8", description="C06 wants this")
     soap_action: str = '""'
     extra_headers: dict[str, str] = Field(
-        default_factory=dict, description="e.g. X-Road-Client, ESB_SOURCE_TYPE (no secrets)"
+        default_factory=dict,
+        description="e.g. X-Road-Client, ESB_SOURCE_TYPE; a credential header (Authorization, "
+        "X-Api-Key, Cookie …) only as env:NAME or file:PATH, read when the adapter is built",
     )
+
+    @field_validator("extra_headers")
+    @classmethod
+    def _no_inline_secret(cls, headers: dict[str, str]) -> dict[str, str]:
+        for name, value in headers.items():
+            problem = header_secret_problem(name, value)
+            if problem is not None:
+                raise ValueError(problem)
+        return headers
 
 
 class OperationOptions(_Options):

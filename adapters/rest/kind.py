@@ -67,6 +67,7 @@ from adapters.generic.shared import (
 from adapters.generic.transforms import MappingError, scalar_text
 from bus.canonical import CanonicalRequest
 from bus.config import ServiceConfig, UpstreamConfig
+from bus.config.secretlike import INLINE_SECRET, is_credential_name
 from bus.errors import InvalidRequest, UpstreamBadResponse
 
 __all__ = ["KIND", "RestAdapter", "RestKind", "RestOperationOptions", "RestServiceOptions"]
@@ -264,6 +265,12 @@ def _operation_problems(service: ServiceConfig, name: str, opts: RestOperationOp
     for section, rules in sections.items():
         problems += source_problems(rules, known, f"{where}.{section}")
     problems += header_problems(opts.headers, f"{where}.headers")
+    problems += [
+        f"{where}.query.{name}: {INLINE_SECRET}: a fixed value for a credential-looking "
+        "parameter; credentials come from the upstream's auth (secret references)"
+        for name, rule in opts.query.items()
+        if rule.from_ is None and is_credential_name(name)
+    ]
     problems += target_problems(opts.body or {}, f"{where}.body", reserved=False)
     problems += target_problems(opts.response, f"{where}.response", reserved=True)
     for placeholder in opts.placeholders():

@@ -54,9 +54,10 @@ from bus.admin.console.roles import require
 from bus.admin.reports import mount_reports
 from bus.config import RoutingConfig
 from bus.config.explain import explain
+from bus.config.listeners import admin_tls
 from bus.errors import InvalidRequest
 from bus.gateway.app import error_middleware
-from bus.gateway.server import bound_port, http_site
+from bus.gateway.server import bound_port, http_site, server_ssl_context
 from bus.reload.reloader import ConfigReloader
 
 __all__ = [
@@ -102,7 +103,7 @@ async def reload_config(request: web.Request) -> web.Response:
 async def config_status(request: web.Request) -> web.Response:
     """``GET /admin/config``."""
     admin, _ = _authorised(request)
-    return _json(admin.reloader.readiness()["config"])
+    return _json({**admin.reloader.readiness()["config"], "file": str(admin.reloader.path)})
 
 
 async def explain_call(request: web.Request) -> web.Response:
@@ -143,11 +144,21 @@ def build_admin_app(reloader: ConfigReloader) -> web.Application:
 
 @asynccontextmanager
 async def serve_admin(reloader: ConfigReloader, host: str, port: int) -> AsyncIterator[str]:
-    """Serve ``/admin/*`` on host:port until the block ends; yields its URL."""
+    """Serve ``/admin/*`` on host:port until the block ends (HTTPS with ``admin.tls``, else
+    ``gateway.tls``, when set); yields its URL."""
+    settings, tls = reloader.config.gateway, admin_tls(reloader.config)
     async with http_site(
-        build_admin_app(reloader), host, port, shutdown_timeout=5, setting="admin.host/admin.port"
+        build_admin_app(reloader),
+        host,
+        port,
+        shutdown_timeout=5,
+        ssl_context=server_ssl_context(tls) if tls is not None else None,
+        setting="admin.host/admin.port",
+        keepalive_s=settings.keepalive_timeout_s,
+        read_timeout_s=settings.request_read_timeout_s,
     ) as site:
-        url = f"http://{host}:{bound_port(site)}/"
+        scheme = "https" if tls is not None else "http"
+        url = f"{scheme}://{host}:{bound_port(site)}/"
         log.info("admin.listening", url=url)
         reloader.admin_urls.append(url)
         try:

@@ -224,6 +224,8 @@ async def run_gateway(
         ssl_context=ssl_context,
         json_errors=True,
         setting="--host/--port",
+        keepalive_s=config.gateway.keepalive_timeout_s,
+        read_timeout_s=config.gateway.request_read_timeout_s,
     ) as site:
         log.info("gateway.listening", url=f"{scheme}://{host}:{bound_port(site)}")
         if listening is not None:

@@ -28,12 +28,16 @@ RESTART_ONLY: tuple[str, ...] = (
     "broker",
     "gateway.max_body_bytes",
     "gateway.shutdown_grace_s",
+    "gateway.keepalive_timeout_s",
+    "gateway.request_read_timeout_s",
     "gateway.tls",
     "gateway.rate_limit_backend",
     "admin.host",
     "admin.port",
+    "admin.tls",
     "tracing",
     "store",
+    "observe",
 )
 """Settings read once when a process starts: a reload records them, a restart applies them
 (existing RabbitMQ queues keep the arguments they were declared with)."""

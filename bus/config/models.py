@@ -7,7 +7,6 @@ with its YAML path and line:column (see :mod:`bus.config.source`).
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 import stat
@@ -42,7 +41,9 @@ from bus.config.delivery import (
     SourceConfig,
     Subscription,
 )
+from bus.config.listeners import is_loopback, listener_problems
 from bus.config.provider import ProviderSettings, provider_problems
+from bus.config.secretlike import url_secret_problem
 from bus.config.source import ConfigError
 
 __all__ = [
@@ -66,6 +67,7 @@ __all__ = [
     "ConsumerConfig",
     "GatewaySettings",
     "GatewayTls",
+    "ObserveSettings",
     "OperationConfig",
     "RateLimit",
     "RateLimitBackend",
@@ -283,17 +285,6 @@ UpstreamAuth = Annotated[
 ]
 
 
-def _is_loopback(host: str | None) -> bool:
-    if host is None:
-        return False
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 class UpstreamConfig(_Model):
     """A national database endpoint."""
 
@@ -326,12 +317,15 @@ class UpstreamConfig(_Model):
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("must be an absolute http:// or https:// URL")
+        problem = url_secret_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
         return value
 
     @model_validator(mode="after")
     def _plain_http(self) -> UpstreamConfig:
         parts = urlsplit(self.url)
-        if parts.scheme == "http" and not (self.allow_plain_http and _is_loopback(parts.hostname)):
+        if parts.scheme == "http" and not (self.allow_plain_http and is_loopback(parts.hostname)):
             raise ValueError(
                 "plain http:// upstream: use https://, or set allow_plain_http: true "
                 "for a loopback test upstream"
@@ -533,6 +527,20 @@ class GatewaySettings(_Model):
         "max_in_flight less a quarter, so one consumer's burst cannot take every slot",
     )
     shutdown_grace_s: float = Field(15.0, ge=0, le=300)
+    keepalive_timeout_s: float = Field(
+        15.0,
+        ge=1,
+        le=600,
+        description="an idle connection (nothing sent yet, or nothing since the last answer) "
+        "is closed after this; also the admin listener's",
+    )
+    request_read_timeout_s: float = Field(
+        20.0,
+        ge=1,
+        le=300,
+        description="a request's line, headers and body must arrive within this of its first "
+        "byte, else the connection is closed (slow clients); also the admin listener's",
+    )
     max_deadline_s: float = Field(
         60.0, gt=0, le=600, description="cap on every operation's timeout_s (the longest deadline)"
     )
@@ -623,6 +631,16 @@ class AdminSettings(_Model):
     )
     port: int | None = Field(
         None, ge=0, le=65535, description="serve /admin/* on this port instead of the gateway's"
+    )
+    tls: GatewayTls | None = Field(
+        None,
+        description="HTTPS of the admin listener (with port); default: gateway.tls, so the "
+        "admin listener is HTTPS whenever the gateway is",
+    )
+    allow_plain_http: bool = Field(
+        False,
+        description="permit a plain-HTTP admin listener on a non-loopback host (without any "
+        "TLS it is refused: keys and console sessions would cross the network in clear)",
     )
     session_s: float = Field(
         8 * 3600.0, ge=60, le=86_400, description="a console login lasts at most this long"
@@ -735,6 +753,17 @@ class TracingSettings(_Model):
         return value
 
 
+class ObserveSettings(_Model):
+    """Who may read ``/metrics`` and the detail of ``/readyz`` (consumer names, traffic)."""
+
+    metrics_token: SecretRef | None = Field(
+        None,
+        description="bearer token (env:NAME or file:PATH) Prometheus sends to /metrics; the "
+        "detail of /readyz needs it too (without it: status and checks only). Unset: both "
+        "are open to whoever reaches the port",
+    )
+
+
 class RoutingConfig(_Model):
     """The whole of ``routing.yaml``."""
 
@@ -757,6 +786,7 @@ class RoutingConfig(_Model):
     reports: ReportSettings = ReportSettings()
     store: StoreSettings = StoreSettings()
     tracing: TracingSettings = TracingSettings()
+    observe: ObserveSettings = ObserveSettings()
     provider: ProviderSettings | None = Field(
         None, description="services served to X-Road/NDXP callers (bus/config/provider.py)"
     )
@@ -784,7 +814,7 @@ class RoutingConfig(_Model):
 
     @model_validator(mode="after")
     def _security_references(self) -> RoutingConfig:
-        problems = security_problems(self) + provider_problems(self)
+        problems = security_problems(self) + provider_problems(self) + listener_problems(self)
         if problems:
             raise ValueError("; ".join(problems))
         return self

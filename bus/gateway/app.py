@@ -66,7 +66,7 @@ from bus.gateway.reply import error_body, render_reply, serve_stored
 from bus.gateway.runtime import GATEWAY, Gateway, Runtime
 from bus.gateway.xroad import ingress
 from bus.observe import tracing
-from bus.observe.health import add_metrics_route
+from bus.observe.health import add_metrics_route, guard_observability, public_readiness
 from bus.observe.metrics import Metrics
 
 __all__ = [
@@ -392,7 +392,7 @@ async def readyz(request: web.Request) -> web.Response:
     }
     for provider in gateway.readiness:
         detail.update(provider())
-    return _json(detail, 200 if ready else 503)
+    return public_readiness(request, detail, 200 if ready else 503)
 
 
 async def openapi(request: web.Request) -> web.Response:
@@ -409,6 +409,7 @@ def build_app(gateway: Gateway) -> web.Application:
         handler_args={"max_field_size": 8190, "max_line_size": 8190},
     )
     app[GATEWAY] = gateway
+    guard_observability(app, gateway.config)
     app[BACKGROUND] = Background()
     app.cleanup_ctx.append(_background_ctx)
     # Before the call route, which would take /v1/events/<type> for a service "events".

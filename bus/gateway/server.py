@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import ssl
 from collections.abc import AsyncIterator
@@ -29,6 +30,7 @@ import orjson
 import structlog
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
+from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 
 from bus.config import GatewayTls, resolve_secret
@@ -36,9 +38,12 @@ from bus.errors import BusError, InvalidRequest, RequestError
 from bus.gateway.security import PeerCertificate
 
 __all__ = [
+    "DEFAULT_KEEPALIVE_S",
+    "DEFAULT_READ_TIMEOUT_S",
     "HeadersTooLarge",
     "PortInUse",
     "bound_port",
+    "guard_connections",
     "http_site",
     "json_protocol_errors",
     "peer_certificate",
@@ -47,6 +52,13 @@ __all__ = [
 ]
 
 log = structlog.get_logger("bus.gateway.server")
+
+DEFAULT_KEEPALIVE_S = 15.0
+"""An idle connection is closed after this (``gateway.keepalive_timeout_s``; aiohttp's own
+default is an hour)."""
+DEFAULT_READ_TIMEOUT_S = 20.0
+"""A request's line, headers and body must arrive within this of its first byte
+(``gateway.request_read_timeout_s``)."""
 
 
 class HeadersTooLarge(RequestError):
@@ -93,8 +105,53 @@ def _protocol_error(exc: BaseException | None) -> BusError:
     return InvalidRequest("the HTTP request is malformed", code="BAD_HTTP_REQUEST")
 
 
-class _JsonErrorHandler(RequestHandler):
-    """aiohttp's connection handler, with parse errors rendered in the gateway's shape."""
+class _GuardedHandler(RequestHandler):
+    """aiohttp's connection handler, with a deadline on reading each request: from its first
+    byte, the request line, headers and body must all arrive within the server's
+    ``read_timeout_s``, or the connection is closed (a client sending a byte at a time
+    cannot hold a connection). Idle connections are closed by aiohttp's keep-alive timer."""
+
+    __slots__ = ("_body", "_read_timer")
+
+    def __init__(self, manager: web.Server, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._read_timer: asyncio.TimerHandle | None = None
+        self._body: StreamReader | None = None
+
+    def data_received(self, data: bytes) -> None:
+        if self._read_timer is None and data and not (self._force_close or self._close):
+            timeout = float(getattr(self._manager, "read_timeout_s", DEFAULT_READ_TIMEOUT_S))
+            self._read_timer = self._loop.call_later(timeout, self._read_timed_out)
+        seen = self._request_count
+        super().data_received(data)
+        if self._request_count > seen and self._messages:
+            payload = self._messages[-1][1]  # the newest request whose headers are complete
+            self._body = payload if isinstance(payload, StreamReader) else None
+            if self._body is not None and self._body.is_eof():
+                self._body = None
+            if self._body is None:
+                self._read_done()
+        elif self._body is not None and self._body.is_eof():
+            self._body = None
+            self._read_done()
+
+    def _read_done(self) -> None:
+        if self._read_timer is not None:
+            self._read_timer.cancel()
+            self._read_timer = None
+
+    def _read_timed_out(self) -> None:
+        self._read_timer = None
+        log.info("server.read_timeout", phase="body" if self._body is not None else "headers")
+        self.force_close()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._read_done()
+        super().connection_lost(exc)
+
+
+class _JsonErrorHandler(_GuardedHandler):
+    """The guarded handler, with parse errors rendered in the gateway's shape."""
 
     def handle_error(
         self,
@@ -115,21 +172,39 @@ class _JsonErrorHandler(RequestHandler):
         return resp
 
 
-class _JsonErrorServer(web.Server):
+class _GuardedServer(web.Server):
+    read_timeout_s = DEFAULT_READ_TIMEOUT_S
+
+    def __call__(self) -> RequestHandler:
+        kwargs: dict[str, Any] = self._kwargs
+        return _GuardedHandler(self, loop=self._loop, **kwargs)
+
+
+class _JsonErrorServer(_GuardedServer):
     def __call__(self) -> RequestHandler:
         kwargs: dict[str, Any] = self._kwargs
         return _JsonErrorHandler(self, loop=self._loop, **kwargs)
 
 
-def json_protocol_errors(runner: web.BaseRunner) -> None:
-    """After ``runner.setup()``: new connections answer HTTP parse errors in JSON."""
+def guard_connections(
+    runner: web.BaseRunner, *, read_timeout_s: float, json_errors: bool = False
+) -> None:
+    """After ``runner.setup()``: new connections must send each request whole within
+    ``read_timeout_s`` of its first byte; ``json_errors``: HTTP parse errors in JSON."""
     server = runner.server
     if server is None:
-        raise RuntimeError("call json_protocol_errors after runner.setup()")
-    # aiohttp has no hook for parse errors (they never reach the app or its middlewares);
-    # the server only builds connection handlers, so swapping its class is contained.
-    # tests/test_hardening.py pins this against aiohttp upgrades.
-    server.__class__ = _JsonErrorServer
+        raise RuntimeError("call guard_connections after runner.setup()")
+    # aiohttp has no hook for parse errors or read deadlines (they never reach the app or
+    # its middlewares); the server only builds connection handlers, so swapping its class
+    # is contained. tests/test_hardening.py and tests/unit/gateway/test_timeouts.py pin this
+    # against aiohttp upgrades.
+    server.__class__ = _JsonErrorServer if json_errors else _GuardedServer
+    server.read_timeout_s = read_timeout_s  # type: ignore[attr-defined]
+
+
+def json_protocol_errors(runner: web.BaseRunner) -> None:
+    """After ``runner.setup()``: new connections answer HTTP parse errors in JSON."""
+    guard_connections(runner, read_timeout_s=DEFAULT_READ_TIMEOUT_S, json_errors=True)
 
 
 @asynccontextmanager
@@ -142,14 +217,19 @@ async def http_site(
     ssl_context: ssl.SSLContext | None = None,
     json_errors: bool = False,
     setting: str = "",
+    keepalive_s: float = DEFAULT_KEEPALIVE_S,
+    read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
 ) -> AsyncIterator[web.AppRunner]:
     """Serve ``app`` on host:port (HTTPS with ``ssl_context``); on exit stop accepting and
     wait for in-flight requests. ``json_errors``: HTTP parse errors in the gateway's shape.
-    ``setting``: what chose host:port (``--port``, ``admin.port`` …), named if it is taken."""
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
+    ``setting``: what chose host:port (``--port``, ``admin.port`` …), named if it is taken.
+    ``keepalive_s``: an idle connection (none sent yet, or since the last answer) is closed
+    after it; ``read_timeout_s``: a request must arrive whole within it of its first byte."""
+    runner = web.AppRunner(
+        app, access_log=None, shutdown_timeout=shutdown_timeout, keepalive_timeout=keepalive_s
+    )
     await runner.setup()
-    if json_errors:
-        json_protocol_errors(runner)
+    guard_connections(runner, read_timeout_s=read_timeout_s, json_errors=json_errors)
     site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=ssl_context)
     try:
         await site.start()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,15 +21,19 @@ import structlog
 from aiohttp import web
 
 from bus.broker.base import Broker
-from bus.config import RoutingConfig
+from bus.config import RoutingConfig, resolve_secret
 from bus.errors import BusError
 from bus.observe.metrics import CONTENT_TYPE, Metrics
 
 __all__ = [
+    "OBSERVE_TOKEN",
     "SAMPLE_INTERVAL_S",
     "WorkerStatus",
     "add_metrics_route",
     "build_worker_app",
+    "guard_observability",
+    "may_observe",
+    "public_readiness",
     "sample_queues",
 ]
 
@@ -43,10 +48,48 @@ def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
 
 
+OBSERVE_TOKEN = web.AppKey("observe_token", str)
+"""The ``observe.metrics_token`` value an app's ``/metrics`` and ``/readyz`` detail need."""
+
+
+def guard_observability(app: web.Application, config: RoutingConfig) -> None:
+    """With ``observe.metrics_token``, ``/metrics`` and the detail of ``/readyz`` need it as a
+    bearer token (blocking read of a ``file:`` reference: call at start only)."""
+    ref = config.observe.metrics_token
+    if ref is not None:
+        app[OBSERVE_TOKEN] = resolve_secret(ref)
+
+
+def may_observe(request: web.Request) -> bool:
+    """Whether the request may see metrics and readiness detail."""
+    token = request.app.get(OBSERVE_TOKEN)
+    if token is None:
+        return True
+    given = request.headers.get("Authorization", "").encode("utf-8", "replace")
+    return hmac.compare_digest(given, f"Bearer {token}".encode())
+
+
+def _unauthenticated() -> web.Response:
+    body = {"error": {"code": "UNAUTHENTICATED", "message": "send the metrics token"}}
+    response = _json(body, 401)
+    response.headers["WWW-Authenticate"] = 'Bearer realm="lgsp-bus-metrics"'
+    return response
+
+
+def public_readiness(request: web.Request, detail: dict[str, Any], status: int) -> web.Response:
+    """``/readyz``: the whole ``detail`` to whoever may observe, else status and checks."""
+    if not may_observe(request):
+        detail = {"status": detail["status"], "checks": detail["checks"]}
+    return _json(detail, status)
+
+
 def add_metrics_route(app: web.Application, metrics: Metrics) -> None:
-    """Serve ``metrics`` at ``GET /metrics`` of ``app`` (before the app starts)."""
+    """Serve ``metrics`` at ``GET /metrics`` of ``app`` (before the app starts); with
+    :func:`guard_observability`, only to the token's bearer."""
 
     async def handle(request: web.Request) -> web.Response:
+        if not may_observe(request):
+            return _unauthenticated()
         # Rendering walks every series; cheap at our cardinality, but keep it off the
         # loop's critical path anyway.
         body = await asyncio.get_running_loop().run_in_executor(None, metrics.render)
@@ -95,13 +138,14 @@ async def _readyz(request: web.Request) -> web.Response:
     }
     for provider in status.readiness:
         detail.update(provider())
-    return _json(detail, 200 if ready else 503)
+    return public_readiness(request, detail, 200 if ready else 503)
 
 
 def build_worker_app(status: WorkerStatus, metrics: Metrics | None) -> web.Application:
     """``/healthz``, ``/readyz`` and (with ``metrics``) ``/metrics`` for a worker process."""
     app = web.Application()
     app[WORKER_STATUS] = status
+    guard_observability(app, status.config)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     if metrics is not None:

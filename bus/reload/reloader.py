@@ -220,7 +220,7 @@ class ConfigReloader:
         return {
             "config": {
                 "version": self.version,
-                "file": str(self.path),
+                "file": self.path.name,  # /readyz: never the absolute path (/admin/config has it)
                 "loaded_at": datetime.fromtimestamp(self.loaded_at, UTC).isoformat(
                     timespec="seconds"
                 ),

@@ -195,6 +195,10 @@ def test_promtool_accepts_the_kubernetes_job(tmp_path: Path) -> None:
     for job in doc["scrape_configs"]:
         assert job.pop("kubernetes_sd_configs")[0]["role"] == "pod"
         job["static_configs"] = [{"targets": ["10.0.0.1:8080"]}]
+        # The metrics token Prometheus sends (the Secret mounted there), here a file beside.
+        assert job["authorization"]["credentials_file"].endswith("/metrics-token")
+        job["authorization"]["credentials_file"] = "metrics-token"
+    (tmp_path / "metrics-token").write_text("a-token\n", encoding="utf-8")
     (tmp_path / "kubernetes.yml").write_text(yaml.safe_dump(doc), encoding="utf-8")
     shutil.copy(PROMETHEUS / "alerts.yml", tmp_path / "alerts.yml")
     result = run([promtool, "check", "config", "kubernetes.yml"], cwd=tmp_path)

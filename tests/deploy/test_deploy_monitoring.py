@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -67,9 +68,49 @@ def test_promtool_check_rules(promtool: str) -> None:
     assert f"SUCCESS: {len(alert_rules())} rules found" in out
 
 
-def test_promtool_check_config(promtool: str) -> None:
-    out = run_promtool(promtool, "check", "config", "prometheus.yml")
-    assert "SUCCESS" in out
+def test_promtool_check_config(promtool: str, tmp_path: Path) -> None:
+    # Beside the config, as compose mounts it: the metrics token file its scrapes send.
+    for name in ("prometheus.yml", "alerts.yml"):
+        shutil.copy(PROMETHEUS / name, tmp_path / name)
+    (tmp_path / "metrics_token").write_text("a-token\n", encoding="utf-8")
+    result = subprocess.run(
+        [promtool, "check", "config", "prometheus.yml"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout + result.stderr
+
+
+def test_every_bus_scrape_sends_the_metrics_token() -> None:
+    """observe.metrics_token is set in the shipped routing files, so every scrape of the
+    bus must send it: prometheus.yml (compose mounts the secret), kubernetes.yml, the
+    ServiceMonitors (the Secret's metrics-token key), and the pods get it as env."""
+    for routing in (DEPLOY / "compose" / "routing.yaml", DEPLOY / "k8s" / "routing.yaml"):
+        doc = yaml.safe_load(routing.read_text(encoding="utf-8"))
+        assert doc["observe"]["metrics_token"] == "env:LGSP_METRICS_TOKEN"
+    for name in ("prometheus.yml", "kubernetes.yml"):
+        doc = yaml.safe_load((PROMETHEUS / name).read_text(encoding="utf-8"))
+        for job in doc["scrape_configs"]:
+            if job["job_name"].startswith("lgsp-"):
+                assert job["authorization"]["credentials_file"], (name, job["job_name"])
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text(encoding="utf-8"))
+    mounted = {s["target"] for s in compose["services"]["prometheus"]["secrets"]}
+    assert "/etc/prometheus/metrics_token" in mounted
+    assert compose["secrets"]["lgsp_metrics_token"] == {"environment": "LGSP_METRICS_TOKEN"}
+    secret = yaml.safe_load((DEPLOY / "k8s" / "secret.example.yaml").read_text("utf-8"))
+    monitors = (DEPLOY / "k8s" / "monitoring" / "servicemonitor.yaml").read_text("utf-8")
+    for monitor in yaml.safe_load_all(monitors):
+        for endpoint in monitor["spec"]["endpoints"]:
+            ref = endpoint["authorization"]["credentials"]
+            assert ref["name"] == secret["metadata"]["name"]
+            assert ref["key"] in secret["stringData"]
+    for manifest in ("gateway.yaml", "worker.yaml"):
+        text = (DEPLOY / "k8s" / manifest).read_text(encoding="utf-8")
+        assert "LGSP_METRICS_TOKEN" in text
+        assert "key: metrics-token" in text
 
 
 def test_promtool_rule_unit_tests(promtool: str) -> None:

@@ -642,7 +642,9 @@ class AmqpBroker:
         self, service: str, *, limit: int = MAX_SCAN
     ) -> contextlib.AbstractAsyncContextManager[list[ClaimedLetter]]:
         """Hold up to ``limit`` dead letters; those not acked return to the DLQ at the end."""
-        return claim_dead_letters(self._connection, service, limit, self.keyring)
+        spec = self._specs.get(service)
+        ttl_s = spec.dlq_ttl_s if spec is not None else None
+        return claim_dead_letters(self._connection, service, limit, self.keyring, ttl_s)
 
     async def dead_letters_purge(self, service: str) -> int:
         """Delete every dead letter of ``service``; returns how many."""

@@ -7,6 +7,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from adapters.base import Adapter, registry
 from adapters.population_db import KIND
@@ -221,3 +222,24 @@ async def test_worker_side_validation(adapter: Adapter, sim_url: str) -> None:
     with pytest.raises(NotFoundError):
         await adapter.call("delete", request(subject_of(CITIZEN)), ctx())
     assert (await stats(sim_url)).get("calls", 0) == 0  # nothing reached C06
+
+
+async def test_a_credential_header_given_by_reference_is_sent_with_its_value(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: list[dict[str, str]] = []
+
+    async def record(request: web.Request) -> web.Response:
+        seen.append(dict(request.headers))
+        return web.Response(status=503)
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", record)
+    monkeypatch.setenv("C06_API_KEY", "the-key-value")
+    headers = {"X-Api-Key": "env:C06_API_KEY", "ESB_SOURCE_TYPE": "lgsp"}
+    async with serve(app) as url, population_adapter(url, extra_headers=headers) as adapter:
+        with pytest.raises(UpstreamError):
+            await adapter.call("lookup", request(subject_of(CITIZEN)), ctx())
+    assert seen
+    assert seen[0]["X-Api-Key"] == "the-key-value"
+    assert seen[0]["ESB_SOURCE_TYPE"] == "lgsp"

@@ -143,6 +143,67 @@ async def test_listing_returns_the_letters_and_purge_removes_them(
     assert await list_letters(dlq(broker), service, 100) == []
 
 
+async def test_looking_at_dead_letters_changes_nothing(
+    broker: Broker, broker_url: str | None
+) -> None:
+    """21.15d: ``dlq list``/``show`` hold the letters for a moment; on the quorum DLQ,
+    returning them counted a delivery on each look (x-delivery-count grew, and with it the
+    attempts of a letter RabbitMQ dead-lettered itself). Looked at five times, every letter
+    reads the same, in the same order, and RabbitMQ holds it undelivered."""
+    service = fresh_service()
+    await broker.declare([QueueSpec(service, delivery_limit=1)])
+    for i in range(3):
+        await publish_raw(broker, broker_url, service, f"not json {i}".encode(), {})
+    async with serving(broker, service, echo):
+        await letters_of(broker, service, 3)
+    looks = [
+        [detail(x, reveal=True) for x in await list_letters(dlq(broker), service, 100)]
+        for _ in range(5)
+    ]
+    assert all(look == looks[0] for look in looks), looks
+    assert [x["attempts"] for x in looks[0]] == [1, 1, 1]
+    shown = await list_letters(dlq(broker), service, 1)  # a look at the first only
+    assert [x.id for x in shown] == [looks[0][0]["id"]]
+    assert [detail(x, reveal=True) for x in await list_letters(dlq(broker), service, 100)] == (
+        looks[0]
+    )
+    if broker_url is not None:
+        connection = await aio_pika.connect(broker_url)
+        async with connection:
+            channel = await connection.channel()
+            queue = await channel.declare_queue(dlq_name(service), passive=True)
+            message = await queue.get(no_ack=False, timeout=5)
+            assert message is not None
+            assert not message.redelivered
+            assert (message.headers or {}).get("x-delivery-count", 0) == 0
+            expires = message.headers["x-lgsp-dlq-expires-at"]  # the DLQ's TTL still runs
+            assert isinstance(expires, int)
+            assert expires > 0
+            await channel.close()
+
+
+@pytest.mark.rabbitmq
+async def test_a_letter_rabbitmq_dead_lettered_keeps_its_facts_when_looked_at(
+    rabbit_vhost: TestVhost,
+) -> None:
+    from bus.broker.amqp.broker import AmqpBroker
+
+    broker = AmqpBroker(rabbit_vhost.url(), name="test-look")
+    await broker.connect()
+    try:
+        service = fresh_service()
+        await broker.declare([QueueSpec(service)])
+        with pytest.raises(DeadlineExceeded):  # nobody consumes: RabbitMQ expires it
+            await broker.request(make_request(service, {"late": True}, timeout=0.3))
+        [first] = await letters_of(broker, service, 1)
+        for _ in range(4):
+            [again] = await list_letters(broker, service, 100)
+            assert detail(again, reveal=True) == detail(first, reveal=True)
+        assert (again.reason, again.attempts) == ("expired", 0)
+    finally:
+        await broker.aclose()
+
+
 async def test_replay_republishes_with_a_fresh_deadline(broker: Broker) -> None:
     service = fresh_service()
     await broker.declare([QueueSpec(service, delivery_limit=1)])

@@ -255,3 +255,29 @@ async def test_requested_at_must_be_offset_and_fresh(bus: SecureBus) -> None:
         reply = await bus.call(CIVIL, civil_body(requested_at=value))
         assert (reply.status, reply.code) == (400, code)
     assert bus.upstream_calls() == before
+
+
+def _pad(value: Any, space: str, front: bool) -> Any:
+    """``value`` with a space added to the front or end of every object key."""
+    if isinstance(value, dict):
+        return {
+            (space + k if front else k + space): _pad(v, space, front) for k, v in value.items()
+        }
+    return value
+
+
+@pytest.mark.parametrize("space", ["\u00a0", "\u2003", "\u3000", "\u200b", "\ufeff", " ", "\t"])
+@pytest.mark.parametrize("key", ["id_number", "request_id", "officer_id", "fields"])
+async def test_a_key_padded_with_a_unicode_space_is_refused(
+    bus: SecureBus, space: str, key: str
+) -> None:
+    body = population_body(fields=["name"])
+    before = bus.upstream_calls()
+    for front in (True, False):
+        padded = orjson.dumps(body).replace(
+            f'"{key}"'.encode(), orjson.dumps(space + key if front else key + space)
+        )
+        reply = await bus.call(LOOKUP, padded)
+        assert reply.status == 400, reply.body
+        assert reply.code in ("UNKNOWN_FIELD", "MISSING_FIELD"), reply.body
+    assert bus.upstream_calls() == before
