@@ -25,7 +25,7 @@ import socket
 import time
 import uuid
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import structlog
@@ -279,7 +279,7 @@ class Auditor:
             if not self._pending:
                 return True
             assert self._head is not None
-            batch = list(itertools.islice(self._pending, self.settings.max_batch))
+            batch = _one_class(itertools.islice(self._pending, self.settings.max_batch))
             records, seq, prev = [], self._head.head_seq, self._head.head_hash
             for item in batch:
                 seq += 1
@@ -294,7 +294,9 @@ class Auditor:
             chain, holder = self._head.chain, self.holder
             results: list[StoredMessage | None] = []
             if writes:
-                append = self.store.audit_append_with(chain, holder, records, writes)
+                append = self.store.audit_append_with(
+                    chain, holder, records, writes, lasting=_lasting(batch[0])
+                )
                 results = await asyncio.wait_for(append, timeout)
             else:
                 await asyncio.wait_for(self.store.audit_append(chain, holder, records), timeout)
@@ -378,3 +380,20 @@ class Auditor:
                 # wholesale rewrite of the store: `audit verify --pin` checks them.
                 log.info("audit.checkpoint", chain=self._head.chain, seq=mark[0], hash=mark[1])
                 last_logged = mark
+
+
+def _lasting(item: Pending) -> bool:
+    """A record must outlive the machine unless it carries a write that need not (a
+    synchronous request's claim with its STARTED record: ``MessageWrite.lasting``)."""
+    return item.write is None or item.write.lasting
+
+
+def _one_class(items: Iterable[Pending]) -> list[Pending]:
+    """The first records queued that are all lasting or all not: a commit of sync claims
+    does not wait for the disk behind the answers' records, nor they for it."""
+    batch: list[Pending] = []
+    for item in items:
+        if batch and _lasting(item) != _lasting(batch[0]):
+            break
+        batch.append(item)
+    return batch

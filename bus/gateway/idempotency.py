@@ -265,7 +265,7 @@ class Idempotency:
 
         ``execute`` sends the request and returns its outcome; ``hold`` counts a background
         run in the gateway's in-flight bound and returns its release."""
-        record = await self._claim(consumer, request_id, digest)
+        record = await self._claim(consumer, request_id, digest, lasting=asynchronous)
         while record is not None:
             if record.state == "fetched":
                 raise _fetched()
@@ -290,7 +290,7 @@ class Idempotency:
                 return _accepted(request_id)
             record = await self._wait(consumer, request_id, deadline)
             if record is None:  # expired and pruned meanwhile: claim afresh
-                record = await self._claim(consumer, request_id, digest)
+                record = await self._claim(consumer, request_id, digest, lasting=asynchronous)
         # Sync: the answer is stored with the final audit record (async: that is the 202's).
         run = self._run(consumer, request_id, execute, joint=not asynchronous)
         if not asynchronous:
@@ -301,11 +301,19 @@ class Idempotency:
         done, _ = await asyncio.wait({task}, timeout=ASYNC_GRACE_S)
         return task.result() if done else _accepted(request_id)
 
-    async def _claim(self, consumer: str, request_id: str, digest: str) -> StoredMessage | None:
+    async def _claim(
+        self, consumer: str, request_id: str, digest: str, *, lasting: bool
+    ) -> StoredMessage | None:
+        """Claim, through the journal when there is one (with the ``STARTED`` record).
+        ``lasting``: an async claim must outlive the machine (its 202 promises the answer);
+        a synchronous one need only outlive the process: its answer and final record are
+        committed to disk before the answer leaves."""
         if self.journal is None:
             begin = self.store.message_begin(consumer, request_id, digest, self.ttl_s)
             return await self._store(begin)
-        write = MessageWrite("claim", consumer, request_id, body_hash=digest, ttl_s=self.ttl_s)
+        write = MessageWrite(
+            "claim", consumer, request_id, body_hash=digest, ttl_s=self.ttl_s, lasting=lasting
+        )
         return await self._store(self.journal.claim(write))
 
     async def _wait(self, consumer: str, request_id: str, deadline: float) -> StoredMessage | None:

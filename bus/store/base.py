@@ -67,6 +67,13 @@ class MessageWrite:
     reply: bytes = b""
     key_id: str = ""
     """The key ``reply`` is sealed under (set by the store, which seals it)."""
+    lasting: bool = True
+    """``False``: this write (and the records it travels with) need only survive the
+    process, not the machine (a synchronous request's claim with its ``STARTED``
+    record): the store may commit it without waiting for the disk (SQLite
+    ``synchronous=NORMAL`` for that commit, PostgreSQL ``synchronous_commit = off``).
+    The next lasting commit makes it lasting too. Any lasting write or record in a
+    commit makes the whole commit lasting."""
 
 
 GENESIS_HASH = "0" * 64
@@ -308,11 +315,16 @@ class Store(Protocol):
         holder: str,
         records: Sequence[AuditRecord],
         writes: Sequence[MessageWrite],
+        *,
+        lasting: bool = True,
     ) -> list[StoredMessage | None]:
         """:meth:`audit_append` and the message ``writes`` (first, in order) in one
         transaction: all land or none (a :class:`ChainConflict` undoes the writes too). Each
         write's result: a claim's as :meth:`message_begin`'s, ``None`` for a finish. An
-        exchange's audit record and its idempotency claim (or answer) cost one commit."""
+        exchange's audit record and its idempotency claim (or answer) cost one commit.
+        ``lasting=False`` (the caller's word that no write or record of it needs more, see
+        :attr:`MessageWrite.lasting`): the commit need not reach the disk before returning
+        (it survives a killed process, not a power cut)."""
         ...
 
     async def audit_head(self, chain: str) -> ChainHead | None:

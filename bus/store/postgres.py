@@ -160,11 +160,15 @@ class PostgresStore(SqlStore):
         holder: str,
         records: Sequence[AuditRecord],
         writes: Sequence[MessageWrite],
+        *,
+        lasting: bool = True,
     ) -> list[StoredMessage | None]:
         """The message writes, then the append statement, in one transaction (one commit)."""
         pool = self._pool_or_fail()
         writes = self._sealed_writes(writes)
         async with pool.acquire(timeout=self.command_timeout) as conn, conn.transaction():
+            if not lasting:  # see MessageWrite.lasting: survives the process, not the host
+                await conn.execute("SET LOCAL synchronous_commit = off")
             results = [await self._write(conn, w) for w in writes]
             if records:
                 status = await conn.execute(_APPEND, *_append_args(chain, holder, records))

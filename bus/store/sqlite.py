@@ -94,7 +94,7 @@ class SqliteStore(SqlStore):
         self._db: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
         self._cleanups: set[asyncio.Future[None]] = set()
-        self._messages = MessageBatcher(self._on_thread)
+        self._messages = MessageBatcher(self._on_thread, relaxable=self.synchronous == "full")
         self._keyring: Keyring | None = None
 
     def __repr__(self) -> str:
@@ -208,12 +208,14 @@ class SqliteStore(SqlStore):
         holder: str,
         records: Sequence[AuditRecord],
         writes: Sequence[MessageWrite],
+        *,
+        lasting: bool = True,
     ) -> list[StoredMessage | None]:
         """The message writes (answers sealed) and the records as one write of the next
         group commit."""
         writes = self._sealed_writes(writes)
         results: list[StoredMessage | None] = await self._messages.submit(
-            append_audit_with(chain, holder, records, writes)
+            append_audit_with(chain, holder, records, writes), lasting=lasting
         )
         return await self._opened_claims(writes, results)
 

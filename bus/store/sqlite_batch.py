@@ -137,8 +137,19 @@ def append_audit_with(
     return op
 
 
-def _commit_all(conn: sqlite3.Connection, ops: list[Op]) -> list[tuple[bool, Any]]:
-    """On the connection's thread: one transaction for all of ``ops``."""
+def _commit_all(
+    conn: sqlite3.Connection, ops: list[Op], relax: bool = False
+) -> list[tuple[bool, Any]]:
+    """On the connection's thread: one transaction for all of ``ops``; ``relax``: none of
+    them need outlive the machine, so this one commit is ``synchronous=NORMAL`` (no fsync:
+    in WAL mode it survives a killed process, and the next FULL commit's fsync of the log
+    makes it lasting too)."""
+    if relax:
+        conn.execute("PRAGMA synchronous = NORMAL")
+        try:
+            return _commit_all(conn, ops)
+        finally:
+            conn.execute("PRAGMA synchronous = FULL")
     conn.execute("BEGIN IMMEDIATE")
     try:
         results: list[tuple[bool, Any]] = []
@@ -161,15 +172,22 @@ class MessageBatcher:
     ``run`` runs a function on the connection's thread, holding the store's lock (so a
     batch never interleaves with another transaction on the shared connection)."""
 
-    def __init__(self, run: Callable[[Op], Awaitable[Any]]) -> None:
+    def __init__(self, run: Callable[[Op], Awaitable[Any]], *, relaxable: bool = False) -> None:
         self._run = run
-        self._queue: list[tuple[Op, asyncio.Future[Any]]] = []
+        self._relaxable = relaxable
+        """The store is ``synchronous=FULL``: a batch of writes none of which must be
+        lasting may commit ``NORMAL`` (see :func:`_commit_all`)."""
+        self._queue: list[tuple[Op, asyncio.Future[Any], bool]] = []
         self._flusher: asyncio.Task[None] | None = None
+        self.commits = [0, 0]
+        """Commits made: ``[lasting, relaxed]``."""
 
-    async def submit(self, op: Op) -> Any:
-        """Run ``op`` in the next batch; its result once that batch has committed."""
+    async def submit(self, op: Op, *, lasting: bool = True) -> Any:
+        """Run ``op`` in the next batch; its result once that batch has committed.
+        ``lasting=False``: ``op`` need only outlive the process (``MessageWrite.lasting``);
+        its batch commits without an fsync unless another write in it is lasting."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.append((op, future))
+        self._queue.append((op, future, lasting))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
         return await future
@@ -177,19 +195,21 @@ class MessageBatcher:
     async def _flush(self) -> None:
         while self._queue:
             batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
-            ops = [op for op, _ in batch]
+            ops = [op for op, _, _ in batch]
+            relax = self._relaxable and not any(lasting for _, _, lasting in batch)
+            self.commits[relax] += 1
             try:
-                results = await self._run(functools.partial(_commit_all, ops=ops))
+                results = await self._run(functools.partial(_commit_all, ops=ops, relax=relax))
             except BaseException as exc:
                 failure = exc if isinstance(exc, Exception) else ConnectionError("store closing")
-                for _, future in batch:
+                for _, future, _ in batch:
                     if not future.done():
                         future.set_exception(failure)
                 if not isinstance(exc, Exception):
                     self._fail_queued(failure)
                     raise
                 continue
-            for (_, future), (ok, value) in zip(batch, results, strict=True):
+            for (_, future, _), (ok, value) in zip(batch, results, strict=True):
                 if future.done():  # the caller was cancelled; its write stands
                     continue
                 if ok:
@@ -199,7 +219,7 @@ class MessageBatcher:
 
     def _fail_queued(self, failure: Exception) -> None:
         queued, self._queue = self._queue, []
-        for _, future in queued:
+        for _, future, _ in queued:
             if not future.done():
                 future.set_exception(failure)
 

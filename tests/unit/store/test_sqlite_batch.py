@@ -7,12 +7,18 @@ import asyncio
 import os
 import sqlite3
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from bus.store.base import StoredMessage
 from bus.store.sqlite import SqliteStore
+from bus.store.sqlite_batch import claim
+
+
+def claim_op(request_id: str) -> Callable[[sqlite3.Connection], object]:
+    return claim("portal", request_id, "h", 60)
 
 
 async def test_a_failing_write_fails_alone_and_the_batch_commits(tmp_path: Path) -> None:
@@ -96,3 +102,45 @@ async def test_the_database_and_its_wal_are_owner_only(tmp_path: Path) -> None:
         assert stat.S_IMODE(loose.stat().st_mode) == 0o600  # an existing file is narrowed
     finally:
         os.umask(old)
+
+
+def _synchronous(conn: sqlite3.Connection) -> tuple[int, list[str]]:
+    level = conn.execute("PRAGMA synchronous").fetchone()[0]
+    seen = [row[0] for row in conn.execute("SELECT request_id FROM lgsp_messages")]
+    return int(level), sorted(seen)
+
+
+async def test_a_batch_of_writes_that_need_not_last_commits_without_fsync(tmp_path: Path) -> None:
+    """Issue 14: a sync request's claim (MessageWrite.lasting=False) commits NORMAL; a batch
+    with any lasting write stays FULL; the connection is FULL again after either."""
+    store = SqliteStore(tmp_path / "bus.db")
+    await store.connect()
+    batcher = store._messages
+    try:
+        before = list(batcher.commits)
+        assert await batcher.submit(claim_op("r1"), lasting=False) is None
+        assert batcher.commits == [before[0], before[1] + 1]  # one relaxed commit
+        level, seen = await batcher.submit(_synchronous, lasting=False)
+        assert (level, seen) == (1, ["r1"])  # NORMAL (1) inside a relaxed commit
+        level, _ = await store._on_thread(_synchronous)
+        assert level == 2  # FULL again for every other transaction
+        mixed = await asyncio.gather(
+            batcher.submit(claim_op("r2"), lasting=False), batcher.submit(claim_op("r3"))
+        )
+        assert list(mixed) == [None, None]
+        assert batcher.commits[0] == before[0] + 1  # the lasting write made it FULL
+    finally:
+        await store.aclose()
+    again = SqliteStore(tmp_path / "bus.db", synchronous="normal")  # nothing to relax there
+    await again.connect()
+    try:
+        assert {r for r in ("r1", "r2", "r3") if await again.message_get("portal", r)} == {
+            "r1",
+            "r2",
+            "r3",
+        }
+        again_before = list(again._messages.commits)
+        await again._messages.submit(claim_op("r4"), lasting=False)
+        assert again._messages.commits == [again_before[0] + 1, again_before[1]]
+    finally:
+        await again.aclose()
