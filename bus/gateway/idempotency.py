@@ -31,14 +31,10 @@ Takeovers are stored as a ``202`` marker answer (the store's only way back from 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hashlib
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
-import orjson
 import structlog
 
 from bus.errors import (
@@ -47,11 +43,24 @@ from bus.errors import (
     BusUnavailable,
     Conflict,
     DeadlineExceeded,
-    Gone,
     InternalError,
-    error_from_code,
 )
 from bus.gateway.journal import Journal
+from bus.gateway.outcomes import (
+    Outcome,
+    accepted,
+    awaits_answer,
+    body_hash,
+    fetched,
+    in_progress,
+    location,
+    pending_body,
+    prefers_async,
+    prune_forever,
+    retryable_failure,
+    stale,
+    stored_outcome,
+)
 from bus.store.base import MessageWrite, Store, StoredMessage
 
 __all__ = [
@@ -87,111 +96,6 @@ class StoreUnavailable(BusUnavailable):
     """The store holding request results cannot be reached."""
 
     default_code = "STORE_UNAVAILABLE"
-
-
-@dataclass
-class Outcome:
-    """What the caller gets: an error (rendered by the gateway) or status + JSON bytes."""
-
-    status: int
-    body: bytes
-    headers: dict[str, str] = field(default_factory=dict)
-    error: BusError | None = None
-    stored: bytes | None = None
-    """What the store keeps when it is not ``body`` (an answer with the service and
-    operation it came from, so it can be re-checked when served:
-    :func:`bus.gateway.reply.serve_stored`)."""
-    final: bool = False
-    """A stored answer that ``GET /v1/messages/{id}`` hands over (then deletes)."""
-
-    @classmethod
-    def failure(cls, exc: BusError, request_id: str | None) -> Outcome:
-        """An error as the caller sees it (the gateway's one error shape)."""
-        payload = exc.to_dict()
-        payload["request_id"] = request_id
-        return cls(exc.status, orjson.dumps({"error": payload}), error=exc)
-
-
-def body_hash(service: str, operation: str, body: Mapping[str, Any]) -> str:
-    """SHA-256 hex of the request in canonical form (sorted keys, compact UTF-8 JSON)."""
-    canonical = orjson.dumps(
-        {"service": service, "operation": operation, "body": body}, option=orjson.OPT_SORT_KEYS
-    )
-    return hashlib.sha256(canonical).hexdigest()
-
-
-def prefers_async(header: str | None) -> bool:
-    """Whether a ``Prefer`` header asks for ``respond-async`` (RFC 7240)."""
-    if not header:
-        return False
-    for preference in header.split(","):
-        name = preference.split(";", 1)[0].split("=", 1)[0].strip().lower()
-        if name == "respond-async":
-            return True
-    return False
-
-
-def location(request_id: str) -> str:
-    """Where the answer of ``request_id`` is served."""
-    return f"/v1/messages/{request_id}"
-
-
-def _pending_body(request_id: str) -> bytes:
-    return orjson.dumps({"request_id": request_id, "state": "pending"})
-
-
-def _accepted(request_id: str) -> Outcome:
-    return Outcome(
-        202,
-        _pending_body(request_id),
-        {
-            "Location": location(request_id),
-            "Retry-After": "1",
-            "Preference-Applied": "respond-async",
-        },
-    )
-
-
-def _fetched() -> Gone:
-    return Gone("this request_id's answer was fetched and deleted; send anew with a new id")
-
-
-def _in_progress(record: StoredMessage) -> bool:
-    return record.state == "pending" or record.status == 202
-
-
-def _stale(record: StoredMessage, stale_after_s: float, now: float) -> bool:
-    return _in_progress(record) and now - record.updated_at > stale_after_s
-
-
-def stored_outcome(record: StoredMessage, *, rebuild: bool = True) -> Outcome:
-    """A ``done`` record as the answer it was: the bytes (always for a success; for a
-    failure unless ``rebuild``), else the error rebuilt from its code so observers see it."""
-    status = record.status or 500
-    body = record.reply or b"{}"
-    if status < 400 or not rebuild:
-        return Outcome(status, body, {"Idempotent-Replayed": "true"})
-    try:
-        error = orjson.loads(body)["error"]
-        rebuilt = error_from_code(str(error["code"]), str(error["message"]), error.get("detail"))
-    except (orjson.JSONDecodeError, KeyError, TypeError):
-        rebuilt = InternalError("the stored answer is unreadable")
-    return Outcome(status, body, error=rebuilt)
-
-
-def _retryable_failure(record: StoredMessage) -> bool:
-    if record.state != "done" or (record.status or 0) < 400:
-        return False
-    try:
-        return bool(orjson.loads(record.reply or b"{}")["error"]["retryable"])
-    except (orjson.JSONDecodeError, KeyError, TypeError):
-        return True
-
-
-def awaits_answer(record: StoredMessage) -> bool:
-    """Whether a record still wants an answer: in progress, or failed retryably (so a
-    later answer, e.g. from ``lgsp-bus dlq replay``, may replace it)."""
-    return _in_progress(record) or _retryable_failure(record)
 
 
 class Background:
@@ -268,7 +172,7 @@ class Idempotency:
         record = await self._claim(consumer, request_id, digest, lasting=asynchronous)
         while record is not None:
             if record.state == "fetched":
-                raise _fetched()
+                raise fetched()
             if record.body_hash != digest:
                 raise Conflict(
                     "this request_id was already used for a different request; "
@@ -276,18 +180,18 @@ class Idempotency:
                     code="IDEMPOTENCY_CONFLICT",
                 )
             now = time.time()
-            if _stale(record, stale_after_s, now) or _retryable_failure(record):
+            if stale(record, stale_after_s, now) or retryable_failure(record):
                 # Take it over: mark it in progress again, then run it.
-                log.info("idempotency.takeover", stale=_in_progress(record))
+                log.info("idempotency.takeover", stale=in_progress(record))
                 await self._store(
-                    self.store.message_finish(consumer, request_id, 202, _pending_body(request_id))
+                    self.store.message_finish(consumer, request_id, 202, pending_body(request_id))
                 )
                 break
-            if not _in_progress(record):
+            if not in_progress(record):
                 log.info("idempotency.replayed")
                 return stored_outcome(record)
             if asynchronous:
-                return _accepted(request_id)
+                return accepted(request_id)
             record = await self._wait(consumer, request_id, deadline)
             if record is None:  # expired and pruned meanwhile: claim afresh
                 record = await self._claim(consumer, request_id, digest, lasting=asynchronous)
@@ -299,7 +203,7 @@ class Idempotency:
         task = self.background.spawn(run)
         task.add_done_callback(lambda _: release())  # also if cancelled before it started
         done, _ = await asyncio.wait({task}, timeout=ASYNC_GRACE_S)
-        return task.result() if done else _accepted(request_id)
+        return task.result() if done else accepted(request_id)
 
     async def _claim(
         self, consumer: str, request_id: str, digest: str, *, lasting: bool
@@ -330,7 +234,7 @@ class Idempotency:
             await asyncio.sleep(min(pause, left))
             pause = min(pause * 2, POLL_MAX_S)
             record = await self._store(self.store.message_get(consumer, request_id))
-            if record is None or not _in_progress(record) or time.time() >= deadline:
+            if record is None or not in_progress(record) or time.time() >= deadline:
                 return record
 
     async def _run(
@@ -380,20 +284,20 @@ class Idempotency:
         if record is None:
             return None
         if record.state == "fetched":
-            raise _fetched()
-        if _stale(record, stale_after_s, time.time()):
+            raise fetched()
+        if stale(record, stale_after_s, time.time()):
             error = DeadlineExceeded(
                 "no answer was recorded before the deadline; send the request again with "
                 "the same request_id"
             )
             return Outcome(error.status, _failed(error, request_id).body)
-        if _in_progress(record):
-            accepted = _accepted(request_id)
-            del accepted.headers["Preference-Applied"]
-            return accepted
+        if in_progress(record):
+            waiting = accepted(request_id)
+            del waiting.headers["Preference-Applied"]
+            return waiting
         outcome = stored_outcome(record, rebuild=False)
         outcome.headers.pop("Idempotent-Replayed", None)
-        outcome.final = not _retryable_failure(record)
+        outcome.final = not retryable_failure(record)
         return outcome
 
     async def hand_over(self, consumer: str, request_id: str, outcome: Outcome) -> None:
@@ -402,25 +306,8 @@ class Idempotency:
         if outcome.final and not await self._store(
             self.store.message_fetched(consumer, request_id)
         ):
-            raise _fetched()
+            raise fetched()
 
 
 def _failed(exc: BusError, request_id: str) -> Outcome:
     return Outcome.failure(exc, request_id)
-
-
-async def prune_forever(store: Store, interval_s: float, stop: asyncio.Event) -> None:
-    """Delete expired message results every ``interval_s`` until ``stop``."""
-    while not stop.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), interval_s)
-        if stop.is_set():
-            return
-        try:
-            async with asyncio.timeout(60):
-                removed = await store.messages_prune(time.time())
-        except Exception as exc:  # the next round tries again
-            log.warning("idempotency.prune_failed", error=type(exc).__name__)
-            continue
-        if removed:
-            log.info("idempotency.pruned", records=removed)
