@@ -311,15 +311,17 @@ async def test_every_citizen_an_answer_returns_is_keyed(audited: AuditedBus) -> 
         f"{audited.bus.url}v1/messages/{body['request_id']}", headers=hdrs
     ) as r:
         assert r.status == 200, await r.text()
+    replayed, status, _ = await audited.call(body)  # the same request_id: the stored answer
+    assert status == 200
     records = await audited.records()
     keys = sorted({audited.auditor.subject_key(i) or "" for i in ids})
-    for rec in (records[cid], records["reread-" + cid]):
+    for rec in (records[cid], records["reread-" + cid], records[replayed]):
         assert rec.subject_key is None
         assert rec.detail["subject_keys"] == keys
         assert rec.key_id == audited.auditor.key_id
     for key in keys:
         found = await audited.store.audit_find(subject_keys=[key])
-        assert {r.correlation_id for r in found} == {cid, "reread-" + cid}
+        assert {r.correlation_id for r in found} == {cid, "reread-" + cid, replayed}
     assert all(r.problem is None for r in await verify_store(audited.store))
     dump = str(await raw_fetch(audited.url, "SELECT * FROM lgsp_audit_records"))
     assert not any(i in dump for i in ids)
