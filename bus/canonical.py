@@ -202,3 +202,9 @@ class CanonicalRequest(StrictModel):
         subject = getattr(self, "subject", None)
         value = getattr(subject, "id_number", None)
         return value if isinstance(value, str) and value else None
+
+    def subject_birth_date(self) -> str | None:
+        """The birth date (ISO, maybe partial) the request gives for its subject, if any: the
+        gateway's match policy (``match.birth_date``) checks its precision."""
+        value = getattr(getattr(self, "subject", None), "birth_date", None)
+        return value if isinstance(value, str) and value else None

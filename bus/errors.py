@@ -12,7 +12,7 @@
     │   ├── Gone                    410 ANSWER_FETCHED (GET /v1/messages handed it over)
     │   ├── PayloadTooLarge         413 PAYLOAD_TOO_LARGE
     │   ├── UnsupportedMediaType    415 UNSUPPORTED_MEDIA_TYPE
-    │   └── RateLimited             429 RATE_LIMITED (Retry-After, RateLimit-*)
+    │   └── RateLimited             429 RATE_LIMITED (Retry-After, RateLimit-*) / MISMATCH_LIMIT
     ├── UpstreamError (the national DB failed us: 502/503/504)
     │   ├── UpstreamTimeout         504 UPSTREAM_TIMEOUT (retryable)
     │   ├── UpstreamUnavailable     503 UPSTREAM_UNAVAILABLE (retryable)

@@ -5,7 +5,7 @@ the outcome is known — answered, rejected or failed — awaits every
 :class:`ExchangeObserver` before the HTTP response leaves. The audit trail (which may hold
 the answer back until its record is durable) and metrics plug in here, without the
 pipeline knowing about either. No raw personal data is put on an exchange except
-``subject_id``, which observers must only ever store keyed-hashed.
+``subject_id`` and ``citizen_ids``, which observers must only ever store keyed-hashed.
 """
 
 from __future__ import annotations
@@ -35,8 +35,11 @@ class Exchange:
     unit: str | None = None
     """The officer's unit (``caller.unit_code``), recorded with the officer in the audit trail."""
     purpose: dict[str, Any] = field(default_factory=dict)
-    subject_id: str | None = None
+    subject_id: str | None = field(default=None, repr=False)
     """The ID number the request is about (for keyed hashing only; never log it)."""
+    citizen_ids: list[str] = field(default_factory=list, repr=False)
+    """The ID numbers of every citizen the answer returns (keyed-hashed into the audit
+    record's ``detail.subject_keys``; never log them)."""
     fields_returned: list[str] = field(default_factory=list)
     outcome: str = "PENDING"
     """``OK`` or the error code the caller got."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 from pydantic_core import PydanticCustomError
@@ -175,6 +175,10 @@ class CivilStatusLookup(CanonicalRequest):
         """The person looked up by ID (a lookup by registration names nobody up front)."""
         return self.by_person.id_number if self.by_person is not None else None
 
+    def subject_birth_date(self) -> str | None:
+        """The birth date given with ``by_person`` (the match policy checks it)."""
+        return self.by_person.birth_date if self.by_person is not None else None
+
 
 class Registration(StrictModel):
     """Where, when and under which number a registration was made (← so, quyenSo …)."""
@@ -241,6 +245,10 @@ class ForeignRegistration(StrictModel):
 
 class CivilStatusLookupResult(StrictModel):
     """The answer to :class:`CivilStatusLookup`; ``NOT_FOUND`` is a normal answer."""
+
+    citizen_ids: ClassVar[tuple[str, ...]] = ("persons.personal_id",)
+    """Every person's ID (registrant, parents, spouses, deceased, requester): each keyed in
+    the audit record."""
 
     record_type: RecordType
     status: LookupStatus

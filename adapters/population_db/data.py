@@ -32,7 +32,7 @@ FAULT_IDS: dict[str, str] = {
     "001099999906": "hostile",  # a reply with a DOCTYPE/XXE payload
     "001099999907": "http503",  # HTTP 503 with an HTML body (an overloaded front proxy)
 }
-"""IDs (born 1999, male: use birth_date "1999") for which the simulator misbehaves on purpose."""
+"""IDs (born 1999, male: e.g. birth_date "1999-01-01") on which the simulator misbehaves."""
 
 PROVINCES_2025 = {
     "01": "Thành phố Hà Nội",

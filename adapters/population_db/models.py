@@ -9,7 +9,7 @@ gateway, with the shared validators of :mod:`bus.validation`; the worker validat
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
@@ -184,6 +184,14 @@ class PopulationStatus(StrEnum):
 
 class PopulationLookupReply(BaseModel):
     """The answer to :class:`PopulationLookup` (``mapping.lookup_reply``)."""
+
+    citizen_ids: ClassVar[tuple[str, ...]] = (
+        "citizen.personal_id",
+        "citizen.old_id",
+        "citizen.father.personal_id",
+        "citizen.mother.personal_id",
+    )
+    """The answer's fields holding citizens' ID numbers (each keyed in the audit record)."""
 
     status: PopulationStatus
     source: str

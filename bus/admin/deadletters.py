@@ -120,7 +120,9 @@ def answer_keeper(config: RoutingConfig, store: Store) -> OnAnswer:
             if kept is None or kept.body_hash != body_hash(req.service, req.operation, req.body):
                 return
             if awaits_answer(kept):
-                outcome, _ = render_reply(config, req, reply, req.trace_id or req.correlation_id)
+                outcome = render_reply(
+                    config, req, reply, req.trace_id or req.correlation_id
+                ).outcome
                 await store.message_finish(
                     req.consumer, req.request_id, outcome.status, outcome.stored or outcome.body
                 )

@@ -16,7 +16,10 @@ third party can recompute a hash without our code::
                         the chain's anchor hash for the first record kept after a prune)
 
 The subject key is ``HMAC-SHA256(audit key, id_number)`` in hex: the same citizen gets the
-same key under the same audit key, and the ID cannot be recovered without the key.
+same key under the same audit key, and the ID cannot be recovered without the key. An
+exchange record's ``subject_key`` is the citizen the request named; ``detail.subject_keys``
+(a sorted list, hashed with the rest of ``detail``) keys every citizen its answer returned —
+the person, parents, spouse… (:func:`record_subject_keys` is both).
 """
 
 from __future__ import annotations
@@ -31,11 +34,12 @@ from typing import Any, Literal
 
 import orjson
 
-from bus.store.base import AuditRecord, ChainHead
+from bus.store.base import SUBJECT_KEYS, AuditRecord, ChainHead, record_subject_keys
 
 __all__ = [
     "FORMAT_VERSION",
     "PRUNE_ACTION",
+    "SUBJECT_KEYS",
     "AuditEntry",
     "ChainProblem",
     "ChainVerifier",
@@ -45,6 +49,7 @@ __all__ = [
     "key_fingerprint",
     "nfc",
     "record_hash",
+    "record_subject_keys",
     "seal",
     "subject_key",
 ]

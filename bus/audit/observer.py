@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import structlog
 
 from bus.audit.accesses import EXCHANGE_REF, STARTED
-from bus.audit.chain import AuditEntry, ChainProblem, ChainVerifier, Pin, nfc
+from bus.audit.chain import SUBJECT_KEYS, AuditEntry, ChainProblem, ChainVerifier, Pin, nfc
 from bus.audit.writer import LEASE_S, Auditor, AuditRecorder, AuditUnavailable
 from bus.canonical import exchange_id, new_id
 from bus.config import AuditPolicy, RoutingConfig, resolve_secret
@@ -270,8 +270,13 @@ class Sampler:
 
 
 def exchange_entry(auditor: Auditor, exchange: Exchange) -> AuditEntry:
-    """The record of a finished exchange (the raw subject ID is hashed, not copied)."""
+    """The record of a finished exchange (raw IDs are hashed, not copied): ``subject_key``
+    the citizen asked about, ``detail.subject_keys`` every citizen the answer returns."""
     skey = auditor.subject_key(exchange.subject_id)
+    detail = _detail(exchange)
+    returned = sorted({k for k in map(auditor.subject_key, exchange.citizen_ids) if k})
+    if returned:  # every citizen the answer returns, keyed (detail: old records verify)
+        detail[SUBJECT_KEYS] = returned
     return AuditEntry(
         time_us=int(exchange.started_at * 1_000_000),
         kind="exchange",
@@ -286,18 +291,18 @@ def exchange_entry(auditor: Auditor, exchange: Exchange) -> AuditEntry:
         operation=exchange.operation,
         purpose={str(k): str(nfc(v)) for k, v in exchange.purpose.items()},
         subject_key=skey,
-        key_id=auditor.key_id if skey is not None else None,
+        key_id=auditor.key_id if skey is not None or returned else None,
         fields=tuple(nfc(f) for f in exchange.fields_returned),
         outcome=exchange.outcome,
         status=exchange.status,
         latency_us=int(exchange.latency_s * 1_000_000),
         # In detail (hashed, free-form): records written before they existed still verify.
-        detail=_detail(exchange),
+        detail=detail,
     )
 
 
-def _detail(exchange: Exchange) -> dict[str, str]:
-    detail = {"credential": exchange.credential} if exchange.credential else {}
+def _detail(exchange: Exchange) -> dict[str, object]:
+    detail: dict[str, object] = {"credential": exchange.credential} if exchange.credential else {}
     if exchange.ref is not None:
         detail[EXCHANGE_REF] = exchange.ref
     return detail

@@ -42,6 +42,7 @@ from bus.config.delivery import (
     Subscription,
 )
 from bus.config.listeners import is_loopback, listener_problems
+from bus.config.matching import MatchPolicy
 from bus.config.provider import ProviderSettings, provider_problems
 from bus.config.secretlike import url_secret_problem
 from bus.config.source import ConfigError
@@ -217,6 +218,14 @@ class OperationConfig(_Model):
         None, description="send: messages with the same value here are delivered in order"
     )
     redelivery: Redelivery = Field(Redelivery(), description="send: spacing of delivery rounds")
+    match: MatchPolicy | None = Field(
+        None, description="the subject match policy (bus.config.matching); else the service's"
+    )
+    citizen_ids: list[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.]*$")]] = Field(
+        default_factory=list,
+        description="answer fields (dotted; lists walked) holding citizens' ID numbers: each "
+        "one found is keyed in the audit record (beside those the adapter kind declares)",
+    )
 
     @model_validator(mode="after")
     def _retry_within_timeout(self) -> OperationConfig:
@@ -355,6 +364,9 @@ class ServiceConfig(_Model):
         description="fail_closed: the answer waits until its audit record is durable; "
         "fail_open: answer first, record queued (default: fail_closed if personal_data, "
         "else audit.default_policy)",
+    )
+    match: MatchPolicy = Field(
+        MatchPolicy(), description="subject match policy of its operations (bus.config.matching)"
     )
 
 

@@ -47,6 +47,7 @@ from bus.errors import (
 )
 from bus.exchange import Exchange
 from bus.gateway import pipeline
+from bus.gateway.citizens import count_mismatch
 from bus.gateway.events import publish_event, pull_events
 from bus.gateway.idempotency import (
     STALE_GRACE_S,
@@ -255,7 +256,8 @@ async def _call_operation(request: web.Request) -> web.Response:
         hold=functools.partial(gateway.hold, req.consumer),
     )
     if "Idempotent-Replayed" in outcome.headers:  # under today's grants; audit what is sent
-        outcome, exchange.fields_returned = serve_stored(rt.config, req.consumer, outcome)
+        sent = serve_stored(rt.config, req.consumer, outcome, rt.citizens)
+        outcome, exchange.fields_returned, exchange.citizen_ids = sent[:3]
     return _respond(request, outcome)
 
 
@@ -270,7 +272,10 @@ async def _exchange(
         reply = await gateway.broker.request(req)
     except BusError as exc:
         return Outcome.failure(exc, req.request_id)
-    outcome, exchange.fields_returned = render_reply(rt.config, req, reply, correlation_id)
+    paths = rt.citizens.get((req.service, req.operation), ())
+    sent = render_reply(rt.config, req, reply, correlation_id, paths)
+    outcome, exchange.fields_returned, exchange.citizen_ids = sent[:3]
+    count_mismatch(gateway.mismatches, rt.config, req, reply.body)
     return outcome
 
 
@@ -319,7 +324,8 @@ async def get_message(request: web.Request) -> web.Response:
     outcome = await step.lookup(consumer, request_id, longest + STALE_GRACE_S)
     if outcome is None:
         raise NotFoundError("no message with this request_id", code="MESSAGE_NOT_FOUND")
-    outcome, exchange.fields_returned = serve_stored(rt.config, consumer, outcome)
+    sent = serve_stored(rt.config, consumer, outcome, rt.citizens)
+    outcome, exchange.fields_returned, exchange.citizen_ids = sent[:3]
     await step.hand_over(consumer, request_id, outcome)  # a final answer is deleted once served
     return _respond(request, outcome)
 

@@ -72,6 +72,8 @@ ERROR_CODES: dict[str, str] = {
     "BAD_HTTP_REQUEST": "400: malformed HTTP (request line, header syntax)",
     "HEADERS_TOO_LARGE": "431: the request line or a header over 8190 bytes, or over 128 headers",
     "RATE_LIMITED": "429: over the consumer's rate limit; see Retry-After (retryable)",
+    "MISMATCH_LIMIT": "429: too many MISMATCH answers on this service (match.mismatches); "
+    "see Retry-After (retryable)",
     "FORBIDDEN_FIELD": "403: a sensitive field (ethnicity, religion) asked for without a grant",
     "XROAD_IDENTITY_MISMATCH": "403: an X-Road header disagrees with the caller, the service, "
     "request_id or caller.officer_id",
@@ -91,6 +93,8 @@ ERROR_CODES: dict[str, str] = {
     "INVALID_ID_PREFIX": "400: the CCCD's first 3 digits are no province or country code",
     "ID_BIRTH_MISMATCH": "400: the CCCD's century/year digits disagree with birth_date",
     "ID_SEX_MISMATCH": "400: sex disagrees with the CCCD's century/sex digit",
+    "BIRTH_DATE_INCOMPLETE": "400: the match policy needs the subject's full birth date "
+    "(match.birth_date)",
     "INVALID_DATE": "400: not YYYY, YYYY-MM or YYYY-MM-DD, or no such day",
     "DATE_IN_FUTURE": "400: a date after today (Vietnam time)",
     "DATE_TOO_OLD": "400: a date before 1900",

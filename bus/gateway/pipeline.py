@@ -52,6 +52,7 @@ from bus.errors import (
 )
 from bus.exchange import Exchange
 from bus.gateway import privacy
+from bus.gateway.citizens import check_birth_date, match_policy
 from bus.gateway.jsonbody import duplicate_key
 from bus.gateway.runtime import Gateway, Runtime
 from bus.gateway.security import Identity
@@ -257,13 +258,15 @@ def validate(request: web.Request, rt: Runtime, got: Read) -> Validated:
 
 def check(rt: Runtime, valid: Validated, officer: str | None) -> Checked:
     """Stage 5: the officer (``X-Road-UserId`` must agree with the body), purpose,
-    sensitive fields asked for, ``requested_at`` freshness."""
+    sensitive fields asked for, ``requested_at`` freshness, the birth date's precision
+    (``match.birth_date``)."""
     r = valid.allowed.routed
     officer = valid.allowed.xroad.check_request(valid.request_id, officer)
     config: RoutingConfig = rt.config
     privacy.check_purpose(r.svc, valid.model, officer)
     privacy.check_requested_fields(config, r.consumer, r.service, valid.model)
     privacy.check_requested_at(valid.model, datetime.now(UTC), config.gateway.max_clock_skew_s)
+    check_birth_date(match_policy(r.svc, r.op), valid.model)
     return Checked(valid, officer)
 
 
@@ -307,6 +310,7 @@ async def run(request: web.Request, gateway: Gateway, rt: Runtime, exchange: Exc
     describe(exchange, valid.model)
     checked = check(rt, valid, exchange.officer)
     exchange.officer = checked.officer
+    gateway.mismatches.check(routed.consumer, routed.service, match_policy(routed.svc, routed.op))
     return envelope(request, checked)
 
 

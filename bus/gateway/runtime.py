@@ -24,6 +24,7 @@ from pydantic import BaseModel
 from bus.broker.base import Broker
 from bus.config import RoutingConfig
 from bus.exchange import ExchangeGate, ExchangeHerald, ExchangeObserver
+from bus.gateway.citizens import MismatchLimiter, citizen_paths
 from bus.gateway.ratelimit import RateLimiter
 from bus.gateway.security import Authenticator
 from bus.store import Store
@@ -45,6 +46,9 @@ class Runtime:
         default_factory=dict
     )
     """(service, operation) → the answer's dotted field paths (X-Road WSDLs describe them)."""
+    citizens: Mapping[tuple[str, str], tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    """(service, operation) → the answer paths holding ID numbers (:mod:`bus.gateway.citizens`):
+    worked out from ``replies`` and the config when built."""
     gates: tuple[ExchangeGate, ...] = dataclasses.field(init=False, default=())
     """The observers that may refuse an exchange before it starts (worked out once)."""
     heralds: tuple[ExchangeHerald, ...] = dataclasses.field(init=False, default=())
@@ -55,6 +59,8 @@ class Runtime:
         object.__setattr__(self, "gates", gates)
         heralds = tuple(o for o in self.observers if isinstance(o, ExchangeHerald))
         object.__setattr__(self, "heralds", heralds)
+        if not self.citizens:
+            object.__setattr__(self, "citizens", citizen_paths(self.config, self.replies))
 
     @classmethod
     def build(
@@ -94,6 +100,8 @@ class Gateway:
     """Extra ``/readyz`` detail providers (e.g. the in-process worker's breakers)."""
     limiter: RateLimiter = field(init=False)
     """Per-consumer token buckets (``consumers.<c>.rate_limit``)."""
+    mismatches: MismatchLimiter = field(default_factory=MismatchLimiter, init=False)
+    """MISMATCH answers per consumer and service (``match.mismatches``; kept across reloads)."""
     in_flight: int = field(default=0, init=False)
     idle: asyncio.Event = field(default_factory=asyncio.Event, init=False)
     by_consumer: dict[str, int] = field(default_factory=dict, init=False)

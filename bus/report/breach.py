@@ -18,6 +18,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from bus.audit.chain import record_subject_keys
 from bus.config import RoutingConfig
 from bus.report.categories import (
     category_label,
@@ -245,7 +246,7 @@ async def breach_report(
     report.calls = len(records)
     data = [r for r in records if r.outcome == "OK" and r.fields]
     report.records_with_data = len(data)
-    report.subject_keys = sorted({r.subject_key for r in data if r.subject_key})
+    report.subject_keys = sorted({k for r in data for k in record_subject_keys(r)})
     cats: set[str] = set()
     sensitive: set[str] = set()
     for r in data:

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bus.audit.chain import key_fingerprint, subject_key
+from bus.audit.chain import key_fingerprint, record_subject_keys, subject_key
 from bus.config import RoutingConfig
 from bus.logs import mask_id
 from bus.report.categories import category_label, field_categories, legal_basis_label
@@ -149,7 +149,7 @@ async def subject_report(
     wanted = {subject_key(key, i) for i in ids}
 
     def keep(rec: AuditRecord) -> bool:
-        return rec.subject_key in wanted and visible_to_subject(config, rec, now_us)
+        return bool(wanted & record_subject_keys(rec)) and visible_to_subject(config, rec, now_us)
 
     trail = await read_trail(store, since_us=since_us, until_us=until_us, keep=keep)
     report = SubjectReport(

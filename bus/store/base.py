@@ -16,6 +16,7 @@ from bus.sealing import Keyring
 
 __all__ = [
     "GENESIS_HASH",
+    "SUBJECT_KEYS",
     "AuditRecord",
     "ChainConflict",
     "ChainHead",
@@ -25,6 +26,7 @@ __all__ = [
     "MessageWrite",
     "Store",
     "StoredMessage",
+    "record_subject_keys",
 ]
 
 MessageState = Literal["pending", "done", "fetched"]
@@ -112,6 +114,19 @@ class AuditRecord:
     detail: Mapping[str, Any] = field(default_factory=dict)
     prev_hash: str = GENESIS_HASH
     hash: str = ""
+
+
+SUBJECT_KEYS = "subject_keys"
+"""``detail`` key of an exchange record: the subject keys of every citizen its answer returned."""
+
+
+def record_subject_keys(rec: AuditRecord) -> frozenset[str]:
+    """Every subject key of a record: the citizen asked about and those the answer returned."""
+    keys = {rec.subject_key} if rec.subject_key else set()
+    returned = rec.detail.get(SUBJECT_KEYS) if rec.kind == "exchange" else None
+    if isinstance(returned, list):
+        keys.update(k for k in returned if isinstance(k, str))
+    return frozenset(keys)
 
 
 @dataclass(frozen=True, slots=True)

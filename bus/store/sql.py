@@ -13,13 +13,21 @@ The schema is in :mod:`bus.store.schema`.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, ClassVar
 
 from bus.sealing import Keyring
-from bus.store.base import GENESIS_HASH, AuditRecord, ChainConflict, ChainHead, StoredMessage
+from bus.store.base import (
+    GENESIS_HASH,
+    AuditRecord,
+    ChainConflict,
+    ChainHead,
+    StoredMessage,
+    record_subject_keys,
+)
 from bus.store.deliveries import DeliverySql
 from bus.store.schema import (
     AUDIT_COLS,
@@ -45,6 +53,8 @@ __all__ = [
     "SqlStore",
 ]
 
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+"""A subject key (HMAC-SHA256 hex): only these are looked for in ``detail``."""
 MAX_CHAIN_SLOTS = 1000
 
 # The message-result statements, shared with the SQLite store's batched path.
@@ -269,9 +279,18 @@ class SqlStore(SealedMessages, DeliverySql):
         """Records by subject key(s), request id and time range."""
         where: list[str] = []
         args: list[Any] = []
+        wanted = {k for k in subject_keys if _HEX64.fullmatch(k)}
         if subject_keys:
-            where.append(f"subject_key IN ({', '.join('?' * len(subject_keys))})")
-            args += list(subject_keys)
+            # The asked-about citizen by its index; a citizen the answer returned is in
+            # detail.subject_keys (a scan of detail: 64 hex digits, no LIKE wildcards),
+            # confirmed on the parsed record below.
+            held = " OR ".join("detail LIKE ?" for _ in wanted)
+            where.append(
+                f"(subject_key IN ({', '.join('?' * len(subject_keys))})"
+                + (f" OR (kind = 'exchange' AND ({held}))" if held else "")
+                + ")"
+            )
+            args += list(subject_keys) + [f'%"{k}"%' for k in sorted(wanted)]
         if request_id is not None:
             where.append("request_id = ?")
             args.append(request_id)
@@ -289,7 +308,11 @@ class SqlStore(SealedMessages, DeliverySql):
                 *args,
                 limit,
             )
-        return [audit_record(r) for r in rows]
+        found = [audit_record(r) for r in rows]
+        if not subject_keys:
+            return found
+        keys = set(subject_keys)
+        return [r for r in found if keys & record_subject_keys(r)]
 
     async def audit_key_use(self, key_id: str) -> tuple[bool, bool]:
         """This key used by an exchange record; another key used by any record."""

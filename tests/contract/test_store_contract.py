@@ -4,6 +4,7 @@ message results (idempotency, async mode) and the audit trail's chains."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import uuid
 
@@ -275,6 +276,24 @@ async def test_find_by_subject_time_and_request(store: Store) -> None:
     assert window == recs[1:2]
     assert await store.audit_find(request_id="req-00000001") == [recs[1], recs[4]]
     assert await store.audit_find(limit=2) == recs[:2]
+
+
+async def test_find_by_a_citizen_the_answer_returned(store: Store) -> None:
+    # 21.9: detail.subject_keys keys every citizen an answer returned; found like subject_key
+    await store.audit_claim("lgsp-1", "w", LEASE, time.time())
+    base = entries(4, subject="a" * 64)
+    items = [
+        dataclasses.replace(base[0], detail={"subject_keys": ["b" * 64, "c" * 64]}),
+        dataclasses.replace(base[1], subject_key=None, detail={"subject_keys": ["c" * 64]}),
+        dataclasses.replace(base[2], detail={"note": "c" * 64}),  # the text, not a key
+        dataclasses.replace(base[3], kind="admin", detail={"subject_keys": ["c" * 64]}),
+    ]
+    recs = sealed("lgsp-1/1", items)
+    await store.audit_append("lgsp-1/1", "w", recs)
+    assert await store.audit_find(subject_keys=["c" * 64]) == recs[:2]
+    assert await store.audit_find(subject_keys=["b" * 64]) == recs[:1]
+    assert await store.audit_find(subject_keys=["a" * 64]) == recs[:1] + recs[2:]
+    assert await store.audit_find(subject_keys=["d" * 64]) == []
 
 
 async def test_prune_moves_the_anchor_and_deletes_only_the_old_prefix(store: Store) -> None:

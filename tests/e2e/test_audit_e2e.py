@@ -177,12 +177,16 @@ async def test_subject_lookup_finds_exactly_that_citizens_accesses(audited: Audi
     b = sample_person(0, RecordType.BIRTH, 12)["id_number"]
     a_calls = [await audited.call(lookup(by_person={"id_number": a})) for _ in range(2)]
     await audited.call(lookup(by_person={"id_number": b}))
-    await audited.call(lookup(by_registration=sample_registration(0, RecordType.BIRTH, 11)))
+    # a's own registration, looked up by its number: it returns a, so it is an access to a
+    by_reg = await audited.call(
+        lookup(by_registration=sample_registration(0, RecordType.BIRTH, 11))
+    )
     await audited.records()
     key_a = audited.auditor.subject_key(a)
     assert key_a is not None
     found = accesses(await audited.store.audit_find(subject_keys=[key_a]))
-    assert sorted(r.correlation_id or "" for r in found) == sorted(c for c, _, _ in a_calls)
+    expected = [c for c, _, _ in a_calls] + [by_reg[0]]
+    assert sorted(r.correlation_id or "" for r in found) == sorted(expected)
     never = audited.auditor.subject_key("001085999999")
     assert never is not None
     assert await audited.store.audit_find(subject_keys=[never]) == []
@@ -363,3 +367,32 @@ async def test_a_fail_closed_request_is_not_published_before_its_started_record_
         assert code in {"OK", "STORE_UNAVAILABLE"}, reply
     rec = (await audited.records())[cid]
     assert (rec.outcome, rec.status) == (code, status), "one access, saying what was given"
+
+
+async def test_every_citizen_an_answer_returns_is_keyed(audited: AuditedBus) -> None:
+    # 21.9: a lookup by registration names nobody up front, yet returns the registrant and
+    # the parents; each is keyed in the record, and a re-read of the stored answer too.
+    body = lookup(by_registration=sample_registration(0, RecordType.BIRTH, 14))
+    cid, status, reply = await audited.call(body)
+    assert (status, reply["status"]) == (200, "FOUND"), reply
+    ids = [p["personal_id"] for p in reply["persons"] if p.get("personal_id")]
+    assert len(ids) >= 2, reply  # registrant and at least one parent
+    replayed, status, _ = await audited.call(body)  # the same request_id: the stored answer
+    assert status == 200
+    hdrs = {"Authorization": f"Bearer {audited.bus.key}", "X-Request-Id": "reread-" + cid}
+    async with audited.bus.session.get(  # (then handed over: deleted once fetched)
+        f"{audited.bus.url}v1/messages/{body['request_id']}", headers=hdrs
+    ) as r:
+        assert r.status == 200, await r.text()
+    records = await audited.records()
+    keys = sorted({audited.auditor.subject_key(i) or "" for i in ids})
+    for rec in (records[cid], records["reread-" + cid], records[replayed]):
+        assert rec.subject_key is None
+        assert rec.detail["subject_keys"] == keys
+        assert rec.key_id == audited.auditor.key_id
+    for key in keys:
+        found = await audited.store.audit_find(subject_keys=[key])
+        assert {r.correlation_id for r in found} == {cid, "reread-" + cid, replayed}
+    assert all(r.problem is None for r in await verify_store(audited.store))
+    dump = str(await raw_fetch(audited.url, "SELECT * FROM lgsp_audit_records"))
+    assert not any(i in dump for i in ids)

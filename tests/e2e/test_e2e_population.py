@@ -66,8 +66,21 @@ async def bus(
             extra_services={
                 "population": population_service("c06"),
                 "population-badauth": population_service("c06-wrong"),
+                "population-guarded": {
+                    **population_service("c06"),
+                    "match": {"mismatches": 2, "window_s": 3600},
+                },
+                "population-partial": {
+                    **population_service("c06"),
+                    "match": {"birth_date": "partial"},
+                },
             },
-            allow={"population": ["*"], "population-badauth": ["lookup"]},
+            allow={
+                "population": ["*"],
+                "population-badauth": ["lookup"],
+                "population-guarded": ["*"],
+                "population-partial": ["*"],
+            },
         )
         async with running_bus(config, broker_url, key) as stack:
             yield PopulationBus(**vars(stack), sim=sim[STATE])
@@ -143,7 +156,7 @@ async def test_soap_faults_and_hostile_replies_map_to_codes(
         "id_type": "CCCD12",
         "id_number": fault_id,
         "full_name": "Trần Văn An",
-        "birth_date": "1999",
+        "birth_date": "1999-01-01",
         "sex": "M",
     }
     got, reply = await bus.post("/v1/population/lookup", body(subject))
@@ -163,3 +176,36 @@ async def test_invalid_id_is_rejected_before_the_upstream(bus: PopulationBus) ->
     assert (status, reply["error"]["code"]) == (400, "INVALID_ID_NUMBER")
     assert reply["error"]["detail"]["errors"][0]["path"] == "subject.id_number"
     assert bus.calls() == before
+
+
+async def test_year_only_birth_date_of_a_cccd_is_refused_before_the_upstream(
+    bus: PopulationBus,
+) -> None:
+    # 21.12: the year is already in the CCCD, so ID + name + year would return the record.
+    before = bus.calls()
+    year_only = subject_of(CITIZEN, birth_date=CITIZEN["birth_date"][:4])
+    for path in ("/v1/population/lookup", "/v1/population/verify"):
+        status, reply = await bus.post(path, body(year_only))
+        assert (status, reply["error"]["code"]) == (400, "BIRTH_DATE_INCOMPLETE"), reply
+    assert bus.calls() == before
+    # match.birth_date: partial keeps the old behaviour (compared at the precision given)
+    status, reply = await bus.post("/v1/population-partial/lookup", body(year_only))
+    assert (status, reply["status"]) == (200, "FOUND"), reply
+
+
+async def test_mismatches_are_limited_per_consumer(bus: PopulationBus) -> None:
+    wrong = subject_of(CITIZEN, full_name="Nguyễn Văn Khác")
+    for _ in range(2):
+        status, reply = await bus.post("/v1/population-guarded/lookup", body(wrong))
+        assert (status, reply["status"]) == (200, "MISMATCH"), reply
+    before = bus.calls()
+    hdrs = {"Authorization": f"Bearer {bus.key}"}
+    async with bus.session.post(
+        bus.url + "v1/population-guarded/lookup", json=body(subject_of(CITIZEN)), headers=hdrs
+    ) as r:
+        reply = await r.json()
+        assert (r.status, reply["error"]["code"]) == (429, "MISMATCH_LIMIT"), reply
+        assert 3500 <= int(r.headers["Retry-After"]) <= 3600
+    assert bus.calls() == before  # refused before anything is sent
+    status, reply = await bus.post("/v1/population/lookup", body(subject_of(CITIZEN)))
+    assert (status, reply["status"]) == (200, "FOUND"), reply  # per service: others unaffected

@@ -162,7 +162,8 @@ async def test_rest_lookup_and_verify(stack: GenericBus) -> None:
     subject = {"id_number": "001090012345", "full_name": "Nguyễn Văn An", "birth_date": "1990"}
     body = {"request_id": "req-" + new_secret()[:12], **PURPOSE, "subject": subject}
     status, reply = await stack.post("/v1/social-insurance/verify", body)
-    assert (status, reply["status"], reply["verified"]) == (200, "FOUND", False)  # year only
+    # a year-only birth date of a CCCD adds nothing to the ID: refused (match.birth_date)
+    assert (status, reply["error"]["code"]) == (400, "BIRTH_DATE_INCOMPLETE"), reply
 
 
 @pytest.mark.parametrize("pid", ["001090000001", "001090000097"])

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from adapters.base import parse_routing
-from bus.audit.chain import subject_key
+from bus.audit.chain import record_subject_keys, subject_key
 from bus.report import (
     FORMATS,
     BreachSelector,
@@ -135,9 +135,11 @@ async def test_access_breach_subject_and_stats_count_what_the_trail_holds(trail:
     assert breach.verification.certified
     assert breach.calls == 3
     assert breach.records_with_data == 3
-    assert breach.subject_keys == sorted(
-        subject_key(key, p["id_number"]) for p in (PEOPLE[0], PEOPLE[4])
-    )
+    # the citizens asked about and every citizen the answers returned (parents too: 21.9)
+    asked = {subject_key(key, p["id_number"]) for p in (PEOPLE[0], PEOPLE[4])}
+    returned = {k for r in q2 for k in r.detail.get("subject_keys", [])}
+    assert returned - asked, "the registrations' other persons are affected too"
+    assert breach.subject_keys == sorted(asked | returned)
     assert breach.unattributable == 0
     assert {(p["procedure_code"], p["legal_basis"], p["calls"]) for p in breach.purposes} == {
         ("1.001234", "LEGAL_DUTY", 2),
@@ -155,10 +157,14 @@ async def test_access_breach_subject_and_stats_count_what_the_trail_holds(trail:
     )
     answered_a = [r for r in records if r.officer == OFFICER_A and r.outcome == "OK" and r.fields]
     assert by_officer.records_with_data == len(answered_a) == 6
-    assert len(by_officer.subject_keys) == len({r.subject_key for r in answered_a}) == 4
+    asked = {r.subject_key for r in answered_a if r.subject_key}
+    affected = {k for r in answered_a for k in record_subject_keys(r)}
+    assert len(asked) == 4
+    assert asked < affected  # + everyone the answers returned (21.9)
+    assert by_officer.subject_keys == sorted(affected)
     assert "ethnicity" in by_officer.sensitive, "the police got ethnicity"
     notification = {f.en: f for f in by_officer.notification()}
-    assert notification["approximate number of subjects"].value == 4
+    assert notification["approximate number of subjects"].value == len(affected)
     assert notification["likely consequences"].needs_person
     assert notification["likely consequences"].value is None
 

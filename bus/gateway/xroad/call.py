@@ -21,6 +21,7 @@ from bus.config.provider import ProviderService
 from bus.errors import NotFoundError, Overloaded
 from bus.exchange import Exchange
 from bus.gateway import pipeline
+from bus.gateway.citizens import count_mismatch, match_policy
 from bus.gateway.pipeline import ADMITTED, CORRELATION_ID, REQUEST_ID, XROAD
 from bus.gateway.reply import render_reply
 from bus.gateway.runtime import Gateway, Runtime
@@ -66,11 +67,15 @@ async def serve(
     pipeline.describe(exchange, valid.model)
     checked = pipeline.check(rt, valid, exchange.officer)
     exchange.officer = checked.officer
+    gateway.mismatches.check(consumer, spec.service, match_policy(svc, op))
     req = pipeline.envelope(request, checked)
     for herald in rt.heralds:  # the audit trail's STARTED record, before the publish
         await herald.exchange_sending(exchange)
     reply = await gateway.broker.request(req)
-    outcome, exchange.fields_returned = render_reply(rt.config, req, reply, request[CORRELATION_ID])
+    paths = rt.citizens.get((req.service, req.operation), ())
+    sent = render_reply(rt.config, req, reply, request[CORRELATION_ID], paths)
+    outcome, exchange.fields_returned, exchange.citizen_ids = sent[:3]
+    count_mismatch(gateway.mismatches, rt.config, req, reply.body)
     if outcome.error is not None:
         raise outcome.error
     answer: dict[str, Any] = orjson.loads(outcome.body)
