@@ -11,7 +11,11 @@ code did before a cut, for the before/after figures in README's table of cuts:
   :func:`bus.logs.configure` writing to ``/dev/null`` (processors, masking, rendering);
 * ids: ``uuid.uuid4()`` as the gateway makes correlation ids;
 * at rest: :class:`bus.sealing.Keyring` sealing and opening a 2 KiB answer (AES-256-GCM,
-  as the store does once each per answered request and read).
+  as the store does once each per answered request and read);
+* validation: the civil-status request model on a bench body (gateway and worker each
+  once per request), and its free-text check against the per-character scan it had;
+* upstream URL: :meth:`adapters.common.http.UpstreamHttp.url` (remembered) against the
+  ``urljoin`` it ran on every call.
 """
 
 from __future__ import annotations
@@ -19,10 +23,18 @@ from __future__ import annotations
 import argparse
 import contextlib
 import time
+import unicodedata
 import uuid
 from collections.abc import Callable
+from typing import Any, cast
+from urllib.parse import urljoin
 
+from adapters.civil_status.models import CivilStatusLookup
+from adapters.common.http import UpstreamHttp
+from bench.workload import civil_bodies
 from bus import logs
+from bus.canonical import _INVISIBLE, _plain_text
+from bus.config import UpstreamConfig
 from bus.exchange import Exchange
 from bus.observe.accesslog import AccessLogObserver
 from bus.observe.metrics import Metrics
@@ -92,6 +104,15 @@ def rows() -> list[tuple[str, Callable[[], object]]]:
     def seal_open() -> None:
         ring.open(key_id, where, ring.seal(where, answer)[1])
 
+    body = dict(civil_bodies(1)[0], request_id=str(uuid.uuid4()))
+    name = "Nguyễn Thị Minh Khai"
+
+    def per_character() -> bool:
+        return any(unicodedata.category(ch) in _INVISIBLE for ch in name)
+
+    upstream = UpstreamConfig.model_validate({"url": "https://moj.example/api"})
+    http = UpstreamHttp(upstream, cast(Any, None), cast(Any, None))
+
     return [
         ("gateway metrics (uncached)", gateway_uncached),
         ("gateway metrics", gateway_metrics),
@@ -102,6 +123,11 @@ def rows() -> list[tuple[str, Callable[[], object]]]:
         ("answer seal (2 KiB)", lambda: ring.seal(where, answer)),
         ("answer open (2 KiB)", lambda: ring.open(key_id, where, sealed)),
         ("answer seal + open (2 KiB)", seal_open),
+        ("civil-status request validation", lambda: CivilStatusLookup.model_validate(body)),
+        ("free-text check (per character)", per_character),
+        ("free-text check", lambda: _plain_text(name)),
+        ("upstream URL (urljoin)", lambda: urljoin("https://moj.example/api/", "v1/birth")),
+        ("upstream URL", lambda: http.url("/v1/birth")),
     ]
 
 

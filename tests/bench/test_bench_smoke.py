@@ -196,3 +196,26 @@ def test_tracing_cost_measures_off_and_on() -> None:
     assert off > 0
     assert on > 0
     assert lines[1].startswith("median ratio on/off ×")
+
+
+def test_commit_cost_measures_full_and_normal(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.commit_cost", "--commits", "20", "--dir", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line.split() for line in proc.stdout.splitlines()[1:]]
+    assert [r[0] for r in rows] == ["FULL", "NORMAL", "FULL", "NORMAL"]
+    assert all(float(wall) > 0 and float(cpu) >= 0 for _, wall, cpu in rows)
+    assert not list(tmp_path.iterdir())  # its database is removed
+
+
+def test_hotpath_cost_measures_every_step() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.hotpath_cost", "--seconds", "0.05"],
+        cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    steps = {line[:34].strip(): line[34:].split() for line in proc.stdout.splitlines()[1:]}
+    for step in ("civil-status request validation", "free-text check", "upstream URL"):
+        assert float(steps[step][0]) > 0, proc.stdout
