@@ -9,7 +9,8 @@ catch the places a secret slips in anyway, each refused with the code ``INLINE_S
   ``X-Auth-Token`` …) given a literal value instead of a reference.
 
 A name reads as a credential when one of its words (split at ``-``, ``_``, ``.`` and
-camel case) is in :data:`CREDENTIAL_WORDS`, or it is one of :data:`CREDENTIAL_NAMES`.
+camel case) is in :data:`CREDENTIAL_WORDS`, it is one of :data:`CREDENTIAL_NAMES`, or its
+word ``key`` stands first or after one of :data:`_KEY_KINDS`.
 """
 
 from __future__ import annotations
@@ -39,7 +40,6 @@ CREDENTIAL_WORDS = frozenset(
         "credential",
         "credentials",
         "jwt",
-        "key",
         "pass",
         "passwd",
         "password",
@@ -55,6 +55,10 @@ CREDENTIAL_WORDS = frozenset(
 CREDENTIAL_NAMES = frozenset(
     {"accesstoken", "apikey", "clientsecret", "sessionid", "setcookie", "xapikey", "authtoken"}
 )
+_KEY_KINDS = ("api", "access", "secret", "private", "client", "subscription", "auth", "x")
+"""``key`` reads as a credential alone (``?key=``) or after one of these (``X-Api-Key``,
+``accessKey``, ``Ocp-Apim-Subscription-Key``), not after other words (``Idempotency-Key``,
+``Partition-Key``: ids, not secrets)."""
 _WORD = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
 _REF = re.compile(r"^(env:[A-Za-z_][A-Za-z0-9_]*|file:.+)$")
 
@@ -66,9 +70,12 @@ def is_secret_ref(value: str) -> bool:
 
 def is_credential_name(name: str) -> bool:
     """Whether a query parameter or header name reads as a credential."""
-    words = {w.lower() for w in _WORD.findall(name)}
+    split = [w.lower() for w in _WORD.findall(name)]
     compact = re.sub(r"[^a-z0-9]", "", name.lower())
-    return bool(words & CREDENTIAL_WORDS) or compact in CREDENTIAL_NAMES
+    if set(split) & CREDENTIAL_WORDS or compact in CREDENTIAL_NAMES:
+        return True
+    keyed = [i for i, w in enumerate(split) if w == "key"]
+    return any(i == 0 or split[i - 1] in _KEY_KINDS for i in keyed)
 
 
 def url_secret_problem(url: str) -> str | None:

@@ -8,6 +8,7 @@ import pytest
 
 from adapters.base import parse_routing
 from bus.config import ConfigError
+from bus.config.secretlike import is_credential_name
 from bus.config.source import YamlDocument
 
 BASE = """\
@@ -116,3 +117,17 @@ def test_a_generic_kind_refuses_a_credential_header_or_fixed_query_parameter(
     issues = _issues(GENERIC.replace(old, new))
     assert any("INLINE_SECRET" in i for i in issues), issues
     assert not any("hunter2s3cr3t" in i for i in issues)
+
+
+@pytest.mark.parametrize(
+    "header", ["Idempotency-Key: '{request_id}'", "Partition-Key: dossier", "X-Request-Id: fixed"]
+)
+def test_a_header_named_key_that_is_an_id_is_not_a_credential(header: str) -> None:
+    parse_routing(YamlDocument.from_text(GENERIC.replace("X-Client-System: lgsp", header)).data)
+
+
+@pytest.mark.parametrize(
+    "name", ["key", "X-Key", "X-Api-Key", "apiKey", "accessKey", "Ocp-Apim-Subscription-Key"]
+)
+def test_a_key_named_as_a_credential_still_is(name: str) -> None:
+    assert is_credential_name(name)
