@@ -13,8 +13,11 @@ Keys come from ``store.keys`` in routing.yaml (secret references, each at least
 :data:`MIN_KEY_CHARS` characters; the AES key is HKDF-SHA256 of the text). Without any, a
 SQLite store uses a key generated into a file beside the database (``<db>.key``, 0600,
 key id ``local``: every process on the host that opens the database shares it, and it
-survives restarts — :meth:`Keyring.local`), and a PostgreSQL store a key of the process
-only (:meth:`Keyring.generated`: what it seals opens in that process, until it stops).
+survives restarts — :meth:`Keyring.local`), and a PostgreSQL store — shared by several
+gateways, which must open each other's answers — a key derived from ``audit.subject_key``
+(:meth:`Keyring.from_audit_key`, key id ``audit``; every instance of a bus shares that key),
+or, without one either, a key of the process only (:meth:`Keyring.generated`: what it
+seals opens in that process, until it stops).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 __all__ = [
+    "AUDIT_KEY_ID",
     "EPHEMERAL_KEY_ID",
     "KEY_ID_RE",
     "LOCAL_KEY_ID",
@@ -49,8 +53,11 @@ MIN_KEY_CHARS = 32
 KEY_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,32}$")
 EPHEMERAL_KEY_ID = "ephemeral"
 LOCAL_KEY_ID = "local"
+AUDIT_KEY_ID = "audit"
+"""The key derived from ``audit.subject_key`` (PostgreSQL without ``store.keys``)."""
 _NONCE = 12
 _INFO = b"lgsp-bus at-rest v1"
+_AUDIT_INFO = b"lgsp-bus at-rest from audit.subject_key v1"
 
 
 def derive_key(secret: str) -> bytes:
@@ -107,6 +114,14 @@ class Keyring:
         if len(key) != 32:
             raise ValueError(f"the at-rest key file {path} is not 32 bytes")
         return cls([(LOCAL_KEY_ID, key)])
+
+    @classmethod
+    def from_audit_key(cls, audit_key: bytes) -> Keyring:
+        """A key derived from the audit key (HKDF-SHA256 with its own label: it opens
+        nothing of the audit trail, nor the trail's keyed hashes it), id ``audit``; what
+        every instance sharing that key — as all of one bus must — can open."""
+        hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_AUDIT_INFO)
+        return cls([(AUDIT_KEY_ID, hkdf.derive(audit_key))])
 
     @classmethod
     def from_texts(cls, keys: Sequence[tuple[str, str]]) -> Keyring:

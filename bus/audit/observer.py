@@ -34,7 +34,7 @@ from bus.audit.chain import SUBJECT_KEYS, AuditEntry, ChainProblem, ChainVerifie
 from bus.audit.writer import LEASE_S, Auditor, AuditRecorder, AuditUnavailable
 from bus.canonical import exchange_id, new_id
 from bus.config import AuditPolicy, RoutingConfig, resolve_secret
-from bus.config.atrest import keyring_of
+from bus.config.atrest import keyring_for
 from bus.config.models import MIN_AUDIT_KEY_CHARS
 from bus.exchange import Exchange
 from bus.store import open_store, store_url_from_env
@@ -327,7 +327,8 @@ async def audit_trail(
 ) -> AsyncIterator[Auditor]:
     """Open the store (``store_url``, else ``$LGSP_STORE_URL``, else the SQLite default) and
     a started auditor on it; the gateway's ``Runtime.store`` is ``auditor.store``."""
-    store = open_store(store_url or store_url_from_env(), keyring_of(config))
+    url = store_url or store_url_from_env()
+    store = open_store(url, keyring_for(config, url))
     await store.connect()
     try:
         async with open_auditor(config, store) as auditor:

@@ -20,7 +20,7 @@ from typing import Any
 
 from bus.cli.common import CONFIG_HELP, load_or_exit
 from bus.config import RoutingConfig
-from bus.config.atrest import keyring_of
+from bus.config.atrest import keyring_for, keyring_of
 from bus.sealing import Keyring
 from bus.store import open_store, store_url_from_env
 
@@ -47,9 +47,10 @@ def check_store_keys(config: RoutingConfig, role: str) -> Keyring | None:
 
 async def _keys(args: argparse.Namespace) -> int:
     config = load_or_exit(args.config)
-    ring = check_store_keys(config, "store")
+    check_store_keys(config, "store")
+    url = args.store or store_url_from_env()
     try:
-        store = open_store(args.store or store_url_from_env(), ring)
+        store = open_store(url, keyring_for(config, url))
         await store.connect()
     except (ValueError, OSError) as exc:
         print(f"store: cannot open the store: {exc}", file=sys.stderr)

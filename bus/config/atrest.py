@@ -10,7 +10,7 @@ from bus.config.models import RoutingConfig, resolve_secret
 from bus.config.source import ConfigIssue, PathKey, YamlDocument
 from bus.sealing import MIN_KEY_CHARS, Keyring
 
-__all__ = ["atrest_problems", "atrest_warnings", "keyring_of"]
+__all__ = ["atrest_problems", "atrest_warnings", "keyring_for", "keyring_of"]
 
 
 def keyring_of(config: RoutingConfig) -> Keyring | None:
@@ -21,6 +21,23 @@ def keyring_of(config: RoutingConfig) -> Keyring | None:
     if not keys:
         return None
     return Keyring.from_texts([(k.id, resolve_secret(k.key)) for k in keys])
+
+
+def keyring_for(config: RoutingConfig, store_url: str) -> Keyring | None:
+    """:func:`keyring_of`; without ``store.keys``, for a PostgreSQL store (several gateways
+    share it: each must open the others' answers) the key derived from
+    ``audit.subject_key`` (when set and readable). ``None``: the store's own default."""
+    ring = keyring_of(config)
+    if ring is not None or not store_url.startswith(("postgresql://", "postgres://")):
+        return ring
+    ref = config.audit.subject_key
+    if ref is None:
+        return None
+    try:
+        audit_key = resolve_secret(ref)
+    except (KeyError, OSError, ValueError):
+        return None  # the audit trail refuses to start and says why
+    return Keyring.from_audit_key(audit_key.encode("utf-8"))
 
 
 def atrest_problems(config: RoutingConfig) -> list[tuple[PathKey, str]]:
@@ -48,7 +65,7 @@ def atrest_warnings(config: RoutingConfig, doc: YamlDocument | None) -> list[Con
             doc,
             ("gateway", "tls"),
             "store.keys is not set: stored answers and dead letters are sealed under a key "
-            "file beside a SQLite store, or a key of each process on PostgreSQL (other "
-            "instances cannot read them); set store.keys for production",
+            "file beside a SQLite store, or a key derived from audit.subject_key on "
+            "PostgreSQL (whoever holds that key can open them); set store.keys for production",
         )
     ]

@@ -20,7 +20,7 @@ from urllib.parse import parse_qsl
 import structlog
 
 from bus.config import RoutingConfig
-from bus.config.atrest import keyring_of
+from bus.config.atrest import keyring_for, keyring_of
 from bus.sealing import Keyring
 from bus.store.base import (
     GENESIS_HASH,
@@ -72,21 +72,23 @@ def open_store(url: str, keyring: Keyring | None = None) -> Store:
 
 def dead_letter_keyring(config: RoutingConfig, url: str) -> Keyring | None:
     """What dead letters are sealed under: ``store.keys``; else the key file of the SQLite
-    store at ``url`` (shared by every process using that database); else ``None`` (kept as
-    they are: a PostgreSQL store's key of one process could not open them in another).
-    Logs a warning without ``store.keys``."""
+    store at ``url`` (shared by every process using that database); else, on PostgreSQL,
+    the key derived from ``audit.subject_key``; else ``None`` (kept as they are: a key of
+    one process could not open them in another). Logs a warning without ``store.keys``."""
     ring = keyring_of(config)
     if ring is not None:
         return ring
+    shared = keyring_for(config, url)  # PostgreSQL: derived from audit.subject_key
     store = _open(url)
     local = isinstance(store, SqliteStore)
+    where = "key file beside the database" if local else "key derived from audit.subject_key"
     log.warning(
         "store.no_at_rest_keys",
-        answers="key file beside the database" if local else "a key of this process",
-        dead_letters="key file beside the database" if local else "not sealed",
+        answers=where if local or shared else "a key of this process",
+        dead_letters=where if local or shared else "not sealed",
         hint="set store.keys for production",
     )
-    return store.keyring if local else None
+    return store.keyring if local else shared
 
 
 def _open(url: str) -> Store:

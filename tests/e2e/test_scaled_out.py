@@ -129,6 +129,9 @@ def routing(sim_url: str, receiver: OtlpReceiver, prefix: str) -> dict[str, Any]
             }
         },
         "tracing": {"enabled": True, "endpoint": receiver.url},
+        # Shared by every instance, as in production: the stored answers (no store.keys)
+        # are sealed under a key derived from it, so each gateway opens the others'.
+        "audit": {"subject_key": "env:T_SCALE_AUDIT_KEY"},
     }
 
 
@@ -162,6 +165,7 @@ async def scaled_out(
         "T_SCALE_KEY_PORTAL": keys["portal"],
         "T_SCALE_KEY_CLERK": keys["clerk"],
         "T_SCALE_TOKEN": token,
+        "T_SCALE_AUDIT_KEY": new_secret(),
         "OTEL_BSP_SCHEDULE_DELAY": "100",  # export within 0.1 s, not 5 s
     }
     async with AsyncExitStack() as stack:

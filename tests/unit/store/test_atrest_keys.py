@@ -11,6 +11,7 @@ import yaml
 
 from adapters.base import parse_routing
 from bus.config import ConfigError
+from bus.config.atrest import keyring_for
 from bus.config.keys import key_problems
 from bus.config.rules import config_warnings
 from bus.sealing import Keyring
@@ -84,3 +85,31 @@ def test_validate_checks_key_length_and_warns_a_tls_gateway_without_keys(
         parse_routing(
             {"store": {"keys": [{"id": "k1", "key": "env:A"}, {"id": "k1", "key": "env:B"}]}}
         )
+
+
+def test_without_store_keys_postgres_answers_are_sealed_under_the_audit_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Several gateways share one PostgreSQL store: each must open the others' answers, so
+    the default there is a key every instance has (derived from audit.subject_key), not one
+    of each process; SQLite keeps its key file; store.keys always wins."""
+    monkeypatch.setenv("T_ATREST_AUDIT", "an-audit-key-of-the-test-bus-0123456789")
+    monkeypatch.setenv("T_ATREST_KEY", NEW)
+    audit = {"audit": {"subject_key": "env:T_ATREST_AUDIT"}}
+    config = parse_routing({"version": 1, **audit})
+    pg, lite = "postgresql://127.0.0.1/test", "sqlite:///bus.sqlite3"
+    ring = keyring_for(config, pg)
+    other = keyring_for(parse_routing({"version": 1, **audit}), pg)
+    assert ring is not None
+    assert other is not None
+    assert ring.ids == ("audit",)
+    key_id, sealed = ring.seal(("portal", "r1"), b"answer")
+    assert other.open(key_id, ("portal", "r1"), sealed) == b"answer"  # another gateway
+    assert keyring_for(config, lite) is None  # the SQLite store's key file
+    assert keyring_for(parse_routing({"version": 1}), pg) is None  # no key to share
+    keyed = parse_routing(
+        {"version": 1, **audit, "store": {"keys": [{"id": "k1", "key": "env:T_ATREST_KEY"}]}}
+    )
+    chosen = keyring_for(keyed, pg)
+    assert chosen is not None
+    assert chosen.ids == ("k1",)
