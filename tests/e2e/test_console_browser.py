@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import re
 import threading
 import time
 import uuid
@@ -213,8 +214,16 @@ def test_auditor_searches_by_citizen_reveals_inertly_and_downloads_evidence(
     assert SUBJECT not in driver.current_url
     assert SUBJECT not in driver.page_source
     records = driver.find_elements(By.CSS_SELECTOR, "#records tbody tr")
-    assert len(records) == 1
-    assert "civil-status.lookup" in records[0].text
+    # Every exchange whose answer returned the citizen (21.9): the lookup by their ID, and
+    # the three lookups by registration whose record is theirs.
+    kinds = [re.search(r"\b(subject|traffic)-", row.text) for row in records]
+    assert sorted(m.group(1) if m else row.text for m, row in zip(kinds, records, strict=True)) == [
+        "subject",
+        "traffic",
+        "traffic",
+        "traffic",
+    ]
+    assert all("civil-status.lookup" in row.text for row in records)
     shot(driver, "05-audit-search")
     records[0].find_element(By.CSS_SELECTOR, "button.evidence").click()
     bundle = _downloaded(downloads)
