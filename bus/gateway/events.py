@@ -55,6 +55,7 @@ from bus.errors import (
 )
 from bus.exchange import Exchange
 from bus.gateway import pipeline
+from bus.gateway.jsonbody import json_object
 from bus.gateway.runtime import Gateway, Runtime
 
 __all__ = ["EVENT_ERROR_CODES", "publish_event", "pull_events"]
@@ -145,10 +146,7 @@ async def publish_event(
     raw = await request.read()
     if len(raw) > declared.max_bytes:
         raise PayloadTooLarge(f"events of this type are at most {declared.max_bytes} bytes")
-    try:
-        event = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise InvalidRequest("the event is not valid JSON", code="MALFORMED_JSON") from None
+    event = json_object(raw, "the event")
     if isinstance(event, dict) and isinstance(event.get("event_id"), str):
         exchange.request_id = event["event_id"][:64]
     check_event(rt.config, event_type, event)

@@ -23,8 +23,9 @@ import orjson
 from aiohttp import web
 
 from bus.canonical import exchange_id
+from bus.errors import InvalidRequest
 
-__all__ = ["body_request_id", "duplicate_key"]
+__all__ = ["MAX_JSON_DEPTH", "body_request_id", "duplicate_key", "json_object", "too_deep"]
 
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"(\s*:)?', re.DOTALL)
 """A JSON string token, and whether it is a key (followed by a colon). In valid JSON no
@@ -96,3 +97,47 @@ async def body_request_id(request: web.Request) -> str | None:
         return None
     value = body.get("request_id") if isinstance(body, dict) else None
     return exchange_id(value) if isinstance(value, str) else None
+
+
+MAX_JSON_DEPTH = 32
+"""Deepest nesting of objects/arrays a request body may have (the request models need 4)."""
+
+
+def too_deep(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests dicts/lists more than ``limit`` levels (iterative: no
+    recursion on hostile input)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values() if isinstance(v, dict | list))
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item if isinstance(v, dict | list))
+    return False
+
+
+def json_object(raw: bytes, what: str) -> dict[str, Any]:
+    """``raw`` as one JSON object, strictly: ``MALFORMED_JSON`` (not JSON, not an object),
+    ``JSON_TOO_DEEP`` (nested deeper than :data:`MAX_JSON_DEPTH`), ``DUPLICATE_KEY`` (a key
+    twice in one object). ``what`` names it in the message ("request body", "the event").
+    Every JSON entry of the gateway reads its body through this: the call pipeline, the
+    X-Road REST ingress, events."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise InvalidRequest(f"{what} is not valid JSON", code="MALFORMED_JSON") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest(f"{what} must be a JSON object", code="MALFORMED_JSON")
+    if too_deep(body, MAX_JSON_DEPTH):
+        raise InvalidRequest(
+            f"{what} nests objects or arrays deeper than {MAX_JSON_DEPTH} levels",
+            code="JSON_TOO_DEEP",
+        )
+    repeated = duplicate_key(raw, body)
+    if repeated is not None:
+        raise InvalidRequest(
+            f"{what} names the key {repeated!r} twice in one object", code="DUPLICATE_KEY"
+        )
+    return body

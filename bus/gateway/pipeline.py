@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 import structlog
 from aiohttp import web
 from aiohttp.http_exceptions import ContentEncodingError
@@ -53,7 +52,7 @@ from bus.errors import (
 from bus.exchange import Exchange
 from bus.gateway import privacy
 from bus.gateway.citizens import check_birth_date, match_policy
-from bus.gateway.jsonbody import duplicate_key
+from bus.gateway.jsonbody import json_object
 from bus.gateway.runtime import Gateway, Runtime
 from bus.gateway.security import Identity
 from bus.gateway.server import peer_certificate
@@ -221,23 +220,7 @@ async def read(request: web.Request, allowed: Allowed) -> Read:
             "the request body does not decode with its Content-Encoding", code="MALFORMED_BODY"
         ) from exc
     request[BODY_HASH] = request_hash(raw)
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise InvalidRequest("request body is not valid JSON", code="MALFORMED_JSON") from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("request body must be a JSON object", code="MALFORMED_JSON")
-    if too_deep(body, MAX_JSON_DEPTH):
-        raise InvalidRequest(
-            f"request body nests objects or arrays deeper than {MAX_JSON_DEPTH} levels",
-            code="JSON_TOO_DEEP",
-        )
-    repeated = duplicate_key(raw, body)
-    if repeated is not None:
-        raise InvalidRequest(
-            f"request body names the key {repeated!r} twice in one object",
-            code="DUPLICATE_KEY",
-        )
+    body = json_object(raw, "request body")
     remember_pii_here(pii_of(body))
     return Read(allowed, body)
 
@@ -349,23 +332,6 @@ SINGLE_HEADERS = (
 )
 """Headers a call may carry once: two ``Authorization`` (or deadline, X-Road …) headers
 could be read differently by a proxy in front and by the gateway."""
-MAX_JSON_DEPTH = 32
-"""Deepest nesting of objects/arrays a request body may have (the request models need 4)."""
-
-
-def too_deep(value: Any, limit: int) -> bool:
-    """Whether ``value`` nests dicts/lists more than ``limit`` levels (iterative: no
-    recursion on hostile input)."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if depth > limit:
-            return True
-        if isinstance(item, dict):
-            stack.extend((v, depth + 1) for v in item.values() if isinstance(v, dict | list))
-        elif isinstance(item, list):
-            stack.extend((v, depth + 1) for v in item if isinstance(v, dict | list))
-    return False
 
 
 def _deadline(request: web.Request, timeout_s: float) -> tuple[float, bool]:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import aio_pika
+import orjson
 import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -418,6 +419,8 @@ async def test_bad_events_are_refused_with_a_code_and_nothing_is_published(
             (TYPE, event(1, 1), KEY + "-2", 403, "FORBIDDEN_EVENT_TYPE"),
             (TYPE, event(1, 1, cause_ref="x" * 3000), None, 413, "PAYLOAD_TOO_LARGE"),
             (TYPE, b"{not json", None, 400, "MALFORMED_JSON"),
+            (TYPE, _twice(event(1, 1)), None, 400, "DUPLICATE_KEY"),
+            (TYPE, b'{"a":' * 40 + b"1" + b"}" * 40, None, 400, "JSON_TOO_DEEP"),
         ]
         for event_type, body, key, status, code in cases:
             got_status, got = await stack.post(f"/v1/events/{event_type}", body, key=key)
@@ -434,6 +437,13 @@ async def test_bad_events_are_refused_with_a_code_and_nothing_is_published(
         assert (await store.events_after("sub:puller.main", 0, 10))[0].event_id == ev["event_id"]
         del hdrs
         await listener.stop()
+
+
+def _twice(ev: dict[str, Any]) -> bytes:
+    """``ev`` with its event_id written twice (another id first): what a proxy keeping the
+    first of two keys would read differently."""
+    raw = orjson.dumps(ev)
+    return b'{"event_id":"' + uuid.uuid4().hex.encode() + b'",' + raw[1:]
 
 
 async def _logged(store: Any, count: int) -> bool:

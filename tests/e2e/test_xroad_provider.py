@@ -348,9 +348,18 @@ async def test_rest_r1_call_and_refusals(provider: Provider) -> None:
         async with provider.bus.session.post(u, data=raw, headers=h) as r:
             assert r.status == code, err
             assert (await r.json())["error"]["code"] == err
+    bodies = [  # as strict as the call pipeline: one object, each key once, bounded depth
+        (b'{"dossier_id": "000.00.00.H31-260115-0042", "dossier_id": "x"}', "DUPLICATE_KEY"),
+        (b'{"a":' * 40 + b"1" + b"}" * 40, "JSON_TOO_DEEP"),
+        (b"[1]", "MALFORMED_JSON"),
+    ]
+    for bad, err in bodies:
+        async with provider.bus.session.post(url, data=bad, headers=hdrs) as r:
+            assert r.status == 400, err
+            assert (await r.json())["error"]["code"] == err
     assert provider.calls == before
     records = await provider.records()
-    assert len(records) == 1 + len(cases)
+    assert len(records) == 1 + len(cases) + len(bodies)
 
 
 async def test_a_security_server_is_trusted_by_its_mtls_certificate(

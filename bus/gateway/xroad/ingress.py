@@ -30,6 +30,7 @@ from bus.errors import (
     PayloadTooLarge,
     UnsupportedMediaType,
 )
+from bus.gateway.jsonbody import json_object
 from bus.gateway.pipeline import BODY_HASH, CORRELATION_ID, EXCHANGE, XROAD, xroad_reply_headers
 from bus.gateway.runtime import GATEWAY
 from bus.gateway.xroad import meta, soap
@@ -171,13 +172,7 @@ async def rest_call(request: web.Request) -> web.Response:
     spec = _published(rt.config.provider, _member(request), request.match_info["code"], None)
     if request.content_type != "application/json":
         raise UnsupportedMediaType("send the request as application/json")
-    raw = await _read(request)
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise InvalidRequest("request body is not valid JSON", code="MALFORMED_JSON") from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("request body must be a JSON object", code="MALFORMED_JSON")
+    body = json_object(await _read(request), "request body")
     out = await serve(
         request, gateway, rt, exchange, consumer=consumer, spec=spec, body=body, xroad=xroad
     )
