@@ -44,6 +44,7 @@ __all__ = [
     "MIN_KEY_CHARS",
     "Keyring",
     "derive_key",
+    "digest_key",
 ]
 
 log = structlog.get_logger("bus.sealing")
@@ -58,6 +59,7 @@ AUDIT_KEY_ID = "audit"
 _NONCE = 12
 _INFO = b"lgsp-bus at-rest v1"
 _AUDIT_INFO = b"lgsp-bus at-rest from audit.subject_key v1"
+_DIGEST_INFO = b"lgsp-bus request digest v1"
 
 
 def derive_key(secret: str) -> bytes:
@@ -66,6 +68,14 @@ def derive_key(secret: str) -> bytes:
         raise ValueError(f"an at-rest key must be at least {MIN_KEY_CHARS} characters")
     hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_INFO)
     return hkdf.derive(secret.encode("utf-8"))
+
+
+def digest_key(audit_key: bytes) -> bytes:
+    """The HMAC key of the stored request digests (``body_hash`` of an idempotency claim or
+    a send's delivery record), derived from the audit key with its own label: a digest of a
+    request holding an ID number cannot be tested against guessed IDs without it."""
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_DIGEST_INFO)
+    return hkdf.derive(audit_key)
 
 
 class Keyring:

@@ -37,6 +37,7 @@ import structlog
 from bus.broker.deadletters import ClaimedLetter, DeadLetter, DeadLetterQueue
 from bus.canonical import new_id
 from bus.config import RoutingConfig
+from bus.config.atrest import request_digest_key
 from bus.envelope import DecodeError, Reply, Request, decode_request
 from bus.errors import BusError, DeadlineExceeded
 from bus.gateway.idempotency import awaits_answer, body_hash
@@ -112,12 +113,14 @@ OnAnswer = Callable[[Request, Reply], Awaitable[None]]
 def answer_keeper(config: RoutingConfig, store: Store) -> OnAnswer:
     """Store a replayed request's answer for ``GET /v1/messages/{id}``, rendered as the
     gateway would, if the caller's record of this very request still waits for one."""
+    key = request_digest_key(config)
 
     # Imported here: every `lgsp-bus` command loads this module, and the gateway is heavy.
     async def keep(req: Request, reply: Reply) -> None:
         try:
             kept = await store.message_get(req.consumer, req.request_id)
-            if kept is None or kept.body_hash != body_hash(req.service, req.operation, req.body):
+            digest = body_hash(req.service, req.operation, req.body, key)
+            if kept is None or kept.body_hash != digest:
                 return
             if awaits_answer(kept):
                 outcome = render_reply(

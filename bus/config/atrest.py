@@ -8,9 +8,9 @@ import contextlib
 
 from bus.config.models import RoutingConfig, resolve_secret
 from bus.config.source import ConfigIssue, PathKey, YamlDocument
-from bus.sealing import MIN_KEY_CHARS, Keyring
+from bus.sealing import MIN_KEY_CHARS, Keyring, digest_key
 
-__all__ = ["atrest_problems", "atrest_warnings", "keyring_for", "keyring_of"]
+__all__ = ["atrest_problems", "atrest_warnings", "keyring_for", "keyring_of", "request_digest_key"]
 
 
 def keyring_of(config: RoutingConfig) -> Keyring | None:
@@ -38,6 +38,19 @@ def keyring_for(config: RoutingConfig, store_url: str) -> Keyring | None:
     except (KeyError, OSError, ValueError):
         return None  # the audit trail refuses to start and says why
     return Keyring.from_audit_key(audit_key.encode("utf-8"))
+
+
+def request_digest_key(config: RoutingConfig) -> bytes | None:
+    """The key the stored request digests are HMACs under (derived from
+    ``audit.subject_key``, which every instance of a bus shares); ``None`` without a
+    readable audit key (the digest is then a plain SHA-256)."""
+    ref = config.audit.subject_key
+    if ref is None:
+        return None
+    try:
+        return digest_key(resolve_secret(ref).encode("utf-8"))
+    except (KeyError, OSError, ValueError):
+        return None
 
 
 def atrest_problems(config: RoutingConfig) -> list[tuple[PathKey, str]]:

@@ -248,7 +248,7 @@ async def _call_operation(request: web.Request) -> web.Response:
     outcome = await step.answer(
         consumer=req.consumer,
         request_id=req.request_id,
-        digest=body_hash(req.service, req.operation, req.body),
+        digest=body_hash(req.service, req.operation, req.body, rt.digest_key),
         deadline=req.deadline,
         stale_after_s=op.timeout_s + STALE_GRACE_S,
         asynchronous=prefers_async(request.headers.get("Prefer")),

@@ -85,7 +85,8 @@ async def accept_send(gateway: Gateway, rt: Runtime, req: Request) -> web.Respon
     if store is None:
         raise BusUnavailable("one-way sends need the store", code="STORE_UNAVAILABLE")
     op = rt.config.services[req.service].operations[req.operation]
-    stream, digest = send_stream(req.consumer), body_hash(req.service, req.operation, req.body)
+    digest = body_hash(req.service, req.operation, req.body, rt.digest_key)
+    stream = send_stream(req.consumer)
     ttl = op.deliver_within_s + rt.config.gateway.idempotency_ttl_s
     existing = await _store(store.delivery_begin(stream, req.request_id, digest, "ACCEPTING", ttl))
     if existing is not None:

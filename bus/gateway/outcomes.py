@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import hmac
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -61,12 +62,19 @@ class Outcome:
         return cls(exc.status, orjson.dumps({"error": payload}), error=exc)
 
 
-def body_hash(service: str, operation: str, body: Mapping[str, Any]) -> str:
-    """SHA-256 hex of the request in canonical form (sorted keys, compact UTF-8 JSON)."""
+def body_hash(
+    service: str, operation: str, body: Mapping[str, Any], key: bytes | None = None
+) -> str:
+    """The digest a repeat of a request is compared by, as stored: HMAC-SHA256 under
+    ``key`` (:func:`bus.config.atrest.request_digest_key`; a request's ID number cannot
+    be tested against it without the key), else SHA-256, of the request in canonical form
+    (sorted keys, compact UTF-8 JSON), hex."""
     canonical = orjson.dumps(
         {"service": service, "operation": operation, "body": body}, option=orjson.OPT_SORT_KEYS
     )
-    return hashlib.sha256(canonical).hexdigest()
+    if key is None:
+        return hashlib.sha256(canonical).hexdigest()
+    return hmac.new(key, canonical, hashlib.sha256).hexdigest()
 
 
 def prefers_async(header: str | None) -> bool:

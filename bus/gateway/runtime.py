@@ -23,6 +23,7 @@ from pydantic import BaseModel
 
 from bus.broker.base import Broker
 from bus.config import RoutingConfig
+from bus.config.atrest import request_digest_key
 from bus.exchange import ExchangeGate, ExchangeHerald, ExchangeObserver
 from bus.gateway.citizens import MismatchLimiter, citizen_paths
 from bus.gateway.ratelimit import RateLimiter
@@ -52,6 +53,8 @@ class Runtime:
     gates: tuple[ExchangeGate, ...] = dataclasses.field(init=False, default=())
     """The observers that may refuse an exchange before it starts (worked out once)."""
     heralds: tuple[ExchangeHerald, ...] = dataclasses.field(init=False, default=())
+    digest_key: bytes | None = dataclasses.field(init=False, default=None)
+    """The HMAC key of stored request digests (:func:`bus.config.atrest.request_digest_key`)."""
     """The observers told before a request is published (the audit trail's started record)."""
 
     def __post_init__(self) -> None:
@@ -59,6 +62,7 @@ class Runtime:
         object.__setattr__(self, "gates", gates)
         heralds = tuple(o for o in self.observers if isinstance(o, ExchangeHerald))
         object.__setattr__(self, "heralds", heralds)
+        object.__setattr__(self, "digest_key", request_digest_key(self.config))
         if not self.citizens:
             object.__setattr__(self, "citizens", citizen_paths(self.config, self.replies))
 

@@ -6,6 +6,8 @@ answers that outlive the gateway that produced them."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import os
 import time
 from collections.abc import AsyncIterator
@@ -14,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 from multidict import CIMultiDict
 
 from adapters.base import parse_routing, request_models
+from bus.config.atrest import request_digest_key
 from bus.exchange import Exchange
 from bus.gateway.idempotency import body_hash, prefers_async
 from bus.gateway.reply import WITHHELD_HEADER
@@ -56,6 +60,28 @@ def test_body_hash_is_canonical() -> None:
     assert a == b
     assert a != body_hash("s", "other", {"x": 1, "y": {"b": 2, "a": "Nguyễn"}})
     assert a != body_hash("s", "op", {"x": 2, "y": {"b": 2, "a": "Nguyễn"}})
+
+
+def test_a_stored_digest_cannot_be_tested_against_guessed_ids_without_the_audit_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """21.11: the digest kept beside a claim is an HMAC under a key derived from the audit
+    key (every instance shares it), not a SHA-256 anyone holding the database can recompute
+    for each candidate ID number."""
+    monkeypatch.setenv("T_DIGEST_AUDIT", "an-audit-key-of-the-test-bus-0123456789")
+    config = parse_routing({"version": 1, "audit": {"subject_key": "env:T_DIGEST_AUDIT"}})
+    key = request_digest_key(config)
+    assert key is not None
+    assert key == request_digest_key(config)  # another gateway, the dlq replay: the same
+    body = {"by_person": {"id_number": "001085000123"}, "request_id": "r-0000000001"}
+    keyed = body_hash("civil-status", "lookup", body, key)
+    canonical = orjson.dumps(
+        {"service": "civil-status", "operation": "lookup", "body": body},
+        option=orjson.OPT_SORT_KEYS,
+    )
+    assert keyed != hashlib.sha256(canonical).hexdigest()
+    assert keyed == hmac.new(key, canonical, hashlib.sha256).hexdigest()
+    assert request_digest_key(parse_routing({"version": 1})) is None
 
 
 class Api:
