@@ -58,9 +58,15 @@ def civil_bodies(count: int = 60) -> list[dict[str, Any]]:
 
 def population_bodies(count: int = 100) -> list[dict[str, Any]]:
     """Canonical population lookups (caller, purpose, subject) of citizens the simulator has."""
-    out = []
-    for i in range(count):
+    out: list[dict[str, Any]] = []
+    i = 0
+    while len(out) < count:
         citizen = sample_citizen(0, i)
+        i += 1
+        if len(citizen["birth_date"]) != 10:
+            # Known to the year only: the default match policy (full_for_cccd) refuses a
+            # CCCD lookup without a full date; the workload is the common full-date case.
+            continue
         subject = {
             "id_type": "CCCD12",
             "id_number": citizen["personal_id"],
