@@ -272,3 +272,30 @@ async def test_a_service_queue_deleted_under_its_worker_is_declared_and_consumed
     assert reply.ok
     assert reply.body is not None
     assert reply.body["echo"] == {"after": "cut"}
+
+
+async def test_a_request_lost_before_its_confirm_is_not_reported_queued(
+    rabbit_vhost: TestVhost, proxy: TcpProxy
+) -> None:
+    # detail.queued tells the caller a worker may still serve the request; a publish whose
+    # confirm never came (the link went dead first) may never have been queued.
+    client = AmqpBroker(
+        rabbit_vhost.url(port=proxy.port),
+        name="test-client",
+        check_interval_s=0.5,
+        check_timeout_s=1.0,
+    )
+    await client.connect()
+    service = fresh_service()
+    await client.declare([QueueSpec(service)])
+    try:
+        proxy.blackhole = True
+        with pytest.raises(BrokerUnavailable) as lost:
+            await asyncio.wait_for(
+                client.request(make_request(service, {}, timeout=30)), timeout=10
+            )
+    finally:
+        proxy.blackhole = False
+        await client.aclose()
+    assert lost.value.code == "BROKER_UNAVAILABLE"
+    assert not lost.value.detail.get("queued")

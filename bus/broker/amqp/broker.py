@@ -130,6 +130,8 @@ class AmqpBroker:
         self._channel: AbstractRobustChannel | None = None
         self._exchange: AbstractRobustExchange | None = None
         self._pending: dict[str, asyncio.Future[Reply]] = {}
+        self._confirmed_ids: set[str] = set()
+        """Correlation ids of the pending requests whose publish RabbitMQ confirmed."""
         self._specs: dict[str, QueueSpec] = {}
         self._reply_consumer_ready = False
         self._connect_lock = asyncio.Lock()
@@ -219,14 +221,25 @@ class AmqpBroker:
         self._fail_pending()
 
     def _fail_pending(self) -> None:
-        for future in self._pending.values():
-            if not future.done():
+        """Fail the waiting requests: ``detail.queued`` only for those RabbitMQ confirmed (a
+        publish whose confirm was lost with the channel may never have been queued)."""
+        for correlation_id, future in self._pending.items():
+            if future.done():
+                continue
+            if correlation_id in self._confirmed_ids:
                 future.set_exception(
                     BrokerUnavailable(
                         "connection to the broker was lost while waiting for the reply; "
                         "the request was queued and may still be processed: repeat it with "
                         "the same request_id for its answer",
                         detail={"queued": True},
+                    )
+                )
+            else:
+                future.set_exception(
+                    BrokerUnavailable(
+                        "connection to the broker was lost before it confirmed the request; "
+                        "repeat it with the same request_id"
                     )
                 )
 
@@ -362,11 +375,13 @@ class AmqpBroker:
                         queue=req.service,
                     ),
                 )
+                self._confirmed_ids.add(correlation_id)
                 return await future
         except TimeoutError:
             raise DeadlineExceeded("no reply before the deadline") from None
         finally:
             self._pending.pop(correlation_id, None)
+            self._confirmed_ids.discard(correlation_id)
 
     async def _confirmed(
         self,
