@@ -12,10 +12,12 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 
+import aio_pika
 import pytest
 
 from bus.broker import QueueSpec
 from bus.broker.amqp.broker import AmqpBroker
+from bus.broker.base import queue_name
 from bus.envelope import Reply, Request
 from bus.errors import BrokerUnavailable, DeadlineExceeded
 from tests.contract.test_broker_contract import echo, fresh_service, make_request, serving
@@ -142,7 +144,7 @@ async def test_replies_fall_back_to_the_consuming_channel_when_the_reply_channel
         await broker.declare([QueueSpec(service)])
         async with serving(broker, service, echo):
             first = await broker.request(make_request(service, {"n": 1}))
-            replies = broker._reply_channel
+            replies = broker._serving.reply_channel
             assert replies is not None
             await replies.close()  # closed by us: a robust channel does not reopen it
             assert replies.is_closed
@@ -224,3 +226,76 @@ async def test_half_open_link_is_detected_and_reconnected(
     finally:
         await client.aclose()
         await server.aclose()
+
+
+async def test_a_reopened_publishing_channel_gets_its_reply_consumer_back(
+    rabbit_vhost: TestVhost,
+) -> None:
+    # The reply consumer sits on the underlying channel (bus.broker.amqp.consumers): when the
+    # robust channel reopens (here: renewed as after a nack) it must be registered again.
+    broker = AmqpBroker(rabbit_vhost.url(), name="test-renew")
+    await broker.connect()
+    try:
+        service = fresh_service()
+        await broker.declare([QueueSpec(service)])
+        async with serving(broker, service, echo):
+            assert (await broker.request(make_request(service, {"n": 1}))).ok
+            await broker._renew()
+            await wait_ready(broker, 10)
+            replies = await asyncio.gather(
+                *(broker.request(make_request(service, {"n": i}, timeout=5)) for i in range(5))
+            )
+    finally:
+        await broker.aclose()
+    assert all(r.ok for r in replies)
+
+
+async def test_a_service_queue_deleted_under_its_worker_is_declared_and_consumed_again(
+    rabbit_vhost: TestVhost,
+) -> None:
+    # RabbitMQ cancels the consumers of a deleted queue: the worker registers again, which
+    # closes its channel (no such queue), whose reopen declares the queue and consumes it.
+    broker = AmqpBroker(rabbit_vhost.url(), name="test-cancel")
+    await broker.connect()
+    try:
+        service = fresh_service()
+        await broker.declare([QueueSpec(service)])
+        async with serving(broker, service, echo):
+            assert (await broker.request(make_request(service, {"n": 1}))).ok
+            connection = await aio_pika.connect(rabbit_vhost.url())
+            async with connection:
+                channel = await connection.channel()
+                await channel.queue_delete(queue_name(service))
+            reply = await request_until_ok(broker, service, 15)
+    finally:
+        await broker.aclose()
+    assert reply.ok
+    assert reply.body is not None
+    assert reply.body["echo"] == {"after": "cut"}
+
+
+async def test_a_request_lost_before_its_confirm_is_not_reported_queued(
+    rabbit_vhost: TestVhost, proxy: TcpProxy
+) -> None:
+    # detail.queued tells the caller a worker may still serve the request; a publish whose
+    # confirm never came (the link went dead first) may never have been queued.
+    client = AmqpBroker(
+        rabbit_vhost.url(port=proxy.port),
+        name="test-client",
+        check_interval_s=0.5,
+        check_timeout_s=1.0,
+    )
+    await client.connect()
+    service = fresh_service()
+    await client.declare([QueueSpec(service)])
+    try:
+        proxy.blackhole = True
+        with pytest.raises(BrokerUnavailable) as lost:
+            await asyncio.wait_for(
+                client.request(make_request(service, {}, timeout=30)), timeout=10
+            )
+    finally:
+        proxy.blackhole = False
+        await client.aclose()
+    assert lost.value.code == "BROKER_UNAVAILABLE"
+    assert not lost.value.detail.get("queued")

@@ -6,8 +6,8 @@ each connection attempt goes to the next node of the list, round robin. The firs
 attempt goes to the first node; when the connection drops (the node died, or the network
 to it) the next attempt goes straight to the next node, and an attempt that fails moves
 on again after aio-pika's ``reconnect_interval``. Everything else — re-opening the
-channels, re-declaring the topology, re-registering the consumers (the service consumers
-and the direct reply-to consumer) — is aio-pika's own recovery, now on the new node.
+channels, re-declaring the topology — is aio-pika's own recovery, now on the new node,
+followed by the consumers registered again (:mod:`bus.broker.amqp.consumers`).
 
 aio-pika has no public hook for "which URL does this attempt use": the override is of
 ``RobustConnection``'s private connection step (name-mangled
