@@ -5,7 +5,7 @@ Publishes a reply-sized message to a server-named exclusive queue (``x-max-lengt
 nothing piles up) with 16 in flight, in alternating rounds with and without publisher
 confirms, and prints per message the client's CPU (this process, uvloop when installed),
 RabbitMQ's CPU (``beam.smp`` from /proc, when visible) and the rate. Why: the worker sends
-its replies without confirms (``bus/broker/amqp.py``, ``_reply_and_ack``); this is what
+its replies without confirms (``bus/broker/amqp/serving.py``, ``_reply_and_ack``); this is what
 that saves.
 """
 
