@@ -114,7 +114,7 @@ async def _command(args: argparse.Namespace) -> int:
         return 2
     broker = AmqpBroker(url, name="lgsp-bus-dlq")
     broker.keyring = dead_letter_keyring(
-        config, getattr(args, "store", None) or store_url_from_env()
+        config, getattr(args, "store", None) or store_url_from_env(), make=False
     )
     try:
         await broker.connect()

@@ -70,11 +70,13 @@ def open_store(url: str, keyring: Keyring | None = None) -> Store:
     return store
 
 
-def dead_letter_keyring(config: RoutingConfig, url: str) -> Keyring | None:
+def dead_letter_keyring(config: RoutingConfig, url: str, *, make: bool = True) -> Keyring | None:
     """What dead letters are sealed under: ``store.keys``; else the key file of the SQLite
     store at ``url`` (shared by every process using that database); else, on PostgreSQL,
     the key derived from ``audit.subject_key``; else ``None`` (kept as they are: a key of
-    one process could not open them in another). Logs a warning without ``store.keys``."""
+    one process could not open them in another). Logs a warning without ``store.keys``.
+    ``make=False`` (the ``dlq`` commands, which only open letters): a SQLite key file that
+    does not exist is not created — nothing was sealed under it."""
     ring = keyring_of(config)
     if ring is not None:
         return ring
@@ -88,6 +90,10 @@ def dead_letter_keyring(config: RoutingConfig, url: str) -> Keyring | None:
         dead_letters=where if local or shared else "not sealed",
         hint="set store.keys for production",
     )
+    if local and not make:
+        assert isinstance(store, SqliteStore)
+        if not store.key_path.exists():
+            return None
     return store.keyring if local else shared
 
 

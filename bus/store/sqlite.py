@@ -104,12 +104,17 @@ class SqliteStore(SqlStore):
     def keyring(self) -> Keyring:
         """The configured keys, else the key file beside the database (made at first use)."""
         if self._keyring is None:
-            self._keyring = Keyring.local(self.path.with_name(self.path.name + ".key"))
+            self._keyring = Keyring.local(self.key_path)
         return self._keyring
 
     @keyring.setter
     def keyring(self, ring: Keyring) -> None:
         self._keyring = ring
+
+    @property
+    def key_path(self) -> Path:
+        """The key file beside the database (``<db>.key``) used without ``store.keys``."""
+        return self.path.with_name(self.path.name + ".key")
 
     async def connect(self) -> None:
         """Open the file (creating it and its schema if needed), WAL mode."""

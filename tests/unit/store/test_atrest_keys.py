@@ -15,7 +15,7 @@ from bus.config.atrest import keyring_for
 from bus.config.keys import key_problems
 from bus.config.rules import config_warnings
 from bus.sealing import Keyring
-from bus.store import open_store
+from bus.store import dead_letter_keyring, open_store
 from tests.unit.admin.test_dlq import lgsp_bus
 
 OLD, NEW = "old-at-rest-key-of-the-test-bus-01234567", "new-at-rest-key-of-the-test-bus-01234567"
@@ -113,3 +113,19 @@ def test_without_store_keys_postgres_answers_are_sealed_under_the_audit_key(
     chosen = keyring_for(keyed, pg)
     assert chosen is not None
     assert chosen.ids == ("k1",)
+
+
+def test_opening_dead_letters_makes_no_key_file_where_nothing_was_sealed(tmp_path: Path) -> None:
+    """The dlq commands only open letters: without a key file beside the SQLite store there
+    is nothing sealed to open, so none is made (it used to appear in whatever directory the
+    command ran in); a worker, which seals, makes it."""
+    config = parse_routing({"version": 1})
+    url = f"sqlite:///{tmp_path / 'bus.sqlite3'}"
+    assert dead_letter_keyring(config, url, make=False) is None
+    assert not (tmp_path / "bus.sqlite3.key").exists()
+    made = dead_letter_keyring(config, url)
+    assert made is not None
+    assert (tmp_path / "bus.sqlite3.key").exists()
+    opened = dead_letter_keyring(config, url, make=False)
+    assert opened is not None
+    assert opened.ids == made.ids
