@@ -8,27 +8,16 @@ TLS-terminating proxy stands in front (``ADMIN_PLAIN_HTTP`` otherwise).
 
 from __future__ import annotations
 
-import ipaddress
 from typing import TYPE_CHECKING
+
+from bus.config.delivery import is_loopback
 
 if TYPE_CHECKING:
     from bus.config.models import GatewayTls, RoutingConfig
 
-__all__ = ["ADMIN_PLAIN_HTTP", "admin_tls", "is_loopback", "listener_problems"]
+__all__ = ["ADMIN_PLAIN_HTTP", "admin_tls", "listener_problems"]
 
 ADMIN_PLAIN_HTTP = "ADMIN_PLAIN_HTTP"
-
-
-def is_loopback(host: str | None) -> bool:
-    """``localhost`` or a loopback IP address."""
-    if host is None:
-        return False
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def admin_tls(config: RoutingConfig) -> GatewayTls | None:

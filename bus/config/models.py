@@ -40,8 +40,9 @@ from bus.config.delivery import (
     Redelivery,
     SourceConfig,
     Subscription,
+    is_loopback,
 )
-from bus.config.listeners import is_loopback, listener_problems
+from bus.config.listeners import listener_problems
 from bus.config.matching import MatchPolicy
 from bus.config.provider import ProviderSettings, provider_problems
 from bus.config.secretlike import url_secret_problem
