@@ -9,7 +9,6 @@ import os
 import signal
 import socket
 import sys
-import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -23,7 +22,7 @@ from adapters.civil_status.models import RecordType
 from bus.audit.accesses import STARTED
 from bus.store import Store
 from tests.support.paths import REPO
-from tests.support.procs import reap
+from tests.support.procs import reap, wait_ready
 
 ROOT = REPO
 DEMO_KEY = "crash-demo-key-0123456789"
@@ -70,18 +69,7 @@ async def bus_process(tmp: Path, store_url: str, name: str) -> AsyncIterator[tup
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}/"
     try:
-        deadline = time.monotonic() + 30
-        async with aiohttp.ClientSession() as session:
-            while True:
-                assert proc.returncode is None, (tmp / f"{name}.log").read_text()
-                assert time.monotonic() < deadline, "the bus did not become ready"
-                try:
-                    async with session.get(url + "readyz") as r:
-                        if r.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.1)
+        await wait_ready(proc, url, tmp / f"{name}.log")
         yield proc, url
     finally:
         await reap(proc)

@@ -36,6 +36,7 @@ from bus.store.base import AuditRecord
 from tests.e2e.test_e2e_civil_status import lookup
 from tests.faults.test_faults import KEY_ENV, Sim, _secrets, fault_config, fresh_service, simulator
 from tests.faults.test_faults_workers import worker_processes
+from tests.support.procs import reap, wait_ready
 from tests.support.rabbit import TestVhost
 
 pytestmark = pytest.mark.rabbitmq
@@ -69,23 +70,10 @@ async def gateway_process(
         )  # fmt: skip
     url = f"http://127.0.0.1:{port}/"
     try:
-        deadline = time.monotonic() + 30
-        async with aiohttp.ClientSession() as session:
-            while True:
-                assert proc.returncode is None, log_path.read_text(errors="replace")
-                assert time.monotonic() < deadline, "the gateway did not become ready"
-                try:
-                    async with session.get(url + "readyz") as r:
-                        if r.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.1)
+        await wait_ready(proc, url, log_path)
         yield proc, url
     finally:
-        if proc.returncode is None:
-            proc.kill()
-        await proc.wait()
+        await reap(proc)  # not proc.kill(): it can reap the SIGKILLed gateway first
 
 
 async def exchange_records(store: Store) -> list[AuditRecord]:

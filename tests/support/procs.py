@@ -6,8 +6,31 @@ import asyncio
 import contextlib
 import os
 import signal
+import time
+from pathlib import Path
 
-__all__ = ["reap"]
+import aiohttp
+
+__all__ = ["reap", "wait_ready"]
+
+
+async def wait_ready(
+    proc: asyncio.subprocess.Process, url: str, log: Path, bound_s: float = 30
+) -> None:
+    """Until ``url``'s ``/readyz`` answers 200; fails with ``log`` if ``proc`` exits first,
+    or after ``bound_s``."""
+    deadline = time.monotonic() + bound_s
+    async with aiohttp.ClientSession() as session:
+        while True:
+            assert proc.returncode is None, log.read_text(errors="replace")  # noqa: ASYNC240 - the failure message
+            assert time.monotonic() < deadline, f"{url} did not become ready"
+            try:
+                async with session.get(url + "readyz") as r:
+                    if r.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
 
 
 async def reap(proc: asyncio.subprocess.Process) -> None:
