@@ -33,7 +33,7 @@ import structlog
 from aiormq.abc import DeliveredMessage
 from pamqp.commands import Basic
 
-__all__ = ["Delivery", "RawConsumer", "publish", "quietly"]
+__all__ = ["Delivery", "InFlight", "RawConsumer", "publish", "quietly"]
 
 log = structlog.get_logger("bus.broker.amqp.consumers")
 
@@ -43,6 +43,29 @@ RETRY_S = 1.0
 Delivery = DeliveredMessage
 """What a :class:`RawConsumer`'s callback gets: ``.body``, ``.header.properties``,
 ``.delivery_tag`` and ``.channel`` (the aiormq channel it came on: ack there)."""
+
+
+class InFlight:
+    """The message handlers of one consumer still running; ``drained`` is set while there
+    are none (a stopping consumer cancels, then waits for it, then closes its channel)."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.drained = asyncio.Event()
+        self.drained.set()
+
+    async def run(self, work: Awaitable[None]) -> None:
+        """Await ``work`` as one handler in flight (the current task)."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        self.drained.clear()
+        try:
+            await work
+        finally:
+            self._tasks.discard(task)
+            if not self._tasks:
+                self.drained.set()
 
 
 class RawConsumer:

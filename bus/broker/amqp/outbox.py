@@ -26,6 +26,7 @@ import aiormq
 import structlog
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustConnection
 
+from bus.broker.amqp.consumers import InFlight
 from bus.broker.amqp.deadletters import copy_to_dlq
 from bus.broker.base import DLX, BrokerRecorder, dlq_name
 from bus.broker.outbox import (
@@ -97,21 +98,10 @@ async def consume_outbox(
     except aiormq.exceptions.ChannelNotFoundEntity as exc:
         raise BrokerUnavailable(f"no outbox queue {key}", code="NO_ROUTE") from exc
     await channel.set_qos(prefetch_count=prefetch)
-    in_flight: set[asyncio.Task[None]] = set()
-    drained = asyncio.Event()
-    drained.set()
+    in_flight = InFlight()
 
     async def on_message(message: AbstractIncomingMessage) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        in_flight.add(task)
-        drained.clear()
-        try:
-            await _hand_over(channel, key, message, handler, recorder, stop)
-        finally:
-            in_flight.discard(task)
-            if not in_flight:
-                drained.set()
+        await in_flight.run(_hand_over(channel, key, message, handler, recorder, stop))
 
     tag = await queue.consume(on_message)
     log.info("broker.outbox_consuming", key=key)
@@ -121,7 +111,7 @@ async def consume_outbox(
         with contextlib.suppress(TimeoutError, *_ERRORS):
             await asyncio.wait_for(queue.cancel(tag), timeout=5)
         try:
-            await drained.wait()
+            await in_flight.drained.wait()
         finally:
             await channel.close()  # unacknowledged deliveries return to the queue
 

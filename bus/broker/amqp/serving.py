@@ -23,7 +23,7 @@ import structlog
 from aio_pika.abc import AbstractRobustChannel
 from pamqp.commands import Basic
 
-from bus.broker.amqp.consumers import Delivery, RawConsumer, publish, quietly
+from bus.broker.amqp.consumers import Delivery, InFlight, RawConsumer, publish, quietly
 from bus.broker.amqp.deadletters import copy_to_dlq
 from bus.broker.base import BrokerRecorder, Handler, QueueSpec
 from bus.broker.deadletters import Keyring, scrub_error
@@ -63,21 +63,10 @@ class Serving:
         stop: asyncio.Event,
     ) -> None:
         """Consume ``queue`` on ``channel`` until ``stop``; then drain and close ``channel``."""
-        in_flight: set[asyncio.Task[None]] = set()
-        drained = asyncio.Event()
-        drained.set()
+        in_flight = InFlight()
 
         async def on_message(message: Delivery) -> None:
-            task = asyncio.current_task()
-            assert task is not None
-            in_flight.add(task)
-            drained.clear()
-            try:
-                await self._handle(channel, service, message, handler, spec)
-            finally:
-                in_flight.discard(task)
-                if not in_flight:
-                    drained.set()
+            await in_flight.run(self._handle(channel, service, message, handler, spec))
 
         consumer = RawConsumer(channel, queue, on_message, no_ack=False)
         await consumer.start()
@@ -90,7 +79,7 @@ class Serving:
             except (TimeoutError, aiormq.exceptions.AMQPError, RuntimeError) as exc:
                 log.warning("broker.cancel_failed", service=service, error=repr(exc))
             try:
-                await drained.wait()
+                await in_flight.drained.wait()
             finally:
                 # Unacknowledged deliveries go back to the queue when the channel closes.
                 await channel.close()
