@@ -30,25 +30,26 @@ def keyring_for(config: RoutingConfig, store_url: str) -> Keyring | None:
     ring = keyring_of(config)
     if ring is not None or not store_url.startswith(("postgresql://", "postgres://")):
         return ring
-    ref = config.audit.subject_key
-    if ref is None:
-        return None
-    try:
-        audit_key = resolve_secret(ref)
-    except (KeyError, OSError, ValueError):
-        return None  # the audit trail refuses to start and says why
-    return Keyring.from_audit_key(audit_key.encode("utf-8"))
+    audit_key = _audit_key(config)
+    return Keyring.from_audit_key(audit_key) if audit_key is not None else None
 
 
 def request_digest_key(config: RoutingConfig) -> bytes | None:
     """The key the stored request digests are HMACs under (derived from
     ``audit.subject_key``, which every instance of a bus shares); ``None`` without a
     readable audit key (the digest is then a plain SHA-256)."""
+    audit_key = _audit_key(config)
+    return digest_key(audit_key) if audit_key is not None else None
+
+
+def _audit_key(config: RoutingConfig) -> bytes | None:
+    """``audit.subject_key``'s bytes; ``None`` if unset or unreadable (the audit trail then
+    refuses to start and says why: ``bus.audit.observer.load_subject_key``)."""
     ref = config.audit.subject_key
     if ref is None:
         return None
     try:
-        return digest_key(resolve_secret(ref).encode("utf-8"))
+        return resolve_secret(ref).encode("utf-8")
     except (KeyError, OSError, ValueError):
         return None
 
