@@ -6,6 +6,16 @@ write lock (``BEGIN IMMEDIATE`` waits up to ``busy_timeout_ms`` for it), so seve
 processes on one host may share the file. ``synchronous=FULL`` by default: a committed
 transaction survives a power cut, not only a process crash (an fsync per commit, which the
 audit writer's group commit amortises); ``?synchronous=normal`` trades that for speed.
+
+A group commit that does not wait for the disk (a relaxed batch, or every batch under
+``synchronous`` normal/off: tens of µs of CPU) runs on the event loop's thread instead of
+aiosqlite's: a thread hop costs ≈ 55 µs of CPU by itself (``python -m bench.commit_cost``),
+more than the commit. So that such a commit never stalls the loop it waits for nothing: it
+runs only if the connection is idle (a threading lock guards every use of it), SQLite's
+busy timeout is 0 for it, and a batch that finds the write lock taken (another process)
+goes to the thread as before. The WAL is checkpointed on aiosqlite's thread every
+:data:`CHECKPOINT_EVERY` commits, not by SQLite inside whichever commit crosses its
+threshold (a checkpoint fsyncs the database file), so the loop never pays for one.
 """
 
 from __future__ import annotations
@@ -14,6 +24,7 @@ import asyncio
 import contextlib
 import os
 import sqlite3
+import threading
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -34,33 +45,54 @@ from bus.store.sqlite_batch import (
     release,
 )
 
-__all__ = ["SqliteStore"]
+__all__ = ["CHECKPOINT_EVERY", "SqliteStore"]
+
+_BUSY: Any = object()
+"""What :meth:`SqliteStore._inline` returns when the batch must take the hop instead."""
 
 _SYNC_MODES = ("off", "normal", "full", "extra")
+CHECKPOINT_EVERY = 64
+"""Commits between two WAL checkpoints (each commit adds a handful of 4 KiB pages; SQLite's
+own automatic checkpoint, turned off on this connection, would run at 1000 pages)."""
 
 
 class _SqliteConn:
-    """:class:`Conn` over an aiosqlite connection."""
+    """:class:`Conn` over the store's connection, one thread hop per statement (each hop
+    costs a loop wake-up and a GIL hand-over, which group commits pay once per batch)."""
 
-    def __init__(self, db: aiosqlite.Connection) -> None:
-        self._db = db
-
-    # One thread hop per statement (execute_fetchall): each
-    # hop costs a loop wake-up and a GIL hand-over, which group commits pay per batch.
+    def __init__(self, store: SqliteStore) -> None:
+        self._store = store
 
     async def fetch(self, sql: str, *args: Any) -> list[Sequence[Any]]:
-        return list(await self._db.execute_fetchall(sql, args))
+        rows: list[Sequence[Any]] = await self._store._hop(
+            lambda conn: conn.execute(sql, args).fetchall()
+        )
+        return rows
 
     async def execute(self, sql: str, *args: Any) -> None:
-        await self._db.execute_fetchall(sql, args)
+        await self._store._hop(lambda conn: conn.execute(sql, args).fetchall())
 
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        await self._db.executemany(sql, rows)
+        await self._store._hop(lambda conn: conn.executemany(sql, rows).close())
 
 
-async def _rollback(db: aiosqlite.Connection) -> None:
-    with contextlib.suppress(sqlite3.Error, ValueError):
-        await db.execute("ROLLBACK")
+async def _rollback(store: SqliteStore) -> None:
+    with contextlib.suppress(sqlite3.Error, ValueError, ConnectionError):
+        await store._hop(_statement("ROLLBACK"))
+
+
+def _statement(sql: str) -> Op:
+    """``sql`` as a function of the connection, its rows read (a cursor left unread keeps
+    its statement open, and SQLite then refuses to commit)."""
+
+    def run(conn: sqlite3.Connection) -> list[Any]:
+        return conn.execute(sql).fetchall()
+
+    return run
+
+
+def _busy(exc: sqlite3.OperationalError) -> bool:
+    return exc.sqlite_errorcode in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
 def _owner_only(path: Path) -> None:
@@ -94,7 +126,17 @@ class SqliteStore(SqlStore):
         self._db: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
         self._cleanups: set[asyncio.Future[None]] = set()
-        self._messages = MessageBatcher(self._on_thread, relaxable=self.synchronous == "full")
+        self._messages = MessageBatcher(
+            self._run_batch,
+            relaxable=self.synchronous == "full",
+            unsynced=self.synchronous in ("off", "normal"),
+        )
+        self._gate = threading.Lock()
+        """Held by whichever thread is using the sqlite3 connection."""
+        self._since_checkpoint = 0
+        self._checkpointing: asyncio.Task[None] | None = None
+        self.inline_commits = 0
+        """Group commits run on the loop's thread (the rest took the hop)."""
         self._keyring: Keyring | None = None
 
     def __repr__(self) -> str:
@@ -122,11 +164,13 @@ class SqliteStore(SqlStore):
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         _owner_only(self.path)
-        db = await aiosqlite.connect(self.path, isolation_level=None)
+        # Any thread may use the connection, one at a time (self._gate).
+        db = await aiosqlite.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
             await db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
             await db.execute("PRAGMA journal_mode = WAL")
             await db.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
+            await db.execute("PRAGMA wal_autocheckpoint = 0")  # ours: _checkpoint
             self._db = db
             async with self._tx() as conn:
                 await self._create_schema(conn, "sqlite")
@@ -138,6 +182,9 @@ class SqliteStore(SqlStore):
     async def aclose(self) -> None:
         """Close the connection (and its thread)."""
         await self._messages.aclose()
+        if self._checkpointing is not None:
+            with contextlib.suppress(Exception):
+                await self._checkpointing
         db, self._db = self._db, None
         if db is not None:
             async with self._lock:
@@ -150,13 +197,63 @@ class SqliteStore(SqlStore):
             raise ConnectionError("the SQLite store is not connected")
         return self._db
 
+    async def _hop(self, op: Op) -> Any:
+        """Run ``op`` on aiosqlite's thread (the caller holds the lock)."""
+        db = self._conn()
+
+        def guarded() -> Any:
+            with self._gate:
+                return op(db._conn)
+
+        # aiosqlite has no public "run this on your thread": _execute is what its own
+        # methods use. One hop for a whole message batch is the point of batching.
+        return await db._execute(guarded)  # type: ignore[no-untyped-call]
+
     async def _on_thread(self, op: Op) -> Any:
         """Run ``op`` on the connection's thread in one hop, holding the lock."""
         async with self._lock:
-            db = self._conn()
-            # aiosqlite has no public "run this on your thread": _execute is what its own
-            # methods use. One hop for a whole message batch is the point of batching.
-            return await db._execute(lambda: op(db._conn))  # type: ignore[no-untyped-call]
+            return await self._hop(op)
+
+    async def _run_batch(self, op: Op, quick: bool) -> Any:
+        """A group commit: on the loop's thread if it is ``quick`` (no fsync) and the
+        connection and SQLite's write lock are free at once, else in a hop."""
+        async with self._lock:
+            result = self._inline(op) if quick else _BUSY
+            if result is _BUSY:
+                result = await self._hop(op)
+            else:
+                self.inline_commits += 1
+        self._since_checkpoint += 1
+        if self._since_checkpoint >= CHECKPOINT_EVERY and (
+            self._checkpointing is None or self._checkpointing.done()
+        ):
+            self._since_checkpoint = 0
+            self._checkpointing = asyncio.ensure_future(self._checkpoint())
+        return result
+
+    def _inline(self, op: Op) -> Any:
+        """``op`` here and now, waiting for nothing; :data:`_BUSY` if it would have to."""
+        conn = self._conn()._conn
+        if not self._gate.acquire(blocking=False):
+            return _BUSY  # a statement left running by a cancelled caller
+        try:
+            conn.execute("PRAGMA busy_timeout = 0").close()
+            try:
+                return op(conn)
+            except sqlite3.OperationalError as exc:
+                if _busy(exc) and not conn.in_transaction:
+                    return _BUSY  # the write lock is another process's: wait on the thread
+                raise
+            finally:
+                conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}").close()
+        finally:
+            self._gate.release()
+
+    async def _checkpoint(self) -> None:
+        """Copy the WAL's committed pages into the database file (PASSIVE: waits for no
+        reader or writer), on aiosqlite's thread."""
+        with contextlib.suppress(sqlite3.Error, ConnectionError, ValueError):
+            await self._on_thread(_statement("PRAGMA wal_checkpoint(PASSIVE)"))
 
     # The message writes of every request go through the group commit (see sqlite_batch).
 
@@ -183,18 +280,18 @@ class SqliteStore(SqlStore):
     @asynccontextmanager
     async def _tx(self) -> AsyncIterator[Conn]:
         async with self._lock:
-            db = self._conn()
+            self._conn()
             try:
-                await db.execute("BEGIN IMMEDIATE")
-                yield _SqliteConn(db)
-                await db.execute("COMMIT")
+                await self._hop(_statement("BEGIN IMMEDIATE"))
+                yield _SqliteConn(self)
+                await self._hop(_statement("COMMIT"))
             except BaseException:
                 # aiosqlite runs statements in order on its thread, and a cancelled await
                 # does not stop a statement already queued (a BEGIN waiting for the lock, a
                 # COMMIT): so always queue a ROLLBACK behind them, and let it finish even if
                 # the caller is cancelled again. A transaction left open would make every
                 # later BEGIN fail. (After a COMMIT that did land it is a harmless no-op.)
-                cleanup = asyncio.ensure_future(_rollback(db))
+                cleanup = asyncio.ensure_future(_rollback(self))
                 self._cleanups.add(cleanup)
                 cleanup.add_done_callback(self._cleanups.discard)
                 await asyncio.shield(cleanup)
@@ -229,4 +326,5 @@ class SqliteStore(SqlStore):
         # Reads take the lock too: the connection is shared, and a read must never run
         # inside another coroutine's open transaction.
         async with self._lock:
-            yield _SqliteConn(self._conn())
+            self._conn()
+            yield _SqliteConn(self)

@@ -169,14 +169,24 @@ def _commit_all(
 class MessageBatcher:
     """Queues message writes and commits them in batches, one batch at a time.
 
-    ``run`` runs a function on the connection's thread, holding the store's lock (so a
-    batch never interleaves with another transaction on the shared connection)."""
+    ``run(fn, quick)`` runs a function on the connection, holding the store's lock (so a
+    batch never interleaves with another transaction on the shared connection); ``quick``:
+    the batch's commit does not wait for the disk, so the store may run it on the event
+    loop's thread instead of paying a thread hop (``SqliteStore._run_batch``)."""
 
-    def __init__(self, run: Callable[[Op], Awaitable[Any]], *, relaxable: bool = False) -> None:
+    def __init__(
+        self,
+        run: Callable[[Op, bool], Awaitable[Any]],
+        *,
+        relaxable: bool = False,
+        unsynced: bool = False,
+    ) -> None:
         self._run = run
         self._relaxable = relaxable
         """The store is ``synchronous=FULL``: a batch of writes none of which must be
         lasting may commit ``NORMAL`` (see :func:`_commit_all`)."""
+        self._unsynced = unsynced
+        """The store commits without an fsync anyway (``synchronous`` off or normal)."""
         self._queue: list[tuple[Op, asyncio.Future[Any], bool]] = []
         self._flusher: asyncio.Task[None] | None = None
         self.commits = [0, 0]
@@ -199,7 +209,9 @@ class MessageBatcher:
             relax = self._relaxable and not any(lasting for _, _, lasting in batch)
             self.commits[relax] += 1
             try:
-                results = await self._run(functools.partial(_commit_all, ops=ops, relax=relax))
+                results = await self._run(
+                    functools.partial(_commit_all, ops=ops, relax=relax), relax or self._unsynced
+                )
             except BaseException as exc:
                 failure = exc if isinstance(exc, Exception) else ConnectionError("store closing")
                 for _, future, _ in batch:

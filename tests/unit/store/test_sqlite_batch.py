@@ -144,3 +144,71 @@ async def test_a_batch_of_writes_that_need_not_last_commits_without_fsync(tmp_pa
         assert again._messages.commits == [again_before[0] + 1, again_before[1]]
     finally:
         await again.aclose()
+
+
+async def test_a_commit_that_need_not_wait_for_the_disk_runs_on_the_loop(tmp_path: Path) -> None:
+    """Issue 14: a relaxed batch commits on the event loop's thread (no thread hop); a
+    lasting one still goes to aiosqlite's thread (its fsync must not stall the loop)."""
+    store = SqliteStore(tmp_path / "bus.db")
+    await store.connect()
+    try:
+        assert await store._messages.submit(claim_op("r1"), lasting=False) is None
+        assert store.inline_commits == 1
+        assert await store._messages.submit(claim_op("r2")) is None
+        assert store.inline_commits == 1  # FULL: on the thread
+        assert await store._messages.submit(claim_op("r1"), lasting=False) is not None
+        assert store.inline_commits == 2  # a repeat claim sees the first: same connection
+    finally:
+        await store.aclose()
+
+
+async def test_an_inline_commit_never_waits_for_another_process_lock(tmp_path: Path) -> None:
+    """Another connection holds SQLite's write lock: the relaxed batch does not block the
+    loop (other tasks keep running), waits on aiosqlite's thread instead, and lands once
+    the lock is released."""
+    store = SqliteStore(tmp_path / "bus.db", busy_timeout_ms=30_000)
+    await store.connect()
+    other = sqlite3.connect(tmp_path / "bus.db", isolation_level=None)
+    loop = asyncio.get_running_loop()
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        claimed = asyncio.ensure_future(store._messages.submit(claim_op("r1"), lasting=False))
+        gaps, last = [], loop.time()
+        for _ in range(20):
+            await asyncio.sleep(0.005)
+            gaps.append(loop.time() - last)
+            last = loop.time()
+        # Waiting inline would have held the loop for the 30 s busy timeout.
+        assert max(gaps) < 10
+        assert not claimed.done()  # the claim waits for the lock, on the thread
+        other.execute("COMMIT")
+        assert await claimed is None
+        assert store.inline_commits == 0  # it took the hop
+        assert await store._messages.submit(claim_op("r2"), lasting=False) is None
+        assert store.inline_commits == 1  # the next one, with the lock free, did not
+    finally:
+        other.close()
+        await store.aclose()
+
+
+async def test_the_wal_is_checkpointed_by_the_store(tmp_path: Path) -> None:
+    """SQLite's automatic checkpoint is off on the store's connection (it would run inside
+    an inline commit); the store checkpoints on its thread every CHECKPOINT_EVERY commits,
+    so the rows reach the database file itself."""
+    from bus.store.sqlite import CHECKPOINT_EVERY
+
+    store = SqliteStore(tmp_path / "bus.db")
+    await store.connect()
+    try:
+        empty = (tmp_path / "bus.db").stat().st_size
+        for i in range(CHECKPOINT_EVERY * 3):
+            await store._messages.submit(claim("portal", f"r{i}", "h" * 64, 60), lasting=False)
+        assert store._checkpointing is not None
+        await store._checkpointing
+        assert (tmp_path / "bus.db").stat().st_size > empty
+        level = await store._on_thread(
+            lambda conn: conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+        )
+        assert level == 0
+    finally:
+        await store.aclose()
