@@ -8,9 +8,9 @@ Field constraints that pydantic checks itself map to ``INVALID_FIELD``/``UNKNOWN
 
 from __future__ import annotations
 
+import os
 import re
 import unicodedata
-import uuid
 from enum import StrEnum
 from typing import Annotated
 
@@ -54,7 +54,12 @@ def new_id() -> str:
     can never look like an ID number to the log masker (:mod:`bus.logs`) — about 1 in 200
     uuid4s has such a run and is drawn again."""
     while True:
-        value = uuid.uuid4().hex
+        # uuid.uuid4().hex without building a UUID object (new_id 1.7 → 1.2 µs, bench.hotpath_cost):
+        # 16 random bytes, version 4 and the RFC 4122 variant set.
+        raw = bytearray(os.urandom(16))
+        raw[6] = raw[6] & 0x0F | 0x40
+        raw[8] = raw[8] & 0x3F | 0x80
+        value = raw.hex()
         if _DIGIT_RUN.search(value) is None:
             return value
 

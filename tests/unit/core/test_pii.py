@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import logging
 import unicodedata
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -384,6 +385,8 @@ def test_ids_the_bus_generates_never_look_like_an_id_number() -> None:
     ids = [new_id() for _ in range(20_000)]
     assert len(set(ids)) == len(ids)
     assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    assert all(uuid.UUID(hex=i).version == 4 for i in ids)  # each a well-formed uuid4
+    assert all(uuid.UUID(hex=i).variant == uuid.RFC_4122 for i in ids)
     # Wherever one lands (free text, a header, an id key), the masker leaves it whole.
     text = " ".join(ids)
     assert mask_text(text) == text
