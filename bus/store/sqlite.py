@@ -92,7 +92,8 @@ def _statement(sql: str) -> Op:
 
 
 def _busy(exc: sqlite3.OperationalError) -> bool:
-    return exc.sqlite_errorcode in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+    # The primary code: SQLITE_BUSY_SNAPSHOT, _RECOVERY, _TIMEOUT… are busy too.
+    return exc.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
 def _owner_only(path: Path) -> None:
