@@ -204,9 +204,13 @@ def test_commit_cost_measures_full_and_normal(tmp_path: Path) -> None:
         cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = [line.split() for line in proc.stdout.splitlines()[1:]]
+    first, second = proc.stdout.split("\n\n")
+    rows = [line.split() for line in first.splitlines()[1:]]
     assert [r[0] for r in rows] == ["FULL", "NORMAL", "FULL", "NORMAL"]
     assert all(float(wall) > 0 and float(cpu) >= 0 for _, wall, cpu in rows)
+    store = [line.split()[:3] for line in second.strip().splitlines()[1:]]
+    assert [r[0] for r in store] == ["hop", "inline", "hop", "inline"]
+    assert all(float(wall) > 0 and float(cpu) >= 0 for _, wall, cpu in store)
     assert not list(tmp_path.iterdir())  # its database is removed
 
 
