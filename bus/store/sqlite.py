@@ -64,13 +64,11 @@ class _SqliteConn:
         self._store = store
 
     async def fetch(self, sql: str, *args: Any) -> list[Sequence[Any]]:
-        rows: list[Sequence[Any]] = await self._store._hop(
-            lambda conn: conn.execute(sql, args).fetchall()
-        )
+        rows: list[Sequence[Any]] = await self._store._hop(_statement(sql, args))
         return rows
 
     async def execute(self, sql: str, *args: Any) -> None:
-        await self._store._hop(lambda conn: conn.execute(sql, args).fetchall())
+        await self._store._hop(_statement(sql, args))
 
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         await self._store._hop(lambda conn: conn.executemany(sql, rows).close())
@@ -81,12 +79,12 @@ async def _rollback(store: SqliteStore) -> None:
         await store._hop(_statement("ROLLBACK"))
 
 
-def _statement(sql: str) -> Op:
+def _statement(sql: str, args: Sequence[Any] = ()) -> Op:
     """``sql`` as a function of the connection, its rows read (a cursor left unread keeps
     its statement open, and SQLite then refuses to commit)."""
 
     def run(conn: sqlite3.Connection) -> list[Any]:
-        return conn.execute(sql).fetchall()
+        return conn.execute(sql, args).fetchall()
 
     return run
 
@@ -224,13 +222,18 @@ class SqliteStore(SqlStore):
                 result = await self._hop(op)
             else:
                 self.inline_commits += 1
+        self._committed()
+        return result
+
+    def _committed(self) -> None:
+        """Count a commit (group commit or :meth:`_tx`); every :data:`CHECKPOINT_EVERY`
+        of them, checkpoint the WAL in the background (SQLite's own is off)."""
         self._since_checkpoint += 1
         if self._since_checkpoint >= CHECKPOINT_EVERY and (
             self._checkpointing is None or self._checkpointing.done()
         ):
             self._since_checkpoint = 0
             self._checkpointing = asyncio.ensure_future(self._checkpoint())
-        return result
 
     def _inline(self, op: Op) -> Any:
         """``op`` here and now, waiting for nothing; :data:`_BUSY` if it would have to."""
@@ -286,6 +289,7 @@ class SqliteStore(SqlStore):
                 await self._hop(_statement("BEGIN IMMEDIATE"))
                 yield _SqliteConn(self)
                 await self._hop(_statement("COMMIT"))
+                self._committed()
             except BaseException:
                 # aiosqlite runs statements in order on its thread, and a cancelled await
                 # does not stop a statement already queued (a BEGIN waiting for the lock, a
